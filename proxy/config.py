@@ -54,6 +54,44 @@ class Settings(BaseSettings):
     embed_model_path: Path | None = Field(None, description="Local model directory: loads with no download.")
     upstream_embed_model: str = Field("text-embedding-3-small", description="Model for the upstream embedder.")
 
+    # --- memory ---
+    embed_dim: int | None = Field(
+        None, description="Upstream embedding size (sent as `dimensions`); unset: the model's known size."
+    )
+    embed_cache_size: int = Field(1024, description="Query embeddings kept in the local embedder's LRU cache.")
+    memory_per_assistant: bool = Field(
+        False, description="Recall only the asking assistant's memories (+ unassigned); off: a user's assistants share."
+    )
+    memory_top_k: int = Field(8, description="Memories recalled per request at most.")
+    memory_min_similarity: float = Field(
+        0.25, description="Recalled memories less similar to the query than this are dropped, however recent."
+    )
+    memory_min_confidence: float = Field(0.2, description="Recalled memories below this confidence are dropped.")
+    memory_candidates: int = Field(40, description="Candidates per retriever (dense, BM25) before confidence ranking.")
+    memory_near_duplicate: float = Field(
+        0.92, description="Cosine above which a new memory counts as a near-duplicate of an existing one."
+    )
+    memory_ttl_days: dict[str, float] = Field(
+        {"temporary": 7.0}, description='Default TTL in days per kind (JSON, e.g. {"temporary": 7}); others never expire.'
+    )
+    memory_max_chars: int = Field(2000, description="Longest memory text accepted.")
+    memory_weight_similarity: float = Field(0.6, description="Confidence weight of query similarity.")
+    memory_weight_recency: float = Field(0.25, description="Confidence weight of recency.")
+    memory_weight_frequency: float = Field(0.15, description="Confidence weight of access frequency.")
+    memory_half_life_days: float = Field(30.0, description="Days after which the recency term halves.")
+    memory_frequency_cap: int = Field(20, description="Access count at which the frequency term reaches 1.")
+    memory_access_flush_seconds: float = Field(2.0, description="How often recall's access counts are written back.")
+
+    # --- state and jobs ---
+    redis_prefix: str = Field("memproxy", description="Prefix of every Redis key, so deployments can share a Redis.")
+    job_max_attempts: int = Field(5, description="Deliveries of a job before it moves to the dead-letter list.")
+    job_backoff_base: float = Field(2.0, description="Seconds before the first retry; doubles per failed attempt.")
+    job_backoff_cap: float = Field(300.0, description="Longest wait between two retries of a job, in seconds.")
+    job_lease_seconds: float = Field(60.0, description="A claimed job is delivered again if not acked within this.")
+    job_idempotency_retention: float = Field(
+        86400.0, description="Seconds a finished job's idempotency key still suppresses duplicates."
+    )
+
     @field_validator("data_dir", "embed_model_path")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:

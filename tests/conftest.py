@@ -15,3 +15,154 @@ def model_dir() -> Path:
     if not (MODEL_DIR / "model.onnx").exists():
         pytest.skip(f"offline embedding model not found at {MODEL_DIR}")
     return MODEL_DIR
+
+
+# --- state store (proxy/state) -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server_url():
+    """A real ``redis-server`` on a free port for the session, with persistence off; killed at the end."""
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not on PATH (apt-get install redis-server): Redis backend tests need it")
+    port = _free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                stderr = proc.communicate()[1].decode(errors="replace")
+                pytest.fail(f"redis-server did not answer PING on port {port}: {stderr[-500:]}")
+            time.sleep(0.05)
+    client.close()
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def state_job_policy():
+    """Short leases and backoffs, so Redis tests (real time) stay fast; override in a module if needed."""
+    from proxy.state import JobPolicy
+
+    return JobPolicy(max_attempts=3, backoff_base=0.2, backoff_cap=0.4, lease_seconds=0.2, idempotency_retention=0.3)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def state_factory(request, tmp_path, state_job_policy):
+    """Opens :class:`proxy.state.State` instances on one shared store, as separate replicas would.
+
+    sqlite: one file in tmp_path and a shared ManualClock (move it, don't sleep); redis: the session
+    server with a key prefix unique to the test, real time. Every instance is closed at teardown.
+    """
+    import uuid
+
+    from proxy.state import ManualClock
+    from proxy.state.redis import RedisState
+    from proxy.state.sqlite import SqliteState
+
+    url = request.getfixturevalue("redis_server_url") if request.param == "redis" else None
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    clock = ManualClock()
+    opened = []
+
+    async def open_state(policy=None):
+        policy = policy or state_job_policy
+        if url is None:
+            state = await SqliteState.open(tmp_path / "state.sqlite3", clock=clock, policy=policy)
+        else:
+            state = await RedisState.connect(url, prefix=prefix, policy=policy)
+        opened.append(state)
+        return state
+
+    yield open_state
+    for state in opened:
+        await state.close()
+
+
+@pytest.fixture
+async def state(state_factory):
+    """A fresh state store, once per backend (sqlite, redis)."""
+    return await state_factory()
+
+
+# --- memory (proxy/memory) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def memory_model_dir() -> Path:
+    """The offline embedding model: ``MEMPROXY_EMBED_MODEL_PATH`` if set, else the shared copy."""
+    import os
+
+    path = Path(os.environ.get("MEMPROXY_EMBED_MODEL_PATH") or MODEL_DIR).expanduser()
+    if not (path / "model.onnx").exists():
+        pytest.skip(f"offline embedding model not found at {path} (set MEMPROXY_EMBED_MODEL_PATH); no network to fetch it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_embedder(memory_model_dir):
+    """One fastembed model for the whole session (loading costs ~0.4 s)."""
+    from proxy.memory.embed import LocalEmbedder
+
+    embedder = LocalEmbedder("sentence-transformers/all-MiniLM-L6-v2", model_path=memory_model_dir)
+    yield embedder
+    embedder._executor.shutdown(wait=True)
+
+
+# --- emulator (proxy/emulator) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator_server():
+    """One emulator (``proxy.emulator.create_app()``) on a free port for the whole session."""
+    from proxy.emulator import create_app
+    from proxy.server import ServerThread
+
+    with ServerThread(create_app()) as server:
+        yield server
+
+
+@pytest.fixture
+def emulator(emulator_server):
+    """Control handle on the session emulator, reset (no recordings, faults or objects) for this test."""
+    from proxy.emulator.testing import Emulator
+
+    handle = Emulator(emulator_server.url)
+    handle.reset()
+    return handle
+
+
+@pytest.fixture
+def emulator_openai(emulator):
+    """The real openai SDK pointed at the emulator; no retries, so faults surface as errors."""
+    import openai
+
+    with openai.OpenAI(base_url=emulator.base_url, api_key="sk-test", max_retries=0) as client:
+        yield client

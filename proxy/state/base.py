@@ -1,0 +1,472 @@
+"""The state store shared by proxy replicas: key/value with TTL, JSON records, and a job queue.
+
+One small async interface, :class:`State`, with two backends: SQLite under the data directory (one
+replica, durable, no server) and Redis (several replicas). Everything a backend would otherwise
+duplicate lives here: JSON encoding, subject indexing and erasure, record pagination, the retry
+policy. A backend implements only storage primitives (the ``_``-prefixed abstract methods).
+
+Security: client API keys (``Authorization`` / ``api-key`` values) are never written to the state
+store. Jobs carry no credentials: a worker calls the upstream with the operator's own key, and
+:meth:`State.enqueue` refuses payloads that contain credential-named fields. Subjects (end-user ids,
+possibly e-mail addresses) appear in keys only as :attr:`Subject.hash`.
+
+Keys are ``(namespace, key)`` pairs; a key holds one kind of value (a JSON value, a list, or a set).
+Callers put the tenant into the key (``f"{tenant}:{thread_id}"``) so tenants never share an entry.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from proxy.config import Settings
+
+JSONValue = Any
+"""Anything :func:`json.dumps` accepts."""
+
+Clock = Callable[[], float]
+"""Seconds since the epoch; injectable so tests move time instead of sleeping."""
+
+SUBJECT_INDEX_NS = "_subject_index"
+"""Namespace of the per-subject index sets: one set per subject listing every entry written about it."""
+
+MAX_ERROR_CHARS = 2000
+CREDENTIAL_FIELDS = frozenset({"authorization", "api_key", "api-key", "apikey", "openai_api_key", "x-api-key"})
+
+
+class ManualClock:
+    """A clock that moves only when told to: lease, backoff and TTL tests run without sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whose memories: a subject inside a tenant. Only :attr:`hash` is ever stored."""
+
+    tenant: str
+    subject: str
+
+    @property
+    def hash(self) -> str:
+        """Stable pseudonymous id, so keys and job metadata never spell out a user id or e-mail."""
+        raw = f"{len(self.tenant)}:{self.tenant}:{self.subject}".encode()
+        return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass
+class Job:
+    """One unit of background work (e.g. extraction of a finished run).
+
+    ``attempts`` counts deliveries, the current one included; together with ``id`` it identifies a
+    lease, so a worker whose lease expired can no longer ack or fail the job it lost.
+    ``visible_at`` is when the job can next be claimed: the lease deadline while claimed, the retry
+    time after a failure. ``receipt`` is the backend's delivery handle (a stream entry id in Redis).
+    """
+
+    id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int = 0
+    idempotency_key: str | None = None
+    tenant: str | None = None
+    subject_hash: str | None = None
+    visible_at: float = 0.0
+    last_error: str | None = None
+    created_at: float = 0.0
+    receipt: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> Job:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """Retry and retention policy of the job queue, shared by both backends."""
+
+    max_attempts: int = 5
+    backoff_base: float = 2.0
+    backoff_cap: float = 300.0
+    lease_seconds: float = 60.0
+    idempotency_retention: float = 86_400.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobPolicy:
+        return cls(
+            max_attempts=settings.job_max_attempts,
+            backoff_base=settings.job_backoff_base,
+            backoff_cap=settings.job_backoff_cap,
+            lease_seconds=settings.job_lease_seconds,
+            idempotency_retention=settings.job_idempotency_retention,
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next delivery after ``attempts`` failed ones: exponential, capped."""
+        return min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempts - 1))
+
+
+@dataclass
+class RecordPage:
+    """One page of records in list order; ``has_more`` says whether the scan direction continues."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    has_more: bool = False
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What :meth:`State.forget_subject` removed, for the erasure audit trail."""
+
+    entries: int
+    jobs: int
+
+
+class UnknownCursor(LookupError):
+    """``after`` / ``before`` names a record that does not exist (the API answers 400/404)."""
+
+
+JobMatch = Subject | Callable[[Job], bool]
+
+
+def job_matcher(match: JobMatch) -> Callable[[Job], bool]:
+    """Turn a subject into a predicate on jobs; predicates pass through."""
+    if isinstance(match, Subject):
+        subject_hash = match.hash
+        return lambda job: job.subject_hash == subject_hash
+    return match
+
+
+def encode(value: JSONValue) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(raw: str | None) -> JSONValue:
+    return None if raw is None else json.loads(raw)
+
+
+def check_ttl(ttl: float | None) -> None:
+    if ttl is not None and ttl <= 0:
+        raise ValueError(f"ttl must be positive seconds or None, got {ttl!r}")
+
+
+def redis_slice(items: Sequence[str], start: int, stop: int) -> list[str]:
+    """Redis LRANGE semantics (inclusive ``stop``, negatives from the end) on a Python list."""
+    n = len(items)
+    start = max(0, start + n if start < 0 else start)
+    stop = stop + n if stop < 0 else min(stop, n - 1)
+    return list(items[start : stop + 1]) if start <= stop else []
+
+
+def find_credentials(value: Any, path: str = "payload") -> str | None:
+    """Path of the first credential-named field inside ``value``, or None."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if str(key).lower() in CREDENTIAL_FIELDS:
+                return f"{path}.{key}"
+            found = find_credentials(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = find_credentials(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+class State(abc.ABC):
+    """What proxy replicas share. All methods are safe to call concurrently.
+
+    Never store client API keys here (see the module docstring). Pass ``subject=`` when an entry is
+    about a person: it is then indexed so :meth:`forget_subject` can find and remove it. Do not tag
+    entries that several subjects share.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, policy: JobPolicy | None = None) -> None:
+        self.clock: Clock = clock or time.time
+        self.policy = policy or JobPolicy()
+
+    async def __aenter__(self) -> State:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # --- key/value ---------------------------------------------------------------------------
+
+    async def get(self, ns: str, key: str) -> JSONValue:
+        """The JSON value stored at ``(ns, key)``, or None if absent or expired."""
+        return decode(await self._get(ns, key))
+
+    async def set(
+        self, ns: str, key: str, value: JSONValue, *, ttl: float | None = None, subject: Subject | None = None
+    ) -> None:
+        """Store a JSON value, replacing the old value and its TTL (``ttl=None``: no expiry)."""
+        check_ttl(ttl)
+        raw = encode(value)
+        await self._track(subject, "kv", ns, key)
+        await self._set(ns, key, raw, ttl)
+
+    @abc.abstractmethod
+    async def delete(self, ns: str, key: str) -> bool:
+        """Remove the key whatever it holds; True if it existed."""
+
+    @abc.abstractmethod
+    async def expire(self, ns: str, key: str, ttl: float | None) -> bool:
+        """Set (or with None, clear) the TTL of an existing key; False if there is no such key."""
+
+    async def list_push(
+        self,
+        ns: str,
+        key: str,
+        *values: JSONValue,
+        max_len: int | None = None,
+        ttl: float | None = None,
+        subject: Subject | None = None,
+    ) -> int:
+        """Append values, keep only the newest ``max_len``; returns the resulting length.
+
+        ``ttl`` given: the whole list expires ttl seconds from now; None keeps the current expiry.
+        """
+        check_ttl(ttl)
+        if not values:
+            raise ValueError("list_push needs at least one value")
+        if max_len is not None and max_len < 1:
+            raise ValueError("max_len must be at least 1")
+        raws = [encode(v) for v in values]
+        await self._track(subject, "kv", ns, key)
+        return await self._list_push(ns, key, raws, max_len, ttl)
+
+    async def list_range(self, ns: str, key: str, start: int = 0, stop: int = -1) -> list[JSONValue]:
+        """Items oldest first, Redis LRANGE indices (``stop`` inclusive, -1 is the last)."""
+        return [decode(raw) for raw in await self._list_range(ns, key, start, stop)]
+
+    async def set_add(
+        self, ns: str, key: str, *members: str, ttl: float | None = None, subject: Subject | None = None
+    ) -> int:
+        """Add string members; returns how many were new. ``ttl`` as in :meth:`list_push`."""
+        check_ttl(ttl)
+        if not members:
+            return 0
+        await self._track(subject, "kv", ns, key)
+        return await self._set_add(ns, key, list(members), ttl)
+
+    async def set_remove(self, ns: str, key: str, *members: str) -> int:
+        """Remove members; returns how many were present. An emptied set disappears."""
+        return await self._set_remove(ns, key, list(members)) if members else 0
+
+    @abc.abstractmethod
+    async def set_members(self, ns: str, key: str) -> set[str]: ...
+
+    @abc.abstractmethod
+    async def set_contains(self, ns: str, key: str, member: str) -> bool: ...
+
+    # --- records (assistants and runs of the Assistants bridge) ------------------------------
+
+    async def put_record(
+        self, tenant: str, collection: str, id: str, record: dict[str, Any], *, subject: Subject | None = None
+    ) -> None:
+        """Create or replace a record; a replaced record keeps its place in creation order."""
+        raw = encode(record)
+        await self._track(subject, "rec", tenant, collection, id)
+        await self._put_record(tenant, collection, id, raw)
+
+    async def get_record(self, tenant: str, collection: str, id: str) -> dict[str, Any] | None:
+        """The record, or None; another tenant's record with the same id is never returned."""
+        return decode(await self._get_record(tenant, collection, id))
+
+    @abc.abstractmethod
+    async def delete_record(self, tenant: str, collection: str, id: str) -> bool: ...
+
+    async def list_records(
+        self,
+        tenant: str,
+        collection: str,
+        *,
+        limit: int = 20,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+        before: str | None = None,
+    ) -> RecordPage:
+        """A page in creation order, with OpenAI list semantics.
+
+        ``after=X``: the records following X in ``order``; ``before=X``: the page just preceding X,
+        still in ``order``. ``has_more`` tells whether more records lie beyond the page in the
+        direction scanned. Raises :class:`UnknownCursor` if X does not exist.
+        """
+        if after is not None and before is not None:
+            raise ValueError("pass at most one of after and before")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        ascending = order == "asc"
+        if before is not None:
+            ascending = not ascending
+        raws = await self._scan_records(tenant, collection, ascending, after or before, limit + 1)
+        items = [json.loads(raw) for raw in raws[:limit]]
+        if before is not None:
+            items.reverse()
+        return RecordPage(items=items, has_more=len(raws) > limit)
+
+    # --- job queue -----------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        subject: Subject | None = None,
+    ) -> str:
+        """Queue a job; returns its id.
+
+        With an ``idempotency_key`` already used by a job that is pending, or done within
+        ``policy.idempotency_retention``, no job is added and the existing job's id is returned.
+        """
+        found = find_credentials(payload)
+        if found:
+            raise ValueError(f"job payloads never carry credentials ({found})")
+        now = self.clock()
+        job = Job(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            payload=json.loads(encode(payload)),
+            idempotency_key=idempotency_key,
+            tenant=subject.tenant if subject else None,
+            subject_hash=subject.hash if subject else None,
+            visible_at=now,
+            created_at=now,
+        )
+        return await self._enqueue(job)
+
+    async def claim(self, consumer: str, count: int = 1, lease_seconds: float | None = None) -> list[Job]:
+        """Lease up to ``count`` due jobs to ``consumer``; others cannot claim them until the lease ends.
+
+        A job whose lease ends without :meth:`ack` or :meth:`fail` (a crashed worker) is delivered
+        again, with ``attempts`` counting every delivery.
+        """
+        lease = self.policy.lease_seconds if lease_seconds is None else lease_seconds
+        if lease <= 0 or count < 1:
+            raise ValueError("lease_seconds must be positive and count at least 1")
+        return await self._claim(consumer, count, lease)
+
+    @abc.abstractmethod
+    async def ack(self, job: Job) -> bool:
+        """Mark done; call only once the job's effect is stored. False if the lease was lost."""
+
+    async def fail(self, job: Job, error: str) -> bool:
+        """Give the job back: retried after a backoff, dead-lettered after ``max_attempts``.
+
+        False (and no effect) if the lease was lost to another consumer meanwhile.
+        """
+        error = error[:MAX_ERROR_CHARS]
+        if job.attempts >= self.policy.max_attempts:
+            return await self._bury(job, error)
+        return await self._retry(job, error, self.clock() + self.policy.backoff(job.attempts))
+
+    @abc.abstractmethod
+    async def dead_letters(self, limit: int = 100) -> list[Job]:
+        """Jobs that failed ``max_attempts`` times, oldest first, with their last error."""
+
+    @abc.abstractmethod
+    async def pending_count(self) -> int:
+        """Queue depth: jobs waiting, leased or scheduled for a retry (not done, not dead)."""
+
+    async def drop_jobs(self, match: JobMatch) -> int:
+        """Remove pending and dead-lettered jobs about a subject (or matching a predicate).
+
+        A worker holding a dropped job will find its ack refused.
+        """
+        return await self._drop_jobs(job_matcher(match))
+
+    # --- erasure -------------------------------------------------------------------------------
+
+    async def forget_subject(self, subject: Subject) -> Erased:
+        """Remove every entry and record written with ``subject=``, and the subject's jobs."""
+        refs = await self.set_members(SUBJECT_INDEX_NS, subject.hash)
+        removed = 0
+        for ref in refs:
+            removed += await self._forget_ref(json.loads(ref))
+        await self.delete(SUBJECT_INDEX_NS, subject.hash)
+        return Erased(entries=removed, jobs=await self.drop_jobs(subject))
+
+    async def _forget_ref(self, ref: list[str]) -> int:
+        kind, *parts = ref
+        if kind == "kv":
+            return int(await self.delete(*parts))
+        return int(await self.delete_record(*parts))
+
+    async def _track(self, subject: Subject | None, *ref: str) -> None:
+        """Index an entry under its subject before writing it, so a crash never leaves it unfindable."""
+        if subject is not None:
+            await self._set_add(SUBJECT_INDEX_NS, subject.hash, [encode(list(ref))], None)
+
+    # --- backend primitives ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _get(self, ns: str, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def _set(self, ns: str, key: str, raw: str, ttl: float | None) -> None: ...
+
+    @abc.abstractmethod
+    async def _list_push(self, ns: str, key: str, raws: list[str], max_len: int | None, ttl: float | None) -> int: ...
+
+    @abc.abstractmethod
+    async def _list_range(self, ns: str, key: str, start: int, stop: int) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def _set_add(self, ns: str, key: str, members: list[str], ttl: float | None) -> int: ...
+
+    @abc.abstractmethod
+    async def _set_remove(self, ns: str, key: str, members: list[str]) -> int: ...
+
+    @abc.abstractmethod
+    async def _put_record(self, tenant: str, collection: str, id: str, raw: str) -> None: ...
+
+    @abc.abstractmethod
+    async def _get_record(self, tenant: str, collection: str, id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def _scan_records(
+        self, tenant: str, collection: str, ascending: bool, cursor: str | None, limit: int
+    ) -> list[str]:
+        """Up to ``limit`` raw records strictly beyond ``cursor`` in creation order (or reversed)."""
+
+    @abc.abstractmethod
+    async def _enqueue(self, job: Job) -> str: ...
+
+    @abc.abstractmethod
+    async def _claim(self, consumer: str, count: int, lease: float) -> list[Job]: ...
+
+    @abc.abstractmethod
+    async def _retry(self, job: Job, error: str, visible_at: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def _bury(self, job: Job, error: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def _drop_jobs(self, predicate: Callable[[Job], bool]) -> int: ...
