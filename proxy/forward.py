@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from urllib.parse import unquote_to_bytes
 
 import anyio
-import httpx
+import httpx2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -40,16 +40,16 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 KEEPALIVE = b": keepalive\n\n"
 
 
-def make_client(settings: Settings) -> httpx.AsyncClient:
+def make_client(settings: Settings) -> httpx2.AsyncClient:
     """The one upstream client: no read timeout by default, because SSE streams may idle."""
-    timeout = httpx.Timeout(
+    timeout = httpx2.Timeout(
         connect=settings.connect_timeout,
         read=settings.read_timeout,
         write=settings.write_timeout,
         pool=settings.pool_timeout,
     )
-    limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=256)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
+    limits = httpx2.Limits(max_connections=settings.max_connections, max_keepalive_connections=256)
+    return httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
 
 
 def filter_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:
@@ -89,12 +89,12 @@ def safe_suffix(raw_path: bytes) -> bytes | None:
 class Forwarder:
     """Sends a client request upstream and relays the answer; shared by the app and the hooks."""
 
-    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+    def __init__(self, client: httpx2.AsyncClient, settings: Settings) -> None:
         self.client = client
-        self.base = httpx.URL(settings.upstream_url)
+        self.base = httpx2.URL(settings.upstream_url)
         self.keepalive_interval = settings.keepalive_interval
 
-    def target(self, request: Request) -> httpx.URL | None:
+    def target(self, request: Request) -> httpx2.URL | None:
         suffix = safe_suffix(request.scope.get("raw_path") or request.url.path.encode())
         if suffix is None:
             return None
@@ -115,17 +115,17 @@ class Forwarder:
             content = _client_body(request)
         try:
             upstream = await self.send(request.method, url, headers, content)
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             return upstream_error(exc, request.method)
         return UpstreamResponse(upstream, self.keepalive_interval)
 
     async def send(
         self,
         method: str,
-        url: httpx.URL,
+        url: httpx2.URL,
         headers: list[tuple[bytes, bytes]],
         content: bytes | AsyncIterator[bytes] | None,
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         upstream_request = self.client.build_request(method, url, headers=headers, content=content)
         return await self.client.send(upstream_request, stream=True)
 
@@ -138,20 +138,20 @@ def _client_body(request: Request) -> AsyncIterator[bytes] | None:
     return request.stream()
 
 
-def upstream_error(exc: httpx.HTTPError, method: str) -> Response:
+def upstream_error(exc: httpx2.HTTPError, method: str) -> Response:
     """Map a transport failure to 502/503/504.
 
     ``x-should-retry`` is true only where the upstream cannot have acted on the request: the
     connection never opened, or the method is idempotent. A POST that timed out mid-flight may
     have created a run upstream, and a blind retry would create a second one.
     """
-    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    never_sent = isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout))
     retry = never_sent or method.upper() in IDEMPOTENT
-    if isinstance(exc, httpx.PoolTimeout):
+    if isinstance(exc, httpx2.PoolTimeout):
         status, code, message = 503, "upstream_busy", "No upstream connection was free in time."
-    elif isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+    elif isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout)):
         status, code, message = 502, "upstream_unreachable", "The upstream API could not be reached."
-    elif isinstance(exc, httpx.TimeoutException):
+    elif isinstance(exc, httpx2.TimeoutException):
         status, code, message = 504, "upstream_timeout", "The upstream API did not answer in time."
     else:
         status, code, message = 502, "upstream_error", "The upstream API closed the connection."
@@ -159,7 +159,7 @@ def upstream_error(exc: httpx.HTTPError, method: str) -> Response:
     return error_response(status, message, type="upstream_error", code=code, should_retry=retry)
 
 
-def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
+def response_headers(upstream: httpx2.Response) -> list[tuple[bytes, bytes]]:
     headers = filter_headers(upstream.headers.raw)
     if is_event_stream(upstream):
         # Ask nginx / ingress controllers not to buffer or cache a live stream.
@@ -168,81 +168,73 @@ def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def is_event_stream(upstream: httpx.Response) -> bool:
+def is_event_stream(upstream: httpx2.Response) -> bool:
     return upstream.headers.get("content-type", "").startswith("text/event-stream")
-
-
-async def with_keepalive(chunks: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
-    """Yield ``chunks``, plus an SSE comment whenever the upstream is silent for ``interval``.
-
-    The comment only goes out between two events, never inside one, so a client parser never
-    sees a torn event. The pending read is kept across timeouts rather than cancelled.
-    """
-    at_boundary = True
-    pending: asyncio.Task[bytes] | None = None
-    iterator = aiter(chunks)
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                if at_boundary:
-                    yield KEEPALIVE
-                continue
-            try:
-                chunk = pending.result()
-            except StopAsyncIteration:
-                return
-            finally:
-                pending = None
-            if chunk:
-                at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
-                yield chunk
-    finally:
-        if pending is not None:
-            pending.cancel()
 
 
 class UpstreamResponse(Response):
     """Streams an upstream response to the client and always releases the upstream connection.
 
-    It watches the client side too: when the client goes away the upstream stream is closed at
-    once, not at the next write, so an abandoned SSE stream stops consuming upstream tokens.
+    On an event stream two helpers run beside the relay: one closes the upstream the moment the
+    client goes away (not at the next write, so an abandoned stream stops costing tokens), one
+    writes a ``: keepalive`` comment when the upstream has been silent for a while, only between
+    two events so a client parser never sees a torn one. A plain body needs neither.
     """
 
-    def __init__(self, upstream: httpx.Response, keepalive_interval: float) -> None:
+    def __init__(self, upstream: httpx2.Response, keepalive_interval: float) -> None:
         self.upstream = upstream
         self.status_code = upstream.status_code
         self.raw_headers = response_headers(upstream)
         self.background = None
-        chunks = upstream.aiter_raw()
+        self.streaming = is_event_stream(upstream)
         identity = upstream.headers.get("content-encoding", "identity") == "identity"
-        if is_event_stream(upstream) and identity and keepalive_interval > 0:
-            chunks = with_keepalive(chunks, keepalive_interval)
-        self.chunks = chunks
+        self.keepalive_interval = keepalive_interval if self.streaming and identity else 0.0
+        self.last_write = 0.0
+        self.at_boundary = True
+        self.write_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if not self.streaming:
+                await self._relay(send)
+                return
             async with anyio.create_task_group() as group:
                 group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+                if self.keepalive_interval > 0:
+                    group.start_soon(self._keepalive, send)
                 await self._relay(send)
                 group.cancel_scope.cancel()
         finally:
             await self.upstream.aclose()
 
-
     async def _relay(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        self.last_write = loop.time()
         try:
-            async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
+            async for chunk in self.upstream.aiter_raw():
+                async with self.write_lock:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.last_write = loop.time()
+                self.at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
+        except httpx2.HTTPError as exc:
             # Headers are gone already: ending without the last chunk makes the server drop the
             # connection, so the client sees a truncated body instead of a clean, wrong one.
             log.warning("upstream stream broke: %s", type(exc).__name__)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _keepalive(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            idle = loop.time() - self.last_write
+            if idle < self.keepalive_interval:
+                await asyncio.sleep(self.keepalive_interval - idle)
+                continue
+            if self.at_boundary:
+                async with self.write_lock:
+                    await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+            self.last_write = loop.time()
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -133,7 +133,7 @@ def local_embedder(memory_model_dir):
 
     embedder = LocalEmbedder("sentence-transformers/all-MiniLM-L6-v2", model_path=memory_model_dir)
     yield embedder
-    embedder._executor.shutdown(wait=True)
+    embedder.close()
 
 
 # --- emulator (proxy/emulator) -----------------------------------------------------------------
@@ -149,20 +149,29 @@ def emulator_server():
         yield server
 
 
-@pytest.fixture
-def emulator(emulator_server):
-    """Control handle on the session emulator, reset (no recordings, faults or objects) for this test."""
+@pytest.fixture(scope="session")
+def emulator_session(emulator_server):
+    """Control handle and openai client for the session emulator, made once (clients cost ~30 ms each)."""
+    import openai
+
     from proxy.emulator.testing import Emulator
 
     handle = Emulator(emulator_server.url)
+    client = openai.OpenAI(base_url=handle.base_url, api_key="sk-test", max_retries=0)
+    yield handle, client
+    client.close()
+    handle.close()
+
+
+@pytest.fixture
+def emulator(emulator_session):
+    """Control handle on the session emulator, reset (no recordings, faults or objects) for this test."""
+    handle, _ = emulator_session
     handle.reset()
     return handle
 
 
 @pytest.fixture
-def emulator_openai(emulator):
-    """The real openai SDK pointed at the emulator; no retries, so faults surface as errors."""
-    import openai
-
-    with openai.OpenAI(base_url=emulator.base_url, api_key="sk-test", max_retries=0) as client:
-        yield client
+def emulator_openai(emulator, emulator_session):
+    """The real openai SDK pointed at the reset session emulator; no retries, so faults surface as errors."""
+    return emulator_session[1]

@@ -1,0 +1,109 @@
+"""Pieces every benchmark shares: child servers, a closed-loop load generator, percentiles, tables.
+
+Servers run as child processes, as they would in production, so the load generator in this
+process does not share an interpreter lock with the code it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import httpx2
+from rich.console import Console
+from rich.table import Table
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def child_server(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``python -m proxy <args>`` and yield its base URL once /healthz-or-anything answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_listening(port, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode() if process.stderr else ""
+            raise RuntimeError(f"server exited with {process.returncode}: {stderr[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
+
+
+@dataclass
+class Sample:
+    total: float
+    first_event: float | None = None
+
+
+Call = Callable[[httpx2.AsyncClient], Awaitable[Sample]]
+
+
+async def drive(call: Call, requests: int, concurrency: int, warmup: int = 50) -> tuple[list[Sample], float]:
+    """Closed loop: ``concurrency`` workers issue ``requests`` calls in all; returns samples, wall time."""
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(limits=limits, timeout=60) as client:
+        for _ in range(warmup):
+            await call(client)
+        remaining = requests
+        samples: list[Sample] = []
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                samples.append(await call(client))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return samples, time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=160).print(table)

@@ -1,0 +1,173 @@
+"""Helpers every emulator endpoint shares: errors, body parsing, validation, pagination.
+
+Errors are raised as :class:`ApiError` anywhere (also in code with no HTTP in it, like the Responses
+engine) and turned into OpenAI-shaped JSON by one exception handler in ``app.py``, so every endpoint
+fails the way the real API does without repeating the envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+    "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. "
+    "If you have trouble figuring out how to fix this, please contact us through our help center at "
+    "help.openai.com.)"
+)
+
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+
+
+class ApiError(Exception):
+    """An error the emulator answers with, in the OpenAI error envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+
+
+def now() -> int:
+    """Unix seconds, the unit of every ``created``/``created_at`` field."""
+    return int(time.time())
+
+
+def not_found(kind: str, object_id: str, *, param: str | None = None) -> ApiError:
+    """404 for an unknown id, worded like OpenAI: ``No response found with id 'x'.``"""
+    return ApiError(404, f"No {kind} found with id '{object_id}'.", param=param)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object; 400 with OpenAI's message otherwise."""
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, BAD_JSON) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, BAD_JSON)
+    return body
+
+
+def require(body: Mapping[str, Any], *fields: str) -> None:
+    """400 ``missing_required_parameter`` naming the first absent field, as OpenAI does."""
+    for field in fields:
+        require_value(body.get(field), field)
+
+
+def require_value(value: Any, param: str) -> None:
+    """400 ``missing_required_parameter`` for one (possibly nested, e.g. ``tools[0].name``) parameter."""
+    if value is None:
+        raise ApiError(400, f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param)
+
+
+def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    """400 for a present but unusable parameter."""
+    return ApiError(400, f"Invalid '{param}': {message}", code=code, param=param)
+
+
+def expect_type(body: Mapping[str, Any], field: str, kind: type | tuple[type, ...], label: str) -> Any:
+    """Return ``body[field]`` (None when absent) after checking its JSON type."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise invalid(field, f"expected {label}, but got a boolean instead.", "invalid_type")
+    if not isinstance(value, kind):
+        raise invalid(field, f"expected {label}, but got {type(value).__name__} instead.", "invalid_type")
+    return value
+
+
+def check_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
+    """Validate a metadata map with OpenAI's limits (16 pairs, keys <= 64, values <= 512 chars)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise invalid(param, "expected an object with string values.", "invalid_type")
+    if len(value) > METADATA_MAX_KEYS:
+        raise invalid(param, f"too many properties; at most {METADATA_MAX_KEYS} are allowed.")
+    for key, item in value.items():
+        if len(key) > METADATA_MAX_KEY:
+            raise invalid(param, f"key '{key[:20]}...' is longer than {METADATA_MAX_KEY} characters.")
+        if len(item) > METADATA_MAX_VALUE:
+            raise invalid(param, f"value of '{key}' is longer than {METADATA_MAX_VALUE} characters.")
+    return dict(value)
+
+
+def query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``[low, high]``."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(name, f"expected an integer, but got '{raw}' instead.", "invalid_type") from None
+    if not low <= value <= high:
+        raise invalid(name, f"must be between {low} and {high}, but got {value}.", "integer_out_of_range")
+    return value
+
+
+def query_order(params: Mapping[str, str], default: str = "desc") -> str:
+    """The ``order`` query parameter: ``asc`` or ``desc``."""
+    order = params.get("order", default)
+    if order not in ("asc", "desc"):
+        raise invalid("order", f"expected one of 'asc' or 'desc', but got '{order}' instead.")
+    return order
+
+
+def cursor_page(
+    items: Sequence[dict[str, Any]],
+    params: Mapping[str, str],
+    *,
+    default_limit: int = 20,
+    max_limit: int = 100,
+    default_order: str = "desc",
+    key: Callable[[dict[str, Any]], str] = lambda item: item["id"],
+) -> dict[str, Any]:
+    """One page of a cursor-paginated ``list`` object (``after``/``limit``/``order``).
+
+    ``items`` are in creation order. ``first_id``/``last_id`` are null for an empty page, as OpenAI
+    answers (the spec types them as strings, which no empty page can satisfy).
+    """
+    limit = query_int(params, "limit", default_limit, 1, max_limit)
+    ordered: list[dict[str, Any]] = list(items) if query_order(params, default_order) == "asc" else list(items)[::-1]
+    after = params.get("after")
+    if after:
+        ids = [key(item) for item in ordered]
+        if after not in ids:
+            raise invalid("after", f"no object with id '{after}' in this list.")
+        ordered = ordered[ids.index(after) + 1 :]
+    return list_object(ordered[:limit], has_more=len(ordered) > limit, key=key)
+
+
+def list_object(
+    data: Sequence[dict[str, Any]],
+    *,
+    has_more: bool = False,
+    key: Callable[[dict[str, Any]], str] = lambda item: item["id"],
+) -> dict[str, Any]:
+    """A ``{"object": "list", ...}`` page with ``first_id``/``last_id`` (null when empty)."""
+    return {
+        "object": "list",
+        "data": list(data),
+        "first_id": key(data[0]) if data else None,
+        "last_id": key(data[-1]) if data else None,
+        "has_more": has_more,
+    }
