@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 
 from proxy.server import ServerThread
 
@@ -24,7 +24,7 @@ class Emulator:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.base_url = self.url + "/v1"
-        self._http = httpx.Client(base_url=self.url, timeout=10)
+        self._http = httpx2.Client(base_url=self.url, timeout=10)
 
     def close(self) -> None:
         self._http.close()

@@ -1,0 +1,48 @@
+"""Build the memory layer from Settings: embedder, store (embedded Qdrant Edge or a server), service."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from .embed import Embedder, make_embedder
+from .service import MemoryService
+from .store import MemoryStore
+
+if TYPE_CHECKING:
+    from proxy.config import Settings
+
+
+def make_store(settings: Settings, dim: int) -> MemoryStore:
+    """``qdrant_url`` set: that server; otherwise Qdrant Edge under ``data_dir/qdrant/<collection>``."""
+    if settings.qdrant_url:
+        from .store_qdrant import QdrantStore
+
+        return QdrantStore.from_url(
+            settings.qdrant_url, api_key=settings.qdrant_api_key, collection=settings.collection, dim=dim
+        )
+    from .store_edge import EdgeStore
+
+    return EdgeStore(settings.data_dir / "qdrant" / settings.collection, dim=dim, collection=settings.collection)
+
+
+async def create_memory_service(
+    settings: Settings, http_client: httpx2.AsyncClient | None = None, *, embedder: Embedder | None = None
+) -> MemoryService:
+    """A started service that owns its store, and its embedder unless one is given (``aclose()`` releases them).
+
+    Raises ``DimensionMismatchError`` when the existing collection was built with another embedding size.
+    """
+    owns_embedder = embedder is None
+    embedder = embedder or make_embedder(settings, http_client)
+    store = make_store(settings, embedder.dim)
+    service = MemoryService(store, embedder, settings, owns_store=True, owns_embedder=owns_embedder)
+    try:
+        await service.start()
+    except BaseException:
+        await store.close()
+        if owns_embedder:
+            await embedder.aclose()
+        raise
+    return service

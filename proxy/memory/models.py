@@ -1,0 +1,166 @@
+"""Typed records of the memory layer: what is stored (``Memory``) and what recall returns (``ScoredMemory``).
+
+All datetimes are timezone-aware UTC. Naive datetimes given to these models are taken as UTC, so a
+caller can never store a local wall-clock time by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Kinds the extractor and the API use. Other lowercase identifiers are accepted too (a deployment may
+#: add its own); a kind only matters for its default TTL (``Settings.memory_ttl_days``).
+KNOWN_KINDS = ("fact", "preference", "plan", "identity", "temporary")
+
+#: What ``MemoryService.remember`` did with a text.
+RememberAction = Literal["created", "duplicate", "near_duplicate"]
+
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_SPACE_RE = re.compile(r"\s+")
+
+
+def check_kind(kind: str) -> str:
+    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+        raise ValueError(f"kind must be a lowercase identifier (e.g. {', '.join(KNOWN_KINDS)}), got {kind!r}")
+    return kind
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (naive values are taken to be UTC already)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def normalize_text(text: str) -> str:
+    """The form two texts are compared in for exact dedupe: NFKC, case-folded, whitespace collapsed,
+    trailing sentence punctuation dropped ("I like tea." == "i like  tea")."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE_RE.sub(" ", folded).strip().rstrip(".!?;,: ").strip()
+
+
+def content_hash(text: str) -> str:
+    """sha256 of :func:`normalize_text`, hex."""
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return as_utc(value) if isinstance(value, datetime) else value
+
+
+class Source(_Model):
+    """Where a memory came from, so a user can trace it back to a conversation."""
+
+    thread_id: str | None = None
+    run_id: str | None = None
+    message_ids: list[str] = Field(default_factory=list)
+    assistant_id: str | None = None
+
+
+class HistoryEntry(_Model):
+    """A previous text of a memory, kept when the memory is updated."""
+
+    text: str
+    changed_at: datetime
+    reason: str | None = None
+
+
+class Memory(_Model):
+    """One remembered statement about a subject (a user) inside a tenant (an application)."""
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    tenant: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    kind: str = "fact"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    access_count: int = Field(0, ge=0)
+    last_accessed_at: datetime | None = None
+    source: Source = Field(default_factory=Source)
+    assistant_id: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    content_hash: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    deleted_at: datetime | None = None
+    deleted_reason: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return str(uuid.UUID(str(value)))
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        return check_kind(value)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.content_hash:
+            self.content_hash = content_hash(self.text)
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= as_utc(now)
+
+    @property
+    def last_touched_at(self) -> datetime:
+        """The later of the last change and the last recall: what recency is measured from."""
+        if self.last_accessed_at is not None and self.last_accessed_at > self.updated_at:
+            return self.last_accessed_at
+        return self.updated_at
+
+
+class ConfidenceTerms(_Model):
+    """Why a memory surfaced. Every term is in [0, 1]; ``confidence`` is their weighted mean.
+
+    - ``similarity``: how well the memory matches the query, ``max(semantic, lexical)``.
+    - ``semantic``: cosine similarity of the query and memory embeddings, clipped at 0.
+    - ``lexical``: IDF-weighted share of the query's BM25 terms (stemmed, no stop words) in the memory.
+    - ``recency``: ``0.5 ** (age / half_life)``, age measured from the last update or recall.
+    - ``frequency``: ``log1p(access_count) / log1p(cap)``, capped at 1.
+    """
+
+    confidence: float
+    similarity: float
+    semantic: float
+    lexical: float
+    recency: float
+    frequency: float
+
+
+class ScoredMemory(_Model):
+    """A recalled memory with its confidence and the terms that make it up."""
+
+    memory: Memory
+    confidence: float
+    similarity: float
+    semantic: float
+    lexical: float
+    recency: float
+    frequency: float
+    rank: int = Field(description="Position in the hybrid (dense + BM25, RRF-fused) candidate list, from 0.")
+
+    @classmethod
+    def from_terms(cls, memory: Memory, terms: ConfidenceTerms, rank: int) -> ScoredMemory:
+        return cls(memory=memory, rank=rank, **terms.model_dump())

@@ -1,0 +1,525 @@
+"""MemoryService: the memory API the rest of memproxy uses (hooks, worker, REST API, CLI).
+
+Every call names a tenant and a subject; they become a :class:`Scope` that the store enforces on
+every read and write. Timing-sensitive calls take ``now`` (default: the service's clock) so tests and
+the janitor never depend on the wall clock.
+
+Recall is read-only on the request path: access counts and times of the recalled memories are
+collected in memory and written back by a background task (``flush()`` writes them immediately).
+Counts are best effort: a crash loses the unflushed ones, and two replicas flushing the same memory
+at once may lose an increment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .embed import Embedder
+from .models import (
+    HistoryEntry,
+    Memory,
+    RememberAction,
+    ScoredMemory,
+    Source,
+    as_utc,
+    check_kind,
+    content_hash,
+    utcnow,
+)
+from .scoring import ScoringWeights, confidence, cosine
+from .sparse import Bm25Encoder, lexical_scores
+from .store import (
+    DimensionMismatchError,
+    Hit,
+    MemoryPoint,
+    MemoryStore,
+    Page,
+    Scope,
+    access_payload,
+    expiry_payload,
+    tombstone_payload,
+)
+
+if TYPE_CHECKING:
+    from proxy.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class MemoryNotFound(LookupError):
+    """No live memory with this id in this tenant and subject (it may exist in another scope)."""
+
+
+def _is_id(memory_id: object) -> bool:
+    """Memory ids are UUIDs; anything else cannot name a memory (and must not reach the store)."""
+    try:
+        uuid.UUID(str(memory_id))
+    except ValueError:
+        return False
+    return True
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    """The later expiry, ``None`` meaning never."""
+    if a is None or b is None:
+        return None
+    return max(a, b)
+
+
+class MemoryService:
+    def __init__(
+        self,
+        store: MemoryStore,
+        embedder: Embedder,
+        settings: Settings,
+        *,
+        sparse: Bm25Encoder | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        owns_store: bool = False,
+        owns_embedder: bool = False,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self.sparse = sparse or Bm25Encoder()
+        self.clock = clock
+        self.weights = ScoringWeights(
+            similarity=settings.memory_weight_similarity,
+            recency=settings.memory_weight_recency,
+            frequency=settings.memory_weight_frequency,
+            half_life_days=settings.memory_half_life_days,
+            frequency_cap=settings.memory_frequency_cap,
+        )
+        self._owns_store, self._owns_embedder = owns_store, owns_embedder
+        self._locks: weakref.WeakValueDictionary[Scope, asyncio.Lock] = weakref.WeakValueDictionary()
+        # access tracking: scope -> id -> (recalls since last flush, last recall time)
+        self._pending: dict[Scope, dict[str, tuple[int, datetime]]] = {}
+        self._flush_lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.store.dim != self.embedder.dim:
+            raise DimensionMismatchError(self.store.collection, self.store.dim, self.embedder.dim)
+        await self.store.start()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+            self._flusher = None
+        await self.flush()
+        if self._owns_store:
+            await self.store.close()
+        if self._owns_embedder:
+            await self.embedder.aclose()
+
+    async def __aenter__(self) -> MemoryService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _now(self, now: datetime | None) -> datetime:
+        return as_utc(now) if now is not None else as_utc(self.clock())
+
+    def _restrict(self, assistant_id: str | None) -> str | None:
+        """The assistant filter recall and dedupe use: only when per-assistant restriction is on."""
+        return assistant_id if self.settings.memory_per_assistant and assistant_id else None
+
+    def _lock(self, scope: Scope) -> asyncio.Lock:
+        lock = self._locks.get(scope)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[scope] = lock
+        return lock
+
+    def default_ttl(self, kind: str) -> timedelta | None:
+        days = self.settings.memory_ttl_days.get(kind)
+        return timedelta(days=days) if days else None
+
+    def _expiry(self, kind: str, ttl: timedelta | float | None, now: datetime) -> datetime | None:
+        if ttl is None:
+            ttl = self.default_ttl(kind)
+        elif not isinstance(ttl, timedelta):
+            ttl = timedelta(seconds=float(ttl))
+        if ttl is None:
+            return None
+        if ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        return now + ttl
+
+    def _clean_text(self, text: str) -> str:
+        text = (text or "").strip()
+        if not text:
+            raise ValueError("a memory needs non-empty text")
+        if len(text) > self.settings.memory_max_chars:
+            raise ValueError(f"memory text is longer than {self.settings.memory_max_chars} characters")
+        return text
+
+    async def _point(self, memory: Memory, api_key: str | None, dense: list[float] | None = None) -> MemoryPoint:
+        if dense is None:
+            (dense,) = await self.embedder.embed_documents([memory.text], api_key=api_key)
+        return MemoryPoint(memory, dense, self.sparse.document(memory.text))
+
+    async def _live(self, scope: Scope, memory_id: str, now: datetime | None) -> Memory:
+        if not _is_id(memory_id):
+            raise MemoryNotFound(memory_id)
+        found = await self.store.get(scope, [str(uuid.UUID(memory_id))], now=now, include_deleted=False)
+        if not found:
+            raise MemoryNotFound(memory_id)
+        return found[0]
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    async def remember(
+        self,
+        tenant: str,
+        subject: str,
+        text: str,
+        kind: str = "fact",
+        ttl: timedelta | float | None = None,
+        source: Source | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        assistant_id: str | None = None,
+        *,
+        now: datetime | None = None,
+        api_key: str | None = None,
+    ) -> tuple[Memory, RememberAction]:
+        """Store ``text`` for the subject, unless it is already known.
+
+        Returns the memory and what happened: ``"created"``; ``"duplicate"`` (same normalized text) or
+        ``"near_duplicate"`` (dense cosine >= ``memory_near_duplicate``), in which case the existing
+        memory is touched instead: counted as accessed now, its expiry extended to the later of the two
+        (never-expiring wins). ``ttl`` (timedelta or seconds) overrides the kind's default TTL.
+        """
+        scope = Scope(tenant, subject)
+        now = self._now(now)
+        text = self._clean_text(text)
+        check_kind(kind)
+        expires_at = self._expiry(kind, ttl, now)
+        restrict = self._restrict(assistant_id)
+        src = source if isinstance(source, Source) else Source.model_validate(dict(source or {}))
+        if assistant_id and not src.assistant_id:
+            src = src.model_copy(update={"assistant_id": assistant_id})
+
+        async with self._lock(scope):
+            same = await self.store.find(scope, content_hash=content_hash(text), now=now, assistant_id=restrict)
+            if same:
+                return await self._touch(scope, same[0], expires_at, now), "duplicate"
+            (dense,) = await self.embedder.embed_documents([text], api_key=api_key)
+            near = await self.store.dense_query(scope, dense, limit=1, now=now, assistant_id=restrict)
+            if near and near[0].score >= self.settings.memory_near_duplicate:
+                return await self._touch(scope, near[0].memory, expires_at, now), "near_duplicate"
+            memory = Memory(
+                tenant=tenant,
+                subject=subject,
+                text=text,
+                kind=kind,
+                created_at=now,
+                updated_at=now,
+                expires_at=expires_at,
+                source=src,
+                assistant_id=assistant_id,
+                metadata=dict(metadata or {}),
+            )
+            await self.store.upsert(scope, [await self._point(memory, api_key, dense)])
+            return memory, "created"
+
+    async def _touch(self, scope: Scope, memory: Memory, expires_at: datetime | None, now: datetime) -> Memory:
+        new_expiry = _later(memory.expires_at, expires_at)
+        if new_expiry != memory.expires_at:
+            await self.store.set_payloads(scope, {memory.id: expiry_payload(new_expiry)})
+        self._record_access(scope, [memory.id], now)
+        last = memory.last_accessed_at
+        return memory.model_copy(
+            update={
+                "expires_at": new_expiry,
+                "access_count": memory.access_count + 1,
+                "last_accessed_at": now if last is None or now > last else last,
+            }
+        )
+
+    async def update(
+        self,
+        tenant: str,
+        subject: str,
+        memory_id: str,
+        text: str,
+        reason: str | None = None,
+        *,
+        now: datetime | None = None,
+        api_key: str | None = None,
+    ) -> Memory:
+        """Replace a memory's text, keeping the previous text in ``history``; re-embeds it."""
+        scope = Scope(tenant, subject)
+        now = self._now(now)
+        text = self._clean_text(text)
+        async with self._lock(scope):
+            current = await self._live(scope, memory_id, now)
+            if content_hash(text) == current.content_hash and text == current.text:
+                return current
+            updated = current.model_copy(
+                update={
+                    "text": text,
+                    "content_hash": content_hash(text),
+                    "updated_at": now,
+                    "history": [*current.history, HistoryEntry(text=current.text, changed_at=now, reason=reason)],
+                }
+            )
+            updated = Memory.model_validate(updated.model_dump())
+            await self.store.upsert(scope, [await self._point(updated, api_key)])
+            return updated
+
+    async def delete(
+        self, tenant: str, subject: str, memory_id: str, reason: str | None = None, *, now: datetime | None = None
+    ) -> Memory:
+        """Soft delete: the memory becomes a tombstone (kept for export and audit, never recalled or listed)."""
+        scope = Scope(tenant, subject)
+        now = self._now(now)
+        async with self._lock(scope):
+            found = await self._live(scope, memory_id, None)
+            await self.store.set_payloads(scope, {found.id: tombstone_payload(now, reason)})
+            return found.model_copy(update={"deleted_at": now, "deleted_reason": reason})
+
+    async def erase_subject(self, tenant: str, subject: str) -> int:
+        """Hard-delete everything of a subject, tombstones included (GDPR Art. 17). Returns the count."""
+        scope = Scope(tenant, subject)
+        async with self._lock(scope):
+            self._pending.pop(scope, None)
+            return await self.store.delete_scope(scope)
+
+    async def expire(self, now: datetime | None = None, *, batch: int = 256) -> list[Memory]:
+        """The janitor step: hard-remove every memory expired at ``now`` and return them for the audit log.
+
+        Only what was really removed is returned: a memory whose expiry was extended between the
+        read and the delete (the delete re-checks expiry) stays, and is not reported.
+        """
+        now = self._now(now)
+        removed: list[Memory] = []
+        seen: set[str] = set()
+        while True:
+            found = [m for m in await self.store.find_expired(now, limit=batch) if m.id not in seen]
+            if not found:
+                break
+            seen.update(m.id for m in found)
+            by_scope: dict[Scope, list[Memory]] = {}
+            for memory in found:
+                by_scope.setdefault(Scope(memory.tenant, memory.subject), []).append(memory)
+            for scope, memories in by_scope.items():
+                ids = [m.id for m in memories]
+                await self.store.delete(scope, ids, expired_at=now)
+                left = {m.id for m in await self.store.get(scope, ids)}
+                removed.extend(m for m in memories if m.id not in left)
+                pending = self._pending.get(scope)
+                for memory_id in ids:
+                    if pending and memory_id not in left:
+                        pending.pop(memory_id, None)
+        return removed
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    async def recall(
+        self,
+        tenant: str,
+        subject: str,
+        query: str,
+        top_k: int | None = None,
+        min_confidence: float | None = None,
+        assistant_id: str | None = None,
+        now: datetime | None = None,
+        *,
+        min_similarity: float | None = None,
+        api_key: str | None = None,
+    ) -> list[ScoredMemory]:
+        """Memories relevant to ``query``, best first, with their confidence terms.
+
+        Candidates come from a hybrid query (dense + BM25, RRF-fused, ``memory_candidates`` each);
+        each is then scored by :func:`proxy.memory.scoring.confidence`. A memory must reach
+        ``min_similarity`` (default ``memory_min_similarity``) to be returned at all, so recency and
+        frequency order relevant memories but never make an unrelated one surface; then
+        ``min_confidence`` applies. Expired and deleted memories are never returned.
+        """
+        scope = Scope(tenant, subject)
+        now = self._now(now)
+        top_k = self.settings.memory_top_k if top_k is None else top_k
+        floor = self.settings.memory_min_confidence if min_confidence is None else min_confidence
+        sim_floor = self.settings.memory_min_similarity if min_similarity is None else min_similarity
+        if top_k <= 0 or not query.strip():
+            return []
+        dense = await self.embedder.embed_query(query, api_key=api_key)
+        sparse = self.sparse.query(query)
+        hits = await self.store.hybrid_query(
+            scope,
+            dense,
+            sparse,
+            limit=max(self.settings.memory_candidates, top_k),
+            now=now,
+            assistant_id=self._restrict(assistant_id),
+        )
+        scored = self._score(scope, dense, frozenset(sparse.indices), hits, now, sim_floor, floor)
+        scored.sort(key=lambda s: (-s.confidence, s.rank))
+        scored = scored[:top_k]
+        if scored:
+            self._record_access(scope, [s.memory.id for s in scored], now)
+        return scored
+
+    def _score(
+        self,
+        scope: Scope,
+        dense: list[float],
+        query_terms: frozenset[int],
+        hits: list[Hit],
+        now: datetime,
+        min_similarity: float,
+        min_confidence: float,
+    ) -> list[ScoredMemory]:
+        ranked = []
+        for rank, hit in enumerate(hits):
+            memory = hit.memory
+            if (memory.tenant, memory.subject) != (scope.tenant, scope.subject):  # defence in depth
+                log.error("memory store returned a memory of another scope; dropped")
+                continue
+            if memory.deleted or memory.is_expired(now):
+                continue
+            ranked.append((rank, hit))
+        lexical = lexical_scores(query_terms, [self.sparse.terms(hit.memory.text) for _, hit in ranked])
+        out = []
+        for (rank, hit), lex in zip(ranked, lexical, strict=True):
+            terms = confidence(
+                semantic_cosine=cosine(dense, hit.dense) if hit.dense else 0.0,
+                lexical=lex,
+                last_touched_at=hit.memory.last_touched_at,
+                access_count=hit.memory.access_count,
+                now=now,
+                weights=self.weights,
+            )
+            if terms.similarity >= min_similarity and terms.confidence >= min_confidence:
+                out.append(ScoredMemory.from_terms(hit.memory, terms, rank))
+        return out
+
+    async def similar(
+        self,
+        tenant: str,
+        subject: str,
+        text: str,
+        limit: int = 5,
+        *,
+        now: datetime | None = None,
+        assistant_id: str | None = None,
+        api_key: str | None = None,
+    ) -> list[tuple[Memory, float]]:
+        """Live memories nearest to ``text`` by cosine, with the cosine (for consolidation)."""
+        scope = Scope(tenant, subject)
+        dense = await self.embedder.embed_query(text, api_key=api_key)
+        hits = await self.store.dense_query(
+            scope, dense, limit=limit, now=self._now(now), assistant_id=self._restrict(assistant_id)
+        )
+        return [(h.memory, h.score) for h in hits]
+
+    async def get(
+        self,
+        tenant: str,
+        subject: str,
+        memory_id: str,
+        *,
+        include_deleted: bool = False,
+        now: datetime | None = None,
+    ) -> Memory | None:
+        """One memory, or None when it is absent, expired, deleted (unless asked) or in another scope."""
+        scope = Scope(tenant, subject)
+        if not _is_id(memory_id):
+            return None
+        found = await self.store.get(
+            scope, [str(uuid.UUID(memory_id))], now=self._now(now), include_deleted=include_deleted
+        )
+        return found[0] if found else None
+
+    async def list(
+        self,
+        tenant: str,
+        subject: str,
+        cursor: str | None = None,
+        limit: int = 50,
+        include_deleted: bool = False,
+        *,
+        now: datetime | None = None,
+    ) -> Page:
+        """A page of the subject's unexpired memories; ``Page.next_cursor`` fetches the next one."""
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        return await self.store.scroll(
+            Scope(tenant, subject), cursor=cursor, limit=limit, now=self._now(now), include_deleted=include_deleted
+        )
+
+    async def export(self, tenant: str, subject: str) -> list[Memory]:
+        """Everything stored about a subject: history, tombstones and not-yet-removed expired memories."""
+        scope = Scope(tenant, subject)
+        out: list[Memory] = []
+        cursor: str | None = None
+        while True:
+            page = await self.store.scroll(scope, cursor=cursor, limit=256, include_deleted=True)
+            out.extend(page.memories)
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    async def count(self, tenant: str, subject: str, *, now: datetime | None = None) -> int:
+        return await self.store.count(Scope(tenant, subject), now=self._now(now))
+
+    # --- access tracking ---------------------------------------------------------------------------
+
+    def _record_access(self, scope: Scope, ids: list[str], now: datetime) -> None:
+        pending = self._pending.setdefault(scope, {})
+        for memory_id in ids:
+            n, last = pending.get(memory_id, (0, now))
+            pending[memory_id] = (n + 1, max(last, now))
+        if self._closed:
+            return
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(), name="memproxy-access-flush")
+        self._wakeup.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(self.settings.memory_access_flush_seconds)
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - never let bookkeeping kill the task
+                log.warning("writing memory access counts failed", exc_info=True)
+
+    async def flush(self) -> None:
+        """Write the pending access counts and times now."""
+        async with self._flush_lock:
+            pending, self._pending = self._pending, {}
+            for scope, items in pending.items():
+                try:
+                    current = await self.store.get(scope, list(items), include_deleted=True)
+                    updates = {}
+                    for memory in current:
+                        n, last = items[memory.id]
+                        previous = memory.last_accessed_at
+                        updates[memory.id] = access_payload(
+                            memory.access_count + n, last if previous is None or last > previous else previous
+                        )
+                    await self.store.set_payloads(scope, updates)
+                except Exception:  # noqa: BLE001
+                    log.warning("writing memory access counts failed for one scope", exc_info=True)

@@ -1,0 +1,301 @@
+"""Contract tests of the memory store, run against both backends.
+
+Vectors here are small hand-made ones (no embedding model): the tests are about what the store
+keeps, finds and refuses, identically on Qdrant Edge and on qdrant-client (local mode).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from qdrant_client import AsyncQdrantClient
+
+from proxy.memory.models import HistoryEntry, Memory, Source
+from proxy.memory.sparse import Bm25Encoder
+from proxy.memory.store import (
+    DimensionMismatchError,
+    MemoryPoint,
+    Scope,
+    access_payload,
+    tombstone_payload,
+)
+from proxy.memory.store_edge import EdgeStore
+from proxy.memory.store_qdrant import QdrantStore
+
+DIM = 8
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+A = Scope("tenant-a", "alice")
+B = Scope("tenant-b", "alice")  # same subject name, other tenant
+A_BOB = Scope("tenant-a", "bob")  # same tenant, other subject
+BM25 = Bm25Encoder()
+
+
+def vec(axis: int, wobble: float = 0.0) -> list[float]:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[axis % DIM] = 1.0
+    v[(axis + 1) % DIM] = wobble
+    return v.tolist()
+
+
+def mem(scope: Scope, text: str, **kw) -> Memory:
+    kw.setdefault("created_at", T0)
+    kw.setdefault("updated_at", T0)
+    return Memory(tenant=scope.tenant, subject=scope.subject, text=text, **kw)
+
+
+def point(memory: Memory, axis: int = 0, wobble: float = 0.0) -> MemoryPoint:
+    return MemoryPoint(memory, vec(axis, wobble), BM25.document(memory.text))
+
+
+async def open_store(kind: str, tmp_path, dim: int = DIM, client: AsyncQdrantClient | None = None):
+    if kind == "edge":
+        store = EdgeStore(tmp_path / "memories", dim=dim)
+    else:
+        store = QdrantStore(client or AsyncQdrantClient(location=":memory:"), collection="memories", dim=dim)
+    await store.start()
+    return store
+
+
+@pytest.fixture(params=["edge", "qdrant"])
+async def store(request, tmp_path):
+    s = await open_store(request.param, tmp_path)
+    yield s
+    await s.close()
+    if isinstance(s, QdrantStore):
+        await s.client.close()
+
+
+async def test_roundtrip_keeps_every_field(store):
+    m = mem(
+        A,
+        "User's dog is called Rex",
+        kind="identity",
+        expires_at=T0 + timedelta(days=3),
+        access_count=4,
+        last_accessed_at=T0 + timedelta(hours=1),
+        source=Source(thread_id="thread_1", run_id="run_1", message_ids=["msg_1", "msg_2"], assistant_id="asst_1"),
+        assistant_id="asst_1",
+        history=[HistoryEntry(text="User's dog is Rex", changed_at=T0, reason="typo")],
+        metadata={"lang": "en", "n": 3},
+    )
+    await store.upsert(A, [point(m)])
+    (got,) = await store.get(A, [m.id])
+    assert got == m
+    assert got.expires_at.tzinfo is not None
+
+
+async def test_scope_is_mandatory_and_checked(store):
+    with pytest.raises(ValueError):
+        Scope("", "alice")
+    with pytest.raises(ValueError):
+        Scope("tenant-a", "  ")
+    with pytest.raises(TypeError):
+        await store.get(("tenant-a", "alice"), [str(uuid.uuid4())])  # a tuple is not a Scope
+    with pytest.raises(TypeError):
+        await store.count("tenant-a")
+    for call in (  # even calls that would do nothing check their scope
+        store.get("tenant-a", []),
+        store.delete("tenant-a", []),
+        store.set_payloads("tenant-a", {}),
+        store.upsert("tenant-a", []),
+    ):
+        with pytest.raises(TypeError):
+            await call
+    m = mem(A, "belongs to alice in tenant a")
+    with pytest.raises(ValueError, match="another scope"):
+        await store.upsert(B, [point(m)])  # writing A's memory through B's scope
+    with pytest.raises(ValueError, match="size"):
+        await store.upsert(A, [MemoryPoint(m, [1.0, 0.0], BM25.document(m.text))])
+    assert await store.count(A) == 0 and await store.count(B) == 0
+
+
+@pytest.mark.parametrize("other", [B, A_BOB], ids=["other-tenant", "other-subject"])
+async def test_isolation_even_with_the_id(store, other):
+    secret = mem(A, "Alice's locker code is 4471")
+    await store.upsert(A, [point(secret, axis=1)])
+    # the other scope has a memory too, so its queries are not trivially empty
+    mine = mem(other, "Something about the other user")
+    await store.upsert(other, [point(mine, axis=2)])
+
+    assert await store.get(other, [secret.id]) == []
+    assert [m.id for m in (await store.scroll(other, limit=100, include_deleted=True)).memories] == [mine.id]
+    assert await store.count(other, include_deleted=True) == 1
+    hits = await store.hybrid_query(other, vec(1), BM25.query("locker code 4471"), limit=10, now=T0)
+    assert [h.memory.id for h in hits] == [mine.id]
+    hits = await store.dense_query(other, vec(1), limit=10, now=T0)
+    assert [h.memory.id for h in hits] == [mine.id]
+    assert await store.find(other, content_hash=secret.content_hash) == []
+
+    # writes through the other scope do nothing to A's memory
+    await store.set_payloads(other, {secret.id: tombstone_payload(T0, "attack")})
+    await store.set_payloads(other, {secret.id: access_payload(999, T0)})
+    await store.delete(other, [secret.id])
+    assert await store.delete_scope(other) == 1
+
+    (still,) = await store.get(A, [secret.id])
+    assert still.text == secret.text and not still.deleted and still.access_count == 0
+    assert await store.count(A) == 1
+
+
+async def test_expired_memories_are_hidden_and_found_by_the_janitor(store):
+    live = mem(A, "User is learning Portuguese", expires_at=T0 + timedelta(days=30))
+    forever = mem(A, "User is called Alice")
+    gone = mem(A, "User is in Lisbon this week", kind="temporary", expires_at=T0 + timedelta(days=7))
+    other = mem(B, "User is in Rome this week", kind="temporary", expires_at=T0 + timedelta(days=2))
+    await store.upsert(A, [point(live, 0), point(forever, 1), point(gone, 2)])
+    await store.upsert(B, [point(other, 2)])
+    later = T0 + timedelta(days=8)
+
+    def ids(items):
+        return {getattr(i, "memory", i).id for i in items}
+
+    assert ids(await store.hybrid_query(A, vec(2), BM25.query("Lisbon"), limit=10, now=T0)) >= {gone.id}
+    assert gone.id not in ids(await store.hybrid_query(A, vec(2), BM25.query("Lisbon"), limit=10, now=later))
+    assert gone.id not in ids(await store.dense_query(A, vec(2), limit=10, now=later))
+    assert await store.get(A, [gone.id], now=later) == []
+    assert ids(await store.get(A, [gone.id])) == {gone.id}  # without `now`, still stored
+    assert ids((await store.scroll(A, now=later)).memories) == {live.id, forever.id}
+    assert await store.count(A, now=later) == 2
+
+    expired = await store.find_expired(later)
+    assert ids(expired) == {gone.id, other.id}  # every tenant: the janitor's view
+    assert ids(await store.find_expired(T0 + timedelta(days=3))) == {other.id}
+
+    # a scoped delete restricted to expired memories leaves live ones alone
+    await store.delete(A, [gone.id, live.id, forever.id], expired_at=later)
+    assert ids(await store.get(A, [gone.id, live.id, forever.id])) == {live.id, forever.id}
+    assert ids(await store.find_expired(later)) == {other.id}
+
+
+async def test_tombstones_are_hidden_unless_asked(store):
+    m = mem(A, "User's favourite band is Radiohead")
+    await store.upsert(A, [point(m, 3)])
+    await store.set_payloads(A, {m.id: tombstone_payload(T0, "user asked")})
+    assert await store.hybrid_query(A, vec(3), BM25.query("Radiohead"), limit=5, now=T0) == []
+    assert await store.dense_query(A, vec(3), limit=5, now=T0) == []
+    assert (await store.scroll(A)).memories == []
+    assert await store.get(A, [m.id], include_deleted=False) == []
+    assert await store.find(A, content_hash=m.content_hash) == []
+    (tomb,) = await store.get(A, [m.id])
+    assert tomb.deleted and tomb.deleted_reason == "user asked" and tomb.deleted_at == T0
+    assert [x.id for x in (await store.scroll(A, include_deleted=True)).memories] == [m.id]
+
+
+async def test_hybrid_finds_a_keyword_match_the_dense_vector_misses(store):
+    target = mem(A, "Replacement part ZQX-7781 was ordered")
+    distractors = [mem(A, f"Unrelated note number {i} about gardening") for i in range(6)]
+    # the dense query points at the distractors' axis; only BM25 knows about ZQX-7781
+    await store.upsert(A, [point(target, axis=5)] + [point(d, axis=0, wobble=0.1 * i) for i, d in enumerate(distractors)])
+    dense_only = await store.dense_query(A, vec(0), limit=3, now=T0)
+    assert target.id not in [h.memory.id for h in dense_only]
+    hits = await store.hybrid_query(A, vec(0), BM25.query("ZQX-7781"), limit=3, now=T0)
+    assert target.id in [h.memory.id for h in hits]
+    assert all(h.dense is not None and len(h.dense) == DIM for h in hits)
+
+
+async def test_dense_query_scores_are_cosines(store):
+    m = mem(A, "anything")
+    await store.upsert(A, [point(m, axis=4)])
+    (hit,) = await store.dense_query(A, vec(4, wobble=1.0), limit=1, now=T0)
+    assert hit.score == pytest.approx(1 / np.sqrt(2), abs=1e-4)
+
+
+async def test_assistant_restriction(store):
+    own = mem(A, "Told to assistant one", assistant_id="asst_1")
+    other = mem(A, "Told to assistant two", assistant_id="asst_2")
+    unassigned = mem(A, "Told to nobody in particular")
+    await store.upsert(A, [point(own, 0), point(other, 0, 0.1), point(unassigned, 0, 0.2)])
+    restricted = await store.hybrid_query(A, vec(0), BM25.query("told"), limit=10, now=T0, assistant_id="asst_1")
+    assert {h.memory.id for h in restricted} == {own.id, unassigned.id}
+    shared = await store.hybrid_query(A, vec(0), BM25.query("told"), limit=10, now=T0)
+    assert {h.memory.id for h in shared} == {own.id, other.id, unassigned.id}
+
+
+async def test_scroll_pages_with_a_cursor(store):
+    memories = [mem(A, f"fact number {i}") for i in range(7)]
+    await store.upsert(A, [point(m, i) for i, m in enumerate(memories)])
+    await store.upsert(B, [point(mem(B, "not alice's"), 1)])
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = await store.scroll(A, cursor=cursor, limit=3)
+        seen += [m.id for m in page.memories]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert sorted(seen) == sorted(m.id for m in memories) and len(seen) == 7
+    assert pages == 3
+
+
+async def test_delete_scope_counts_and_spares_other_scopes(store):
+    await store.upsert(A, [point(mem(A, f"a{i}"), i) for i in range(3)])
+    t = mem(A, "a tombstone")
+    await store.upsert(A, [point(t, 5)])
+    await store.set_payloads(A, {t.id: tombstone_payload(T0, None)})
+    await store.upsert(A_BOB, [point(mem(A_BOB, "bob's"), 1)])
+    assert await store.delete_scope(A) == 4
+    assert await store.count(A, include_deleted=True) == 0
+    assert await store.count(A_BOB) == 1
+
+
+async def test_set_payloads_merges_fields(store):
+    m = mem(A, "User drinks oat milk")
+    await store.upsert(A, [point(m)])
+    await store.set_payloads(A, {m.id: access_payload(5, T0 + timedelta(hours=2))})
+    (got,) = await store.get(A, [m.id])
+    assert got.access_count == 5 and got.last_accessed_at == T0 + timedelta(hours=2)
+    assert got.text == m.text and got.created_at == m.created_at
+
+
+async def test_hard_delete(store):
+    keep, drop = mem(A, "keep me"), mem(A, "drop me")
+    await store.upsert(A, [point(keep, 0), point(drop, 1)])
+    await store.delete(A, [drop.id])
+    assert [m.id for m in (await store.scroll(A, include_deleted=True)).memories] == [keep.id]
+
+
+@pytest.mark.parametrize("kind", ["edge", "qdrant"])
+async def test_reopening_with_another_dimension_is_a_clear_error(kind, tmp_path):
+    client = AsyncQdrantClient(location=":memory:") if kind == "qdrant" else None
+    first = await open_store(kind, tmp_path, dim=DIM, client=client)
+    await first.upsert(A, [point(mem(A, "stored with 8 dims"))])
+    if kind == "edge":
+        await first.close()
+    with pytest.raises(DimensionMismatchError) as err:
+        await open_store(kind, tmp_path, dim=384, client=client)
+    assert "8" in str(err.value) and "384" in str(err.value)
+    assert (err.value.stored, err.value.expected) == (8, 384)
+    # nothing was damaged: the right dimension still opens and reads the data
+    again = first if kind == "qdrant" else await open_store(kind, tmp_path, dim=DIM)
+    assert await again.count(A) == 1
+    await again.close()
+    if client is not None:
+        await client.close()
+
+
+async def test_edge_store_persists_across_close_and_reopen(tmp_path):
+    store = await open_store("edge", tmp_path)
+    m = mem(A, "User was born in Porto", history=[HistoryEntry(text="User was born in Braga", changed_at=T0)])
+    await store.upsert(A, [point(m, 6)])
+    await store.set_payloads(A, {m.id: access_payload(2, T0)})
+    await store.close()
+
+    reopened = await open_store("edge", tmp_path)
+    try:
+        (got,) = await reopened.get(A, [m.id])
+        assert got.text == m.text and got.access_count == 2 and got.history == m.history
+        hits = await reopened.hybrid_query(A, vec(6), BM25.query("Porto"), limit=3, now=T0)
+        assert [h.memory.id for h in hits] == [m.id]
+    finally:
+        await reopened.close()
+
+
+async def test_edge_store_refuses_calls_before_start(tmp_path):
+    from proxy.memory.store import StoreError
+
+    store = EdgeStore(tmp_path / "x", dim=DIM)
+    with pytest.raises(StoreError, match="not started"):
+        await store.count(A)
