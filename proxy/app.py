@@ -1,46 +1,57 @@
-"""The Starlette application: health probes, and everything under /v1 relayed to the upstream."""
+"""The Starlette application: probes, the memory API, the Assistants bridge, and /v1 forwarding."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from proxy import __version__
 from proxy.config import Settings, get_settings
-from proxy.forward import Forwarder, make_client
-
-log = logging.getLogger("memproxy")
+from proxy.memory.embed import Embedder
+from proxy.runtime import open_runtime
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+async def relay(request: Request) -> Response:
+    return await request.app.state.runtime.forwarder.forward(request)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when memory is usable; a proxy without memory still forwards, so it says why."""
+    runtime = request.app.state.runtime
+    checks = {"state": "ok", "memory": "ok" if runtime.memory else runtime.problems.get("memory", "off")}
+    ready = runtime.memory is not None
+    return JSONResponse({"status": "ready" if ready else "degraded", "checks": checks}, status_code=200 if ready else 503)
+
+
+def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> Starlette:
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with make_client(settings) as client:
-            app.state.forwarder = Forwarder(client, settings)
+        async with open_runtime(settings, embedder=embedder) as runtime:
+            app.state.runtime = runtime
             yield
 
-    async def relay(request: Request) -> Response:
-        return await request.app.state.forwarder.forward(request)
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__})
-
-    async def readyz(request: Request) -> Response:
-        return JSONResponse({"status": "ready", "checks": {}})
-
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+    ]
+    if settings.assistants_mode == "bridge":
+        from proxy.assistants.routes import bridge_routes
+
+        routes += bridge_routes()
+    routes += [
         Route("/v1", relay, methods=METHODS),
         Route("/v1/{path:path}", relay, methods=METHODS),
     ]

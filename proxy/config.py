@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         15.0, description="Seconds of upstream silence on an SSE stream before a `: keepalive` comment."
     )
 
+    assistants: Literal["auto", "bridge", "passthrough"] = Field(
+        "auto",
+        description="Assistants API: served by memproxy on Responses (bridge), forwarded (passthrough), "
+        "or bridge only when the upstream is api.openai.com (auto).",
+    )
+
     # --- identity ------------------------------------------------------------------------------
     secret: str | None = Field(
         None, description="Server secret for tenant HMACs; generated under data_dir when unset (one replica)."
@@ -75,6 +81,8 @@ class Settings(BaseSettings):
         {"temporary": 7.0}, description='Default TTL in days per kind (JSON, e.g. {"temporary": 7}); others never expire.'
     )
     memory_max_chars: int = Field(2000, description="Longest memory text accepted.")
+    memory_block_tokens: int = Field(1000, description="Token budget of the injected block (o200k tokenizer).")
+    memory_line_chars: int = Field(300, description="Longest memory line in the injected block, in characters.")
     memory_weight_similarity: float = Field(0.6, description="Confidence weight of query similarity.")
     memory_weight_recency: float = Field(0.25, description="Confidence weight of recency.")
     memory_weight_frequency: float = Field(0.15, description="Confidence weight of access frequency.")
@@ -91,6 +99,13 @@ class Settings(BaseSettings):
     job_idempotency_retention: float = Field(
         86400.0, description="Seconds a finished job's idempotency key still suppresses duplicates."
     )
+
+    @property
+    def assistants_mode(self) -> Literal["bridge", "passthrough"]:
+        """OpenAI itself no longer serves Assistants (shut down 2026-08-26): bridge there by default."""
+        if self.assistants != "auto":
+            return self.assistants
+        return "bridge" if "api.openai.com" in self.upstream_url else "passthrough"
 
     @field_validator("data_dir", "embed_model_path")
     @classmethod

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODEL_DIR = SHARED / "models" / "all-MiniLM-L6-v2-onnx"
+# No network here: a model missing locally must fail at once, not after hub time-outs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path:
-    if not (MODEL_DIR / "model.onnx").exists():
-        pytest.skip(f"offline embedding model not found at {MODEL_DIR}")
-    return MODEL_DIR
+def make_proxy(tmp_path_factory, emulator_server, local_embedder, memory_model_dir):
+    """Start proxies on free ports: emulator upstream, fresh data dir, the session's embedding model.
+
+    ``make_proxy(**settings)`` returns a started ServerThread (its ``.app`` is the Starlette app);
+    every proxy stops at the end of the session.
+    """
+    from proxy.app import create_app
+    from proxy.config import Settings
+    from proxy.server import ServerThread
+
+    started = []
+
+    def make(**overrides):
+        values = {
+            "upstream_url": emulator_server.url + "/v1",
+            "data_dir": tmp_path_factory.mktemp("proxy"),
+            "embed_model_path": memory_model_dir,
+            **overrides,
+        }
+        app = create_app(Settings(**values), embedder=local_embedder)
+        server = ServerThread(app).start()
+        server.app = app
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
 
 
 # --- state store (proxy/state) -----------------------------------------------------------------

@@ -90,11 +90,6 @@ def validate(instance: Any, name: str) -> None:
     raise SpecError("\n".join(lines))
 
 
-def schema_names() -> set[str]:
-    """All component schema names, e.g. to look up the schema of a stream event type."""
-    return set(spec()["components"]["schemas"])
-
-
 def stream_event_schemas(union: str = "ResponseStreamEvent") -> dict[str, str]:
     """Map each SSE event ``type`` in a union schema to the name of its schema.
 

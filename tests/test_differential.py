@@ -15,9 +15,6 @@ from typing import Any
 import openai
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Settings
-from proxy.server import ServerThread
 
 ID = re.compile(r"^(chatcmpl|resp|msg|conv|file|call|fc|rs|req|item|cmpl|ws)[-_][A-Za-z0-9_-]+$")
 VOLATILE_KEYS = {"created", "created_at", "completed_at", "expires_at"}
@@ -168,10 +165,8 @@ SCENARIOS: list[Callable[[openai.OpenAI], Any]] = [
 
 
 @pytest.fixture(scope="module")
-def proxy(emulator_server, tmp_path_factory):
-    settings = Settings(upstream_url=emulator_server.url + "/v1", data_dir=tmp_path_factory.mktemp("diff"))
-    with ServerThread(create_app(settings)) as server:
-        yield server
+def proxy(make_proxy):
+    return make_proxy()
 
 
 def received(emulator) -> list[dict[str, Any]]:

@@ -99,6 +99,15 @@ def test_sdk_stream_helper_accumulates(emulator_openai) -> None:
     assert final.choices[0].message.content == 'You said: "stream me".'
 
 
+async def test_async_client_streams(emulator) -> None:
+    async with openai.AsyncOpenAI(base_url=emulator.base_url, api_key="sk-test", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "async hello"}], stream=True
+        )
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+    assert text == 'You said: "async hello".'
+
+
 class Facts(pydantic.BaseModel):
     facts: list[str]
     mood: str

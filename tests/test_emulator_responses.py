@@ -8,6 +8,7 @@ import time
 import httpx
 import jsonschema
 import openai
+import pydantic
 import pytest
 from spec import stream_event_schemas, validate
 
@@ -237,6 +238,15 @@ def test_json_schema_format(emulator_openai) -> None:
     jsonschema.validate(value, schema)
     assert value == {"memories": ["I am vegan.", "Our flat is small."]}
     assert response.text.format.type == "json_schema"
+
+
+class Profile(pydantic.BaseModel):
+    facts: list[str]
+
+
+def test_sdk_parse_with_text_format(emulator_openai) -> None:
+    response = emulator_openai.responses.parse(model=MODEL, input="I run marathons. Cats sleep.", text_format=Profile)
+    assert response.output_parsed == Profile(facts=["I run marathons."])
 
 
 def test_input_items_pagination(emulator_openai) -> None:

@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from proxy.app import create_app
 from proxy.config import Settings
 from proxy.forward import Forwarder, make_client
 from proxy.server import ServerThread
@@ -27,14 +26,8 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one tw
 
 
 @pytest.fixture(scope="module")
-def proxy(emulator_server, tmp_path_factory):
-    settings = Settings(
-        upstream_url=emulator_server.url + "/v1",
-        keepalive_interval=0.3,
-        data_dir=tmp_path_factory.mktemp("proxy-data"),
-    )
-    with ServerThread(create_app(settings)) as server:
-        yield server
+def proxy(make_proxy):
+    return make_proxy(keepalive_interval=0.3)
 
 
 @pytest.fixture
@@ -152,21 +145,20 @@ def test_sdk_streams_through_keepalives(proxy, emulator):
 
 
 def _active_upstream_connections(app) -> int:
-    pool = app.state.forwarder.client._transport._pool
+    pool = app.state.runtime.http._transport._pool
     return sum(1 for connection in pool.connections if not connection.is_idle() and not connection.is_closed())
 
 
-def test_client_disconnect_closes_the_upstream_stream(emulator_server, emulator, tmp_path):
-    app = create_app(Settings(upstream_url=emulator_server.url + "/v1", data_dir=tmp_path))
+def test_client_disconnect_closes_the_upstream_stream(make_proxy, emulator):
+    server = make_proxy()
     emulator.fault(path="/chat/completions", event_delay=1.0)
-    with ServerThread(app) as server:
-        with httpx.stream("POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
-            next(response.iter_lines())
-            assert _active_upstream_connections(app) == 1
-        deadline = time.monotonic() + 3
-        while _active_upstream_connections(app) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _active_upstream_connections(app) == 0
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        next(response.iter_lines())
+        assert _active_upstream_connections(server.app) == 1
+    deadline = time.monotonic() + 3
+    while _active_upstream_connections(server.app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _active_upstream_connections(server.app) == 0
 
 
 def test_multipart_upload_passes_with_its_boundary_intact(proxy, emulator):
@@ -197,12 +189,8 @@ def test_dropped_upstream_stream_is_an_error_for_the_client(proxy, emulator):
 
 
 @pytest.fixture(scope="module")
-def impatient_proxy(emulator_server, tmp_path_factory):
-    settings = Settings(
-        upstream_url=emulator_server.url + "/v1", read_timeout=0.3, data_dir=tmp_path_factory.mktemp("impatient")
-    )
-    with ServerThread(create_app(settings)) as server:
-        yield server
+def impatient_proxy(make_proxy):
+    return make_proxy(read_timeout=0.3)
 
 
 def test_timed_out_post_is_a_504_never_retried(impatient_proxy, emulator):

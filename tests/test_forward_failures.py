@@ -8,9 +8,6 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Settings
-from proxy.server import ServerThread
 
 
 def closed_port() -> int:
@@ -20,10 +17,8 @@ def closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def proxy_to_nowhere():
-    settings = Settings(upstream_url=f"http://127.0.0.1:{closed_port()}/v1", connect_timeout=1.0)
-    with ServerThread(create_app(settings)) as server:
-        yield server
+def proxy_to_nowhere(make_proxy):
+    return make_proxy(upstream_url=f"http://127.0.0.1:{closed_port()}/v1", connect_timeout=1.0)
 
 
 def test_unreachable_upstream_is_a_502_safe_to_retry(proxy_to_nowhere) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Settings
 from proxy.forward import safe_suffix
-from proxy.server import ServerThread
 
 
 @pytest.mark.parametrize(
@@ -41,11 +38,12 @@ def test_ordinary_paths_map_below_the_base(raw: bytes, suffix: bytes) -> None:
     assert safe_suffix(raw) == suffix
 
 
-def test_refused_path_answers_400_in_openai_shape() -> None:
-    with ServerThread(create_app(Settings(upstream_url="http://127.0.0.1:9/v1"))) as proxy:
-        with httpx.Client() as client:
-            request = client.build_request("GET", proxy.url + "/v1/files/x")
-            request.url = request.url.copy_with(raw_path=b"/v1/files/%2e%2e/%2e%2e/etc/passwd")
-            response = client.send(request)
+def test_refused_path_answers_400_and_never_reaches_the_upstream(make_proxy, emulator) -> None:
+    proxy = make_proxy()
+    with httpx.Client() as client:
+        request = client.build_request("GET", proxy.url + "/v1/files/x")
+        request.url = request.url.copy_with(raw_path=b"/v1/files/%2e%2e/%2e%2e/etc/passwd")
+        response = client.send(request)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_path"
+    assert emulator.requests() == []

@@ -82,18 +82,6 @@ def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
     return ApiError(400, f"Invalid '{param}': {message}", code=code, param=param)
 
 
-def expect_type(body: Mapping[str, Any], field: str, kind: type | tuple[type, ...], label: str) -> Any:
-    """Return ``body[field]`` (None when absent) after checking its JSON type."""
-    value = body.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise invalid(field, f"expected {label}, but got a boolean instead.", "invalid_type")
-    if not isinstance(value, kind):
-        raise invalid(field, f"expected {label}, but got {type(value).__name__} instead.", "invalid_type")
-    return value
-
-
 def check_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
     """Validate a metadata map with OpenAI's limits (16 pairs, keys <= 64, values <= 512 chars)."""
     if value is None:

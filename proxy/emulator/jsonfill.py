@@ -45,8 +45,10 @@ class _Builder:
         self.fallback = fallback
 
     def build(self, schema: Any, texts: list[str], depth: int) -> Any:
-        if not isinstance(schema, dict) or depth > _MAX_DEPTH:
-            return None if depth > _MAX_DEPTH else self.string({}, texts)
+        if depth > _MAX_DEPTH:  # a recursive schema: stop (may be invalid, but never loops)
+            return None
+        if not isinstance(schema, dict):  # ``true`` or no schema: anything goes, a string will do
+            return self.string({}, texts)
         schema = self.resolve(schema)
         if "const" in schema:
             return schema["const"]

@@ -17,8 +17,11 @@ tests can predict the output exactly. Behaviour:
   ``parallel_tool_calls`` is false). ``tool_choice`` ``required`` calls the first offered tool
   when none is mentioned, a named tool choice always calls that tool, ``none`` never calls.
   Arguments conform to the tool's parameter schema; their strings are the words after the tool's
-  name (up to the sentence end or the next ``call``;
-  a leading for/with/about/on/to and a trailing and/then dropped), else the whole user message.
+  name up to the sentence end or the next ``call`` (a leading for/with/about/on/to and a trailing
+  and/then dropped), else the whole user message: ``call get_weather for Paris`` ->
+  ``{"city": "Paris"}``.
+- Tool calls win over structured output. ``n`` and sampling parameters change nothing: there is
+  one answer, always the same.
 - Structured output: ``json_schema`` returns an instance of the schema; ``json_object`` returns
   ``{"facts": [...], "reply": "<plain answer>"}``. Strings (and each element of string arrays)
   are filled from the user's first-person statements: sentences of user messages containing

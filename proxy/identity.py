@@ -1,0 +1,70 @@
+"""Who owns a memory (tenant) and whom it is about (subject), from what a request carries.
+
+The tenant is derived, never configured per key: an HMAC of the upstream credential under a
+server secret, so two applications with different keys can never see each other's memories and
+the key itself is never stored. Subjects are hashed the same way wherever they leave the
+process (headers, audit entries, logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from starlette.datastructures import Headers
+
+from proxy.config import Settings
+
+SECRET_FILE = "secret"
+
+
+class MissingSecret(RuntimeError):
+    """Scaled out, every replica must derive the same tenants, so the secret must be shared."""
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The server secret: configured, or generated once under the data directory (one replica)."""
+    if settings.secret:
+        return settings.secret.encode()
+    if settings.redis_url:
+        raise MissingSecret(
+            "MEMPROXY_SECRET must be set when MEMPROXY_REDIS_URL is: replicas must share it "
+            "to derive the same tenant from the same API key."
+        )
+    path = Path(settings.data_dir) / SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def credential(headers: Headers) -> str | None:
+    """The upstream credential: ``Authorization: Bearer ...`` (OpenAI) or ``api-key`` (Azure)."""
+    authorization = headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("api-key") or None
+
+
+def digest(secret: bytes, *parts: str, length: int = 32) -> str:
+    message = "\x1f".join(parts).encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:length]
+
+
+def tenant_for(headers: Headers, settings: Settings, secret: bytes) -> str | None:
+    """``MEMPROXY_TENANT`` if fixed, else the credential's HMAC; None when there is no credential."""
+    if settings.tenant:
+        return settings.tenant
+    key = credential(headers)
+    return "t_" + digest(secret, "tenant", key) if key else None
+
+
+def subject_hash(secret: bytes, tenant: str, subject: str) -> str:
+    """A stable pseudonym for a subject, safe to show in headers, logs and the audit log."""
+    return "s_" + digest(secret, "subject", tenant, subject, length=20)

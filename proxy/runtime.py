@@ -1,0 +1,57 @@
+"""The long-lived parts one proxy process shares: upstream client, state store, memory service.
+
+Opened once in the app's lifespan (and by CLI commands that need the same parts). The memory
+layer is optional at run time: if it cannot start (no embedding model, store unreadable) the
+proxy still forwards, reports the reason on /readyz, and answers memory calls with 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx2
+
+from proxy.config import Settings
+from proxy.forward import Forwarder, make_client
+from proxy.identity import load_secret
+from proxy.memory.embed import Embedder
+from proxy.memory.factory import create_memory_service
+from proxy.memory.service import MemoryService
+from proxy.state import State, open_state
+
+log = logging.getLogger("memproxy.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    http: httpx2.AsyncClient
+    forwarder: Forwarder
+    state: State
+    secret: bytes
+    memory: MemoryService | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[Runtime]:
+    """Open every shared part; ``embedder`` lets tests and benchmarks share one loaded model."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = load_secret(settings)
+    async with make_client(settings) as http:
+        state = await open_state(settings)
+        runtime = Runtime(settings, http, Forwarder(http, settings), state, secret)
+        try:
+            runtime.memory = await create_memory_service(settings, http, embedder=embedder)
+        except Exception as exc:  # fail open: forwarding never depends on the memory layer
+            runtime.problems["memory"] = f"{type(exc).__name__}: {exc}"
+            log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])
+        try:
+            yield runtime
+        finally:
+            if runtime.memory is not None:
+                await runtime.memory.aclose()
+            await state.close()
