@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from proxy import __version__
+from proxy.api import memory_routes
 from proxy.config import Settings, get_settings
 from proxy.memory.embed import Embedder
 from proxy.runtime import open_runtime
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *memory_routes(),
     ]
     if settings.assistants_mode == "bridge":
         from proxy.assistants.routes import bridge_routes

@@ -151,8 +151,8 @@ def _active_upstream_connections(app) -> int:
 
 def test_client_disconnect_closes_the_upstream_stream(make_proxy, emulator):
     server = make_proxy()
-    emulator.fault(path="/chat/completions", event_delay=1.0)
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+    slow = {"x-emulator-fault": "event_delay=1.0"}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=slow) as response:
         next(response.iter_lines())
         assert _active_upstream_connections(server.app) == 1
     deadline = time.monotonic() + 3

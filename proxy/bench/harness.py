@@ -28,19 +28,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class Child:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the child has used: what it costs, whatever else the machine runs."""
+        fields = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def child_server(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run ``python -m proxy <args>`` and yield its base URL once /healthz-or-anything answers."""
+def child_server(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[Child]:
+    """Run ``python -m proxy <args>`` and yield it once its port accepts connections."""
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_listening(port, process)
-        yield url
+        yield Child(f"http://127.0.0.1:{port}", process.pid)
     finally:
         process.terminate()
         try:
@@ -70,7 +80,10 @@ class Sample:
 Call = Callable[[httpx2.AsyncClient], Awaitable[Sample]]
 
 
-async def drive(call: Call, requests: int, concurrency: int, warmup: int = 50) -> tuple[list[Sample], float]:
+WARMUP = 50
+
+
+async def drive(call: Call, requests: int, concurrency: int, warmup: int = WARMUP) -> tuple[list[Sample], float]:
     """Closed loop: ``concurrency`` workers issue ``requests`` calls in all; returns samples, wall time."""
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx2.AsyncClient(limits=limits, timeout=60) as client:
@@ -100,10 +113,33 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    table = Table(title=title)
+#: Fewest samples a percentile is printed for; below this the cell shows "-" (it would be noise).
+MIN_SAMPLES = {50: 1, 95: 20, 99: 100}
+
+
+def ms_percentile(values: list[float], q: int) -> str:
+    """``ms(percentile(values, q))``, or "-" when there are too few samples for that percentile."""
+    if len(values) < MIN_SAMPLES.get(q, 1):
+        return "-"
+    return ms(percentile(values, q))
+
+
+def pct(share: float) -> str:
+    """A share in [0, 1] as a percentage with one decimal ("-" for NaN)."""
+    return "-" if share != share else f"{share * 100:.1f}"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]], caption: str | None = None) -> None:
+    table = Table(title=title, caption=caption, caption_justify="left")
     for index, column in enumerate(columns):
         table.add_column(column, justify="left" if index == 0 else "right")
     for row in rows:
         table.add_row(*row)
     Console(width=160).print(table)
+
+
+def print_notes(lines: list[str]) -> None:
+    """Plain notes under a table: what was measured and how to read it."""
+    console = Console(width=160, highlight=False)
+    for line in lines:
+        console.print(f"- {line}", markup=False)

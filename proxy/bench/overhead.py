@@ -15,6 +15,8 @@ import httpx2
 
 from proxy.bench.harness import (
     Call,
+    WARMUP,
+    Child,
     Sample,
     child_server,
     drive,
@@ -56,23 +58,29 @@ def stream_call(base: str) -> Call:
     return call
 
 
-def _row(name: str, concurrency: int, direct: tuple[list[Sample], float], proxied: tuple[list[Sample], float]) -> list[str]:
+Run = tuple[list[Sample], float]
+
+
+def _row(name: str, concurrency: int, direct: Run, proxied: Run, proxy_cpu: float) -> list[str]:
     direct_total = [s.total for s in direct[0]]
     proxied_total = [s.total for s in proxied[0]]
     added = [ms(percentile(proxied_total, q) - percentile(direct_total, q)) for q in (50, 95, 99)]
     rps = [f"{len(direct[0]) / direct[1]:.0f}", f"{len(proxied[0]) / proxied[1]:.0f}"]
     firsts = [[s.first_event for s in samples if s.first_event is not None] for samples, _ in (direct, proxied)]
     ttfe = ms(percentile(firsts[1], 50) - percentile(firsts[0], 50)) if all(firsts) else "-"
-    return [name, str(concurrency), ms(percentile(direct_total, 50)), ms(percentile(proxied_total, 50)), *added, ttfe, *rps]
+    cpu = ms(proxy_cpu / (len(proxied[0]) + WARMUP))  # the CPU reading spans the warm-up too
+    return [name, str(concurrency), ms(percentile(direct_total, 50)), ms(percentile(proxied_total, 50)), *added, ttfe,
+            *rps, cpu]
 
 
-async def _measure(emulator: str, proxy: str, requests: int, levels: list[int]) -> list[list[str]]:
+async def _measure(emulator: Child, proxy: Child, requests: int, levels: list[int]) -> list[list[str]]:
     rows = []
     for name, factory in (("chat", plain_call), ("chat stream", stream_call)):
         for concurrency in levels:
-            direct = await drive(factory(emulator), requests, concurrency)
-            proxied = await drive(factory(proxy), requests, concurrency)
-            rows.append(_row(name, concurrency, direct, proxied))
+            direct = await drive(factory(emulator.url), requests, concurrency)
+            before = proxy.cpu_seconds()
+            proxied = await drive(factory(proxy.url), requests, concurrency)
+            rows.append(_row(name, concurrency, direct, proxied, proxy.cpu_seconds() - before))
     return rows
 
 
@@ -80,13 +88,13 @@ def run(requests: int, concurrency: int) -> None:
     emulator_port, proxy_port = free_port(), free_port()
     levels = sorted({1, concurrency})
     with child_server(["emulator", "--port", str(emulator_port)], emulator_port) as emulator:
-        upstream = f"{emulator}/v1"
+        upstream = f"{emulator.url}/v1"
         args = ["serve", "--port", str(proxy_port), "--upstream", upstream]
         with child_server(args, proxy_port, env={"MEMPROXY_LOG_LEVEL": "warning"}) as proxy:
             rows = asyncio.run(_measure(emulator, proxy, requests, levels))
     print_table(
         f"memproxy bench overhead ({requests} requests per cell, milliseconds)",
         ["scenario", "conc", "direct p50", "proxied p50", "added p50", "added p95", "added p99",
-         "added TTFE p50", "direct rps", "proxied rps"],
+         "added TTFE p50", "direct rps", "proxied rps", "proxy CPU/req"],
         rows,
     )

@@ -1,0 +1,272 @@
+"""The memory REST API under /memory/v1: inspect, teach, correct, erase and export memories.
+
+Authenticated by the same bearer credential the upstream gets: the tenant is its HMAC, so an
+application reaches exactly the memories its own traffic created. With ``MEMPROXY_ADMIN_TOKEN``
+an operator may name any tenant in ``X-Memory-Tenant``. Errors are OpenAI-shaped.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from proxy import audit
+from proxy.errors import error_response
+from proxy.identity import credential, subject_hash, tenant_for
+from proxy.memory.embed import EmbeddingError
+from proxy.memory.models import Memory, ScoredMemory
+from proxy.memory.render import render_block
+from proxy.memory.service import MemoryNotFound, MemoryService
+from proxy.memory.store import StoreError
+from proxy.runtime import Runtime
+from proxy.state import Subject
+
+MAX_SUBJECT = 256
+
+
+class RememberBody(BaseModel):
+    text: str = Field(min_length=1)
+    kind: str = "fact"
+    ttl_seconds: float | None = Field(None, gt=0)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    assistant_id: str | None = None
+
+
+class UpdateBody(BaseModel):
+    text: str = Field(min_length=1)
+    reason: str | None = None
+
+
+class RecallBody(BaseModel):
+    query: str = Field(min_length=1)
+    top_k: int | None = Field(None, ge=1, le=100)
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    assistant_id: str | None = None
+
+
+@dataclass
+class Caller:
+    """Who is asking about whom, resolved once per request."""
+
+    runtime: Runtime
+    memory: MemoryService
+    tenant: str
+    subject: str
+    request: Request
+
+    @property
+    def subject_hash(self) -> str:
+        return subject_hash(self.runtime.secret, self.tenant, self.subject)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def resolve_tenant(request: Request, runtime: Runtime) -> str:
+    settings = runtime.settings
+    token = credential(request.headers)
+    if settings.admin_token and token == settings.admin_token:
+        tenant = request.headers.get("x-memory-tenant")
+        if not tenant:
+            raise ApiError(400, "Admin calls name the tenant in the X-Memory-Tenant header.", param="X-Memory-Tenant")
+        return tenant
+    tenant = tenant_for(request.headers, settings, runtime.secret)
+    if tenant is None:
+        raise ApiError(401, "Missing bearer credential: send the API key your application uses.", code="missing_api_key")
+    return tenant
+
+
+def endpoint(handler: Callable[[Caller], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+    """Resolve the caller, run ``handler``, and map failures to OpenAI-shaped errors."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        try:
+            tenant = resolve_tenant(request, runtime)
+            if runtime.memory is None:
+                raise ApiError(503, "The memory layer is unavailable; see /readyz.", code="memory_unavailable")
+            subject = request.path_params.get("subject", "")
+            if not 0 < len(subject) <= MAX_SUBJECT:
+                raise ApiError(400, f"A subject is 1 to {MAX_SUBJECT} characters.", param="subject")
+            result = await handler(Caller(runtime, runtime.memory, tenant, subject, request))
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(part) for part in first["loc"]) or None
+            return error_response(400, f"Invalid request: {first['msg']}", param=param)
+        except MemoryNotFound as exc:
+            return error_response(404, f"No memory found with id '{exc}'.", code="memory_not_found")
+        except (EmbeddingError, StoreError) as exc:
+            return error_response(503, f"The memory layer failed: {type(exc).__name__}.", type="server_error")
+        status = 201 if request.method == "POST" and request.url.path.endswith("/memories") else 200
+        return result if isinstance(result, Response) else JSONResponse(result, status_code=status)
+
+    return wrapped
+
+
+async def body(caller: Caller, model: type[BaseModel]) -> Any:
+    try:
+        raw = await caller.request.json()
+    except ValueError:
+        raise ApiError(400, "We could not parse the JSON body of your request.") from None
+    return model.model_validate(raw)
+
+
+def memory_json(memory: Memory) -> dict[str, Any]:
+    return memory.model_dump(mode="json", exclude={"tenant"})
+
+
+def scored_json(item: ScoredMemory) -> dict[str, Any]:
+    terms = {key: getattr(item, key) for key in ("similarity", "semantic", "lexical", "recency", "frequency")}
+    return {"memory": memory_json(item.memory), "confidence": item.confidence, "terms": terms, "rank": item.rank}
+
+
+def api_key(caller: Caller) -> str | None:
+    """The caller's key, for the upstream embedder only; never stored."""
+    return credential(caller.request.headers)
+
+
+@endpoint
+async def remember(caller: Caller) -> dict[str, Any]:
+    data: RememberBody = await body(caller, RememberBody)
+    if len(data.text) > caller.runtime.settings.memory_max_chars:
+        raise ApiError(400, f"text is longer than {caller.runtime.settings.memory_max_chars} characters.", param="text")
+    ttl = timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None
+    memory, action = await caller.memory.remember(
+        caller.tenant, caller.subject, data.text, kind=data.kind, ttl=ttl, metadata=data.metadata,
+        assistant_id=data.assistant_id, api_key=api_key(caller),
+    )
+    return {"memory": memory_json(memory), "action": action}
+
+
+@endpoint
+async def list_memories(caller: Caller) -> dict[str, Any]:
+    params = caller.request.query_params
+    try:
+        limit = min(max(int(params.get("limit", "50")), 1), 200)
+    except ValueError:
+        raise ApiError(400, "limit must be an integer.", param="limit") from None
+    include_deleted = params.get("include_deleted", "false").lower() == "true"
+    page = await caller.memory.list(caller.tenant, caller.subject, params.get("cursor"), limit, include_deleted)
+    data = [memory_json(memory) for memory in page.memories]
+    return {"object": "list", "data": data, "next_cursor": page.next_cursor, "has_more": page.next_cursor is not None}
+
+
+@endpoint
+async def get_memory(caller: Caller) -> dict[str, Any]:
+    memory_id = caller.request.path_params["memory_id"]
+    memory = await caller.memory.get(caller.tenant, caller.subject, memory_id, include_deleted=True)
+    if memory is None:
+        raise MemoryNotFound(memory_id)
+    return memory_json(memory)
+
+
+@endpoint
+async def update_memory(caller: Caller) -> dict[str, Any]:
+    data: UpdateBody = await body(caller, UpdateBody)
+    memory_id = caller.request.path_params["memory_id"]
+    memory = await caller.memory.update(
+        caller.tenant, caller.subject, memory_id, data.text, data.reason, api_key=api_key(caller)
+    )
+    return memory_json(memory)
+
+
+@endpoint
+async def delete_memory(caller: Caller) -> dict[str, Any]:
+    memory_id = caller.request.path_params["memory_id"]
+    reason = caller.request.query_params.get("reason") or "deleted through the memory API"
+    memory = await caller.memory.delete(caller.tenant, caller.subject, memory_id, reason)
+    return {"id": memory.id, "object": "memory.deleted", "deleted": True, "memory": memory_json(memory)}
+
+
+async def _recall(caller: Caller) -> list[ScoredMemory]:
+    data: RecallBody = await body(caller, RecallBody)
+    return await caller.memory.recall(
+        caller.tenant, caller.subject, data.query, top_k=data.top_k, min_confidence=data.min_confidence,
+        assistant_id=data.assistant_id, api_key=api_key(caller),
+    )
+
+
+@endpoint
+async def recall(caller: Caller) -> dict[str, Any]:
+    return {"object": "list", "data": [scored_json(item) for item in await _recall(caller)]}
+
+
+@endpoint
+async def context(caller: Caller) -> dict[str, Any]:
+    """Exactly the block the proxy would inject for this query, and what it was made of."""
+    items = await _recall(caller)
+    settings = caller.runtime.settings
+    block = render_block(items, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
+    used = [scored_json(item) for item in items[: block.count]]
+    return {"text": block.text, "count": block.count, "tokens": block.tokens, "memories": used}
+
+
+@endpoint
+async def erase(caller: Caller) -> dict[str, Any]:
+    """GDPR Art. 17: every memory and state entry about the subject, hard-deleted, audited."""
+    state = caller.runtime.state
+    erased_state = await state.forget_subject(Subject(caller.tenant, caller.subject))
+    memories = await caller.memory.erase_subject(caller.tenant, caller.subject)
+    counts = {"memories": memories, "state_entries": erased_state.entries, "jobs": erased_state.jobs}
+    entry = await audit.append(state, caller.tenant, "erase", subject_hash=caller.subject_hash, counts=counts)
+    return {"object": "erasure", "subject": caller.subject_hash, "deleted": counts, "audit_id": entry["id"]}
+
+
+@endpoint
+async def export(caller: Caller) -> dict[str, Any]:
+    """GDPR Art. 15/20: everything stored about the subject, history and tombstones included."""
+    memories = await caller.memory.export(caller.tenant, caller.subject)
+    state = caller.runtime.state
+    await audit.append(state, caller.tenant, "export", subject_hash=caller.subject_hash, counts={"memories": len(memories)})
+    trail, _ = await audit.entries(state, caller.tenant, limit=1000)
+    return {
+        "object": "export",
+        "subject": caller.subject,
+        "memories": [memory_json(memory) for memory in memories],
+        "audit": [entry for entry in trail if entry.get("subject") == caller.subject_hash],
+    }
+
+
+async def audit_log(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    try:
+        tenant = resolve_tenant(request, runtime)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+    items, more = await audit.entries(runtime.state, tenant, limit=100, after=request.query_params.get("after"))
+    return JSONResponse({"object": "list", "data": items, "has_more": more})
+
+
+def memory_routes() -> list[BaseRoute]:
+    user = "/users/{subject:path}"
+    return [
+        Mount(
+            "/memory/v1",
+            routes=[
+                Route("/audit", audit_log, methods=["GET"]),
+                Route(user + "/memories", remember, methods=["POST"]),
+                Route(user + "/memories", list_memories, methods=["GET"]),
+                Route(user + "/memories/{memory_id}", get_memory, methods=["GET"]),
+                Route(user + "/memories/{memory_id}", update_memory, methods=["PATCH"]),
+                Route(user + "/memories/{memory_id}", delete_memory, methods=["DELETE"]),
+                Route(user + "/recall", recall, methods=["POST"]),
+                Route(user + "/context", context, methods=["POST"]),
+                Route(user + "/export", export, methods=["GET"]),
+                Route(user, erase, methods=["DELETE"]),
+            ],
+        )
+    ]
