@@ -13,6 +13,8 @@ from starlette.routing import BaseRoute, Route
 from proxy import __version__
 from proxy.api import memory_routes
 from proxy.config import Settings, get_settings
+from proxy.hooks.chat import create_chat_completion
+from proxy.hooks.responses import create_response
 from proxy.memory.embed import Embedder
 from proxy.runtime import open_runtime
 
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
 
         routes += bridge_routes()
     routes += [
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
         Route("/v1", relay, methods=METHODS),
         Route("/v1/{path:path}", relay, methods=METHODS),
     ]

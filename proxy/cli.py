@@ -31,7 +31,35 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port, "upstream_url": upstream}.items() if v is not None}
     settings = Settings(**overrides)
     _configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # The upstream's Date and Server headers pass through; uvicorn must not add a second pair.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        server_header=False,
+        date_header=False,
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[Optional[int], typer.Option(help="Jobs run at once (MEMPROXY_WORKER_CONCURRENCY).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Handle the jobs due now, then exit.")] = False,
+) -> None:
+    """Run the extraction worker alone (no HTTP): drain the shared job queue into memories."""
+    import asyncio
+
+    from proxy.jobs import run_standalone, standalone_problem
+
+    settings = Settings(**({"worker_concurrency": concurrency} if concurrency is not None else {}))
+    _configure_logging(settings.log_level)
+    problem = standalone_problem(settings)
+    if problem:
+        typer.echo(f"memproxy worker: {problem}", err=True)
+        raise typer.Exit(2)
+    stats = asyncio.run(run_standalone(settings, once=once))
+    typer.echo(f"memproxy worker: {stats.processed} jobs done, {stats.failed} failed, {stats.dead_lettered} dead-lettered")
 
 
 @app.command()

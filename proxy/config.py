@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,6 +90,15 @@ class Settings(BaseSettings):
     memory_frequency_cap: int = Field(20, description="Access count at which the frequency term reaches 1.")
     memory_access_flush_seconds: float = Field(2.0, description="How often recall's access counts are written back.")
 
+    # --- hooks ---
+    memory_user_header: str = Field("x-memory-user", description="Request header naming the end user (subject).")
+    memory_user_keys: list[str] = Field(
+        ["user_id", "user", "end_user_id"], description="Metadata keys that name the end user, first match wins (JSON list)."
+    )
+    memory_recall_deadline_ms: float = Field(
+        150.0, description="Recall budget per request; past it the request goes upstream without memory (degraded)."
+    )
+
     # --- state and jobs ---
     redis_prefix: str = Field("memproxy", description="Prefix of every Redis key, so deployments can share a Redis.")
     job_max_attempts: int = Field(5, description="Deliveries of a job before it moves to the dead-letter list.")
@@ -99,6 +108,23 @@ class Settings(BaseSettings):
     job_idempotency_retention: float = Field(
         86400.0, description="Seconds a finished job's idempotency key still suppresses duplicates."
     )
+
+    # --- extraction ---
+    extractor: Literal["llm", "verbatim"] = Field(
+        "llm", description="How finished turns become memories: an LLM call (llm) or the user's messages as said (verbatim)."
+    )
+    extract_model: str = Field("gpt-4o-mini", description="Upstream chat model of the extraction call.")
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key for extraction calls; unset: the tenant's own key from its live requests (memory only)."
+    )
+    extract_timeout: float = Field(30.0, description="Seconds one extraction call may take.")
+    extract_similar: int = Field(10, description="Existing memories shown to the extraction model for consolidation.")
+    extract_key_ttl: float = Field(
+        3600.0, description="Seconds a tenant's API key is kept in process memory for its extraction jobs."
+    )
+    worker_in_proxy: bool = Field(True, description="Run the extraction worker inside `memproxy serve`.")
+    worker_concurrency: int = Field(2, description="Extraction jobs one worker runs at once.")
+    worker_poll_interval: float = Field(1.0, description="Seconds an idle worker waits before polling the queue again.")
 
     @property
     def assistants_mode(self) -> Literal["bridge", "passthrough"]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 import anyio
@@ -86,6 +87,14 @@ def safe_suffix(raw_path: bytes) -> bytes | None:
     return suffix
 
 
+class Tap(Protocol):
+    """Reads a copy of a response as it goes by; it can never delay or alter what the client gets."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    async def finish(self, status: int, complete: bool) -> None: ...
+
+
 class Forwarder:
     """Sends a client request upstream and relays the answer; shared by the app and the hooks."""
 
@@ -93,6 +102,14 @@ class Forwarder:
         self.client = client
         self.base = httpx2.URL(settings.upstream_url)
         self.keepalive_interval = settings.keepalive_interval
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.open_responses = 0  # upstream responses not yet released: a gauge, and a leak detector
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run work after a response (a tap's finish) without holding the response up."""
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def target(self, request: Request) -> httpx2.URL | None:
         suffix = safe_suffix(request.scope.get("raw_path") or request.url.path.encode())
@@ -102,22 +119,41 @@ class Forwarder:
         query = request.scope.get("query_string", b"")
         return self.base.copy_with(raw_path=raw + (b"?" + query if query else b""))
 
-    async def forward(self, request: Request, body: bytes | None = None) -> Response:
-        """Relay ``request`` upstream; ``body`` replaces the client's body when a hook rewrote it."""
+    async def forward(
+        self,
+        request: Request,
+        body: bytes | None = None,
+        *,
+        tap: Tap | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Relay ``request`` upstream.
+
+        ``body`` replaces the client's body when a hook rewrote it; ``tap`` reads the response
+        (asked for without content encoding, so it can be parsed); ``headers`` are added to
+        whatever the client gets, error responses included.
+        """
+        extra = headers or {}
         url = self.target(request)
         if url is None:
-            return error_response(400, f"Invalid path: {request.url.path!r}", code="invalid_path")
-        headers = filter_headers(request.headers.raw, drop=("host", "x-memory", "x-memory-user"))
+            return error_response(400, f"Invalid path: {request.url.path!r}", code="invalid_path", headers=extra)
+        drop = ["host", "x-memory", "x-memory-user"] + (["accept-encoding"] if tap else [])
+        headers_up = filter_headers(request.headers.raw, drop=drop)
+        if tap:
+            headers_up.append((b"accept-encoding", b"identity"))
         if body is not None:
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers_up = [(k, v) for k, v in headers_up if k.lower() != b"content-length"]
             content: bytes | AsyncIterator[bytes] | None = body
         else:
             content = _client_body(request)
         try:
-            upstream = await self.send(request.method, url, headers, content)
+            upstream = await self.send(request.method, url, headers_up, content)
         except httpx2.HTTPError as exc:
-            return upstream_error(exc, request.method)
-        return UpstreamResponse(upstream, self.keepalive_interval)
+            response = upstream_error(exc, request.method)
+            response.headers.update(extra)
+            return response
+        self.open_responses += 1
+        return UpstreamResponse(upstream, self.keepalive_interval, tap=tap, headers=extra, forwarder=self)
 
     async def send(
         self,
@@ -181,10 +217,21 @@ class UpstreamResponse(Response):
     two events so a client parser never sees a torn one. A plain body needs neither.
     """
 
-    def __init__(self, upstream: httpx2.Response, keepalive_interval: float) -> None:
+    def __init__(
+        self,
+        upstream: httpx2.Response,
+        keepalive_interval: float,
+        *,
+        tap: Tap | None = None,
+        headers: dict[str, str] | None = None,
+        forwarder: Forwarder,
+    ) -> None:
         self.upstream = upstream
         self.status_code = upstream.status_code
-        self.raw_headers = response_headers(upstream)
+        self.raw_headers = response_headers(upstream) + [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()
+        ]
+        self.tap, self.forwarder, self.complete = tap, forwarder, False
         self.background = None
         self.streaming = is_event_stream(upstream)
         identity = upstream.headers.get("content-encoding", "identity") == "identity"
@@ -207,6 +254,9 @@ class UpstreamResponse(Response):
                 group.cancel_scope.cancel()
         finally:
             await self.upstream.aclose()
+            self.forwarder.open_responses -= 1
+            if self.tap is not None:
+                self.forwarder.spawn(self.tap.finish(self.status_code, self.complete))
 
     async def _relay(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -216,6 +266,7 @@ class UpstreamResponse(Response):
                 async with self.write_lock:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.last_write = loop.time()
+                self._feed(chunk)
                 self.at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
         except httpx2.HTTPError as exc:
             # Headers are gone already: ending without the last chunk makes the server drop the
@@ -223,6 +274,16 @@ class UpstreamResponse(Response):
             log.warning("upstream stream broke: %s", type(exc).__name__)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.complete = True
+
+    def _feed(self, chunk: bytes) -> None:
+        if self.tap is None:
+            return
+        try:
+            self.tap.feed(chunk)
+        except Exception:  # a broken tap loses a memory, never the client's response
+            log.exception("response tap failed; memory capture skipped for this response")
+            self.tap = None
 
     async def _keepalive(self, send: Send) -> None:
         loop = asyncio.get_running_loop()

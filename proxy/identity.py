@@ -68,3 +68,26 @@ def tenant_for(headers: Headers, settings: Settings, secret: bytes) -> str | Non
 def subject_hash(secret: bytes, tenant: str, subject: str) -> str:
     """A stable pseudonym for a subject, safe to show in headers, logs and the audit log."""
     return "s_" + digest(secret, "subject", tenant, subject, length=20)
+
+
+def subject_for(headers: Headers, settings: Settings, body: dict, fallback: str | None = None) -> str | None:
+    """Whose memories, first match wins: header, metadata key, the body's user fields, ``fallback``.
+
+    ``fallback`` is the thread or conversation itself (memory that outlives truncation inside one
+    long thread); without one a request has no subject and gets no memory. The proxy never guesses
+    a user across threads.
+    """
+    named = headers.get(settings.memory_user_header)
+    if named:
+        return named
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        for key in settings.memory_user_keys:
+            value = metadata.get(key)
+            if isinstance(value, str) and value:
+                return value
+    for key in ("safety_identifier", "user"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return fallback

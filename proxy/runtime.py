@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx2
 
@@ -18,9 +20,13 @@ from proxy.config import Settings
 from proxy.forward import Forwarder, make_client
 from proxy.identity import load_secret
 from proxy.memory.embed import Embedder
+from proxy.memory.extract import KeyRing
 from proxy.memory.factory import create_memory_service
 from proxy.memory.service import MemoryService
 from proxy.state import State, open_state
+
+if TYPE_CHECKING:
+    from proxy.jobs import Worker
 
 log = logging.getLogger("memproxy.runtime")
 
@@ -34,6 +40,15 @@ class Runtime:
     secret: bytes
     memory: MemoryService | None = None
     problems: dict[str, str] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
+    keys: KeyRing = field(default_factory=KeyRing)
+    """Tenants' API keys from live requests, process memory only (hooks: ``keys.remember``)."""
+    worker: Worker | None = None
+    """The in-process extraction worker (``MEMPROXY_WORKER_IN_PROXY``)."""
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Event counters (degraded causes, captured turns); exported as metrics."""
+        self.counters[name] += amount
 
 
 @contextlib.asynccontextmanager
@@ -49,9 +64,20 @@ async def open_runtime(settings: Settings, *, embedder: Embedder | None = None) 
         except Exception as exc:  # fail open: forwarding never depends on the memory layer
             runtime.problems["memory"] = f"{type(exc).__name__}: {exc}"
             log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])
+        # --- extraction (proxy/jobs.py): key ring for the hooks, in-process worker ---
+        runtime.keys = KeyRing(settings.extract_key_ttl)
+        try:
+            from proxy.jobs import start_worker
+
+            runtime.worker = start_worker(runtime)
+        except Exception as exc:  # fail open: the proxy serves without extraction
+            runtime.problems["worker"] = f"{type(exc).__name__}: {exc}"
+            log.error("extraction worker unavailable: %s", runtime.problems["worker"])
         try:
             yield runtime
         finally:
+            if runtime.worker is not None:
+                await runtime.worker.stop()
             if runtime.memory is not None:
                 await runtime.memory.aclose()
             await state.close()

@@ -34,7 +34,7 @@ def make_proxy(tmp_path_factory, emulator_server, local_embedder, memory_model_d
             **overrides,
         }
         app = create_app(Settings(**values), embedder=local_embedder)
-        server = ServerThread(app).start()
+        server = ServerThread(app, server_header=False, date_header=False).start()
         server.app = app
         started.append(server)
         return server
@@ -202,3 +202,127 @@ def emulator(emulator_session):
 def emulator_openai(emulator, emulator_session):
     """The real openai SDK pointed at the reset session emulator; no retries, so faults surface as errors."""
     return emulator_session[1]
+
+
+# --- assistants (proxy/assistants) -------------------------------------------------------------
+
+_ASSISTANTS_SCHEMAS = [
+    # (method, path regex under /v1, schema of a 2xx JSON body); first match wins
+    ("GET", r"/assistants", "ListAssistantsResponse"),
+    ("DELETE", r"/assistants/[^/]+", "DeleteAssistantResponse"),
+    (None, r"/assistants(/[^/]+)?", "AssistantObject"),
+    ("POST", r"/threads/runs", "RunObject"),
+    ("DELETE", r"/threads/[^/]+", "DeleteThreadResponse"),
+    (None, r"/threads(/[^/]+)?", "ThreadObject"),
+    ("GET", r"/threads/[^/]+/messages", "ListMessagesResponse"),
+    ("DELETE", r"/threads/[^/]+/messages/[^/]+", "DeleteMessageResponse"),
+    (None, r"/threads/[^/]+/messages(/[^/]+)?", "MessageObject"),
+    ("GET", r"/threads/[^/]+/runs", "ListRunsResponse"),
+    ("GET", r"/threads/[^/]+/runs/[^/]+/steps", "ListRunStepsResponse"),
+    ("GET", r"/threads/[^/]+/runs/[^/]+/steps/[^/]+", "RunStepObject"),
+    (None, r"/threads/(runs|[^/]+/runs(/[^/]+(/cancel|/submit_tool_outputs)?)?)", "RunObject"),
+]
+
+
+def assistants_schema(method: str, path: str) -> str:
+    """The spec schema of a successful JSON answer to an Assistants call (``path`` below /v1)."""
+    import re
+
+    for want, pattern, name in _ASSISTANTS_SCHEMAS:
+        if (want is None or want == method) and re.fullmatch(pattern, path):
+            return name
+    raise AssertionError(f"no schema known for {method} {path}")
+
+
+def sse_events(body: bytes) -> list[tuple[str | None, str]]:
+    """``(event, data)`` pairs of a complete SSE body."""
+    events, name, data = [], None, []
+    for line in body.decode().splitlines():
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif not line and data:
+            events.append((name, "\n".join(data)))
+            name, data = None, []
+    return events
+
+
+def validate_assistants_exchange(method: str, path: str, status: int, content_type: str, body: bytes) -> int:
+    """Check one recorded Assistants answer against the spec; returns how many objects were checked.
+
+    Errors must be OpenAI error envelopes; a stream must be spec events ending with ``done``.
+    Empty list pages carry ``first_id``/``last_id`` null as OpenAI sends them (the spec says string).
+    """
+    import json
+
+    from spec import validate
+
+    if status >= 400:
+        validate(json.loads(body), "ErrorResponse")
+        return 1
+    if content_type.startswith("text/event-stream"):
+        events = sse_events(body)
+        assert events and events[-1] == ("done", "[DONE]"), f"stream did not end with done: {events[-1:]}"
+        for name, data in events:
+            validate({"event": name, "data": data if data == "[DONE]" else json.loads(data)}, "AssistantStreamEvent")
+        return len(events)
+    payload = json.loads(body)
+    if payload.get("object") == "list" and not payload["data"]:
+        payload = {**payload, "first_id": "", "last_id": ""}
+    validate(payload, assistants_schema(method, path))
+    return 1
+
+
+@pytest.fixture
+def assistants_client():
+    """``make(base_url, api_key=None)``: an openai client whose every Assistants answer is checked
+    against the OpenAPI spec at teardown (JSON bodies, errors, each stream event).
+
+    Each client gets its own API key unless given one, so in bridge mode it is its own tenant and
+    sees none of the other tests' assistants.
+    """
+    import uuid
+
+    import httpx2
+    import openai
+
+    recorded: list[tuple[str, str, int, str, bytearray]] = []
+
+    class Tee(httpx2.SyncByteStream):
+        def __init__(self, stream, sink: bytearray) -> None:
+            self.stream, self.sink = stream, sink
+
+        def __iter__(self):
+            for chunk in self.stream:
+                self.sink.extend(chunk)
+                yield chunk
+
+        def close(self) -> None:
+            self.stream.close()
+
+    class Recording(httpx2.HTTPTransport):
+        def handle_request(self, request):
+            response = super().handle_request(request)
+            path = request.url.path.split("/v1", 1)[-1]
+            if path.startswith(("/assistants", "/threads")):
+                sink = bytearray()
+                recorded.append((request.method, path, response.status_code,
+                                 response.headers.get("content-type", ""), sink))
+                response.stream = Tee(response.stream, sink)
+            return response
+
+    clients = []
+
+    def make(base_url: str, api_key: str | None = None) -> openai.OpenAI:
+        http = httpx2.Client(transport=Recording(), timeout=20)
+        client = openai.OpenAI(base_url=base_url, api_key=api_key or f"sk-test-{uuid.uuid4().hex}",
+                               max_retries=0, http_client=http)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+    checked = sum(validate_assistants_exchange(*exchange[:4], bytes(exchange[4])) for exchange in recorded)
+    assert not recorded or checked, "nothing was validated"

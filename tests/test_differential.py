@@ -2,7 +2,8 @@
 
 Each scenario runs twice against a freshly reset emulator: once directly, once through the proxy.
 Both the SDK's results and the requests the emulator received must be the same, apart from
-generated ids and timestamps.
+generated ids and timestamps. Memory is switched off per request (``X-Memory: off``): this suite
+is about forwarding; the proxy must keep that control header to itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 ID = re.compile(r"^(chatcmpl|resp|msg|conv|file|call|fc|rs|req|item|cmpl|ws)[-_][A-Za-z0-9_-]+$")
 VOLATILE_KEYS = {"created", "created_at", "completed_at", "expires_at"}
 # Headers that legitimately differ between two runs or two routes to the same upstream.
-VOLATILE_HEADERS = {"host", "x-stainless-retry-count", "x-stainless-read-timeout", "x-stainless-timeout"}
+VOLATILE_HEADERS = {"host", "x-stainless-retry-count", "x-stainless-read-timeout", "x-stainless-timeout", "x-memory"}
 
 
 def normalize(value: Any) -> Any:
@@ -186,9 +187,12 @@ def received(emulator) -> list[dict[str, Any]]:
     return [entry for index, entry in enumerate(entries) if index == 0 or entry != entries[index - 1]]
 
 
+MEMORY_OFF = {"x-memory": "off"}
+
+
 def run(scenario: Callable[[openai.OpenAI], Any], base_url: str, emulator) -> tuple[Any, Any]:
     emulator.reset()
-    with openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0) as client:
+    with openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, default_headers=MEMORY_OFF) as client:
         result = normalize(dump(scenario(client)))
     return result, received(emulator)
 
@@ -197,5 +201,6 @@ def run(scenario: Callable[[openai.OpenAI], Any], base_url: str, emulator) -> tu
 def test_sdk_sees_no_difference_through_the_proxy(scenario, emulator, proxy) -> None:
     direct, direct_requests = run(scenario, emulator.base_url, emulator)
     proxied, proxied_requests = run(scenario, proxy.url + "/v1", emulator)
+    assert all("x-memory" not in entry["headers"] for entry in emulator.requests())
     assert proxied == direct
     assert proxied_requests == direct_requests

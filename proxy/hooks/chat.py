@@ -1,0 +1,75 @@
+"""POST /v1/chat/completions: remembered facts in the system message; the answer captured.
+
+The block is appended to the first system or developer message (the client's text is kept), or
+a system message is inserted first. A chat with no named user gets no memory: chat requests
+carry no thread to fall back on, and the proxy never guesses a user.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text
+from proxy.hooks.recall import Memory, append_text, encode, identify, read_json, recall
+from proxy.identity import subject_for
+from proxy.runtime import Runtime
+from proxy.turns import Turn
+
+
+def inject(messages: list[Any], block: str) -> list[Any]:
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+            content = message.get("content")
+            if isinstance(content, list):
+                updated = {**message, "content": [*content, {"type": "text", "text": block}]}
+            else:
+                updated = {**message, "content": append_text(content, block)}
+            return [*messages[:index], updated, *messages[index + 1 :]]
+    return [{"role": "system", "content": block}, *messages]
+
+
+def answer(data: Any) -> tuple[str | None, str]:
+    """Completion id and assistant text, from a JSON body or from the assembled stream chunks."""
+    if isinstance(data, dict):
+        choices = data.get("choices") or [{}]
+        return data.get("id"), message_text((choices[0].get("message") or {}).get("content"))
+    completion_id, parts = None, []
+    for event in data:
+        chunk = event_json(event)
+        if not isinstance(chunk, dict):
+            continue
+        completion_id = completion_id or chunk.get("id")
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) == 0:
+                parts.append((choice.get("delta") or {}).get("content") or "")
+    return completion_id, "".join(parts)
+
+
+def build_turn(memory: Memory, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
+    completion_id, text = answer(data)
+    if not completion_id:
+        return None
+    source = {"completion_id": completion_id}
+    return Turn(memory.tenant, memory.subject, "chat", completion_id, user, [text], source, body.get("model"))
+
+
+async def create_chat_completion(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    raw, body = await read_json(request)
+    messages = body.get("messages") if body else None
+    if body is None or not isinstance(messages, list):
+        return await runtime.forwarder.forward(request, raw, headers=Memory("off").headers())
+    memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body))
+    if not memory.active:
+        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+    user = latest_user_texts(messages)
+    memory = await recall(runtime, memory, "\n".join(user))
+    if memory.block:
+        body["messages"] = inject(messages, memory.block)
+        raw = encode(body)
+    tap = TurnTap(runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))
+    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())

@@ -1,0 +1,109 @@
+"""The before-hook shared by every route: who is asking, what to recall, within a deadline.
+
+Memory is an enhancement and the upstream call is the product: any failure or slowness here
+sends the request upstream unchanged, marked ``x-memory-status: degraded``, counted, and logged
+with its cause (never with the query or a key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from proxy.identity import credential, subject_hash, tenant_for
+from proxy.memory.render import render_block
+from proxy.runtime import Runtime
+
+log = logging.getLogger("memproxy.hooks")
+
+
+@dataclass
+class Memory:
+    """What the before-hook decided for one request; its headers go back to the client."""
+
+    status: str  # ok | none | off | degraded
+    tenant: str | None = None
+    subject: str | None = None
+    subject_hash: str | None = None
+    block: str = ""
+    recalled: int = 0
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("ok", "none", "degraded") and self.subject is not None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-memory-status": self.status, "x-memory-recalled": str(self.recalled)}
+        if self.subject_hash:
+            headers["x-memory-subject"] = self.subject_hash
+        return headers
+
+
+OFF = Memory("off")
+
+
+async def read_json(request: Request) -> tuple[bytes, dict[str, Any] | None]:
+    """The raw body and, when it is a JSON object, its parsed form. Malformed JSON is not ours to judge."""
+    raw = await request.body()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return raw, None
+    return raw, parsed if isinstance(parsed, dict) else None
+
+
+def identify(request: Request, runtime: Runtime, subject: str | None) -> Memory:
+    """Tenant and subject, or OFF when memory is switched off, unidentified or unavailable."""
+    if request.headers.get("x-memory", "").lower() == "off":
+        return OFF
+    tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
+    if tenant is None or subject is None:
+        return OFF
+    hashed = subject_hash(runtime.secret, tenant, subject)
+    if runtime.memory is None:
+        return Memory("degraded", tenant, subject, hashed)
+    return Memory("none", tenant, subject, hashed, api_key=credential(request.headers))
+
+
+async def recall(runtime: Runtime, memory: Memory, query: str, assistant_id: str | None = None) -> Memory:
+    """Fill ``memory.block`` from the subject's memories relevant to ``query``, within the deadline."""
+    if not memory.active or memory.status == "degraded" or not query.strip() or runtime.memory is None:
+        return memory
+    settings = runtime.settings
+    try:
+        items = await asyncio.wait_for(
+            runtime.memory.recall(
+                memory.tenant, memory.subject, query, assistant_id=assistant_id, api_key=memory.api_key
+            ),
+            timeout=settings.memory_recall_deadline_ms / 1000,
+        )
+    except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
+        return degrade(runtime, memory, "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error", exc)
+    block = render_block(items, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
+    memory.block, memory.recalled = block.text, block.count
+    memory.status = "ok" if block.count else "none"
+    return memory
+
+
+def degrade(runtime: Runtime, memory: Memory, cause: str, exc: BaseException | None = None) -> Memory:
+    runtime.count(f"degraded.{cause}")
+    log.warning("memory degraded (%s): %s", cause, type(exc).__name__ if exc else "-")
+    memory.status = "degraded"
+    return memory
+
+
+def append_text(existing: Any, block: str) -> str:
+    """The client's own instructions first, never replaced; the block after a blank line."""
+    if isinstance(existing, str) and existing.strip():
+        return f"{existing}\n\n{block}"
+    return block
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
