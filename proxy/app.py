@@ -37,6 +37,22 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready" if ready else "degraded", "checks": checks}, status_code=200 if ready else 503)
 
 
+def passthrough_routes() -> list[BaseRoute]:
+    """Assistants calls the upstream serves, with memory hooked in."""
+    from proxy.hooks import assistants as hooks
+
+    runs = "/v1/threads/{thread_id}/runs"
+    return [
+        Route("/v1/threads", hooks.create_thread, methods=["POST"]),
+        Route("/v1/threads/runs", hooks.create_thread_and_run, methods=["POST"]),
+        Route("/v1/threads/{thread_id}/messages", hooks.create_message, methods=["POST"]),
+        Route(runs, hooks.create_run, methods=["POST"]),
+        Route(runs + "/{run_id}", hooks.retrieve_run, methods=["GET"]),
+        Route(runs + "/{run_id}/submit_tool_outputs", hooks.submit_tool_outputs, methods=["POST"]),
+        Route("/v1/assistants/{assistant_id}", hooks.update_assistant, methods=["POST"]),
+    ]
+
+
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> Starlette:
     settings = settings or get_settings()
 
@@ -55,6 +71,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         from proxy.assistants.routes import bridge_routes
 
         routes += bridge_routes()
+    else:
+        routes += passthrough_routes()
     routes += [
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),

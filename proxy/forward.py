@@ -166,6 +166,24 @@ class Forwarder:
         return await self.client.send(upstream_request, stream=True)
 
 
+    async def fetch_json(self, request: Request, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET ``path`` (below the base) as the client, for a hook that needs one upstream fact.
+
+        Only the credential and the OpenAI routing headers are sent. Any failure is None: a hook
+        that cannot learn something goes on without it.
+        """
+        headers = {name: value for name, value in request.headers.items() if name in FETCH_HEADERS}
+        url = self.base.copy_with(raw_path=self.base.raw_path.rstrip(b"/") + path.encode())
+        try:
+            response = await self.client.get(url, params=params, headers=headers)
+            return response.json() if response.status_code == 200 else None
+        except (httpx2.HTTPError, ValueError):
+            return None
+
+
+FETCH_HEADERS = frozenset({"authorization", "api-key", "openai-organization", "openai-project", "openai-beta"})
+
+
 def _client_body(request: Request) -> AsyncIterator[bytes] | None:
     """Stream the client's body up as it arrives; no body at all when the client sent none."""
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers

@@ -1,10 +1,171 @@
-"""Routes of the Assistants bridge, mounted under /v1 ahead of plain forwarding."""
+"""HTTP routes of the Assistants v2 API over the engine, shared by the bridge and the emulator.
+
+:func:`assistants_routes` takes an engine factory (request -> :class:`Engine`): the bridge's builds
+an HTTP upstream with the caller's credentials over the proxy's state store (:func:`bridge_routes`);
+the emulator's runs the same routes over its in-process Responses engine.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from proxy.assistants import assistants, messages, runs, threads
+from proxy.assistants.engine import Engine
+from proxy.assistants.hooks import RunHooks
+from proxy.assistants.translate import RunStream
+from proxy.assistants.upstream import HttpUpstream, UpstreamError
+from proxy.assistants.validation import AssistantsError, check_list_params
+from proxy.errors import error_response
+
+log = logging.getLogger("memproxy.assistants")
+
+EngineFactory = Callable[[Request], Awaitable[Engine]]
+Handler = Callable[[Engine, Request, dict[str, Any]], Awaitable[Any]]
+BAD_JSON = ("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+            "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)")
+NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
+          "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    if request.method != "POST":
+        return {}
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        raise AssistantsError(400, BAD_JSON) from None
+    if not isinstance(body, dict):
+        raise AssistantsError(400, BAD_JSON)
+    return body
+
+
+def _endpoint(factory: EngineFactory, handler: Handler, poll_after_ms: int | None) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: engine, JSON body, errors as OpenAI envelopes, JSON or SSE out."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            engine = await factory(request)
+            result = await handler(engine, request, await _body(request))
+        except AssistantsError as exc:
+            return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
+        except UpstreamError as exc:
+            return JSONResponse(exc.body, status_code=exc.status)
+        if isinstance(result, RunStream):
+            headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+            return StreamingResponse(result.body(), media_type="text/event-stream; charset=utf-8", headers=headers)
+        headers = {"openai-poll-after-ms": str(poll_after_ms)} if poll_after_ms and result.get("object") == "thread.run" else None
+        return JSONResponse(result, headers=headers)
+
+    return endpoint
+
+
+def _p(request: Request, name: str) -> str:
+    return request.path_params[name]
+
+
+def _list(request: Request) -> dict[str, Any]:
+    return check_list_params(request.query_params)
+
+
+# --- handlers that need more than one call -------------------------------------------------------
+
+
+async def _create_run(engine: Engine, request: Request, body: dict[str, Any]) -> Any:
+    include = request.query_params.getlist("include[]") or request.query_params.getlist("include")
+    if include:
+        body = {**body, "include": include}
+    run = await runs.prepare_create(engine, _p(request, "thread_id"), body)
+    if not body.get("stream"):
+        return await runs.start(engine, run)
+    return RunStream(engine, run, await engine.upstream.stream_response(run["_body"]), [])
+
+
+async def _create_thread_and_run(engine: Engine, request: Request, body: dict[str, Any]) -> Any:
+    thread, run = await runs.prepare_create_and_run(engine, body)
+    if not body.get("stream"):
+        return await runs.start(engine, run)
+    events = await engine.upstream.stream_response(run["_body"])
+    return RunStream(engine, run, events, [("thread.created", thread)])
+
+
+async def _submit(engine: Engine, request: Request, body: dict[str, Any]) -> Any:
+    if not body.get("stream"):
+        return await runs.submit_tool_outputs(engine, _p(request, "thread_id"), _p(request, "run_id"), body)
+    submission = await runs.prepare_submit(engine, _p(request, "thread_id"), _p(request, "run_id"), body)
+    events = await engine.upstream.stream_response({**submission.run["_body"], "input": submission.items})
+    step = await submission.close_step(engine)
+    prelude = [("thread.run.step.completed", step)] if step else []
+    return RunStream(engine, submission.run, events, prelude, resumed=True)
+
+
+def _table() -> list[tuple[str, str, Handler]]:
+    """(method, path under /v1, handler) for every Assistants v2 endpoint."""
+    a, t, m, r = assistants, threads, messages, runs
+    return [
+        ("POST", "/assistants", lambda e, q, b: a.create(e, b)),
+        ("GET", "/assistants", lambda e, q, b: a.list_all(e, _list(q))),
+        ("GET", "/assistants/{assistant_id}", lambda e, q, b: a.retrieve(e, _p(q, "assistant_id"))),
+        ("POST", "/assistants/{assistant_id}", lambda e, q, b: a.update(e, _p(q, "assistant_id"), b)),
+        ("DELETE", "/assistants/{assistant_id}", lambda e, q, b: a.delete(e, _p(q, "assistant_id"))),
+        ("POST", "/threads", lambda e, q, b: t.create(e, b)),
+        ("POST", "/threads/runs", _create_thread_and_run),
+        ("GET", "/threads/{thread_id}", lambda e, q, b: t.retrieve(e, _p(q, "thread_id"))),
+        ("POST", "/threads/{thread_id}", lambda e, q, b: t.update(e, _p(q, "thread_id"), b)),
+        ("DELETE", "/threads/{thread_id}", lambda e, q, b: t.delete(e, _p(q, "thread_id"))),
+        ("POST", "/threads/{thread_id}/messages", lambda e, q, b: m.create(e, _p(q, "thread_id"), b)),
+        ("GET", "/threads/{thread_id}/messages",
+         lambda e, q, b: m.list_all(e, _p(q, "thread_id"), _list(q), q.query_params.get("run_id"))),
+        ("GET", "/threads/{thread_id}/messages/{message_id}",
+         lambda e, q, b: m.retrieve(e, _p(q, "thread_id"), _p(q, "message_id"))),
+        ("POST", "/threads/{thread_id}/messages/{message_id}",
+         lambda e, q, b: m.update(e, _p(q, "thread_id"), _p(q, "message_id"), b)),
+        ("DELETE", "/threads/{thread_id}/messages/{message_id}",
+         lambda e, q, b: m.delete(e, _p(q, "thread_id"), _p(q, "message_id"))),
+        ("POST", "/threads/{thread_id}/runs", _create_run),
+        ("GET", "/threads/{thread_id}/runs", lambda e, q, b: r.list_all(e, _p(q, "thread_id"), _list(q))),
+        ("GET", "/threads/{thread_id}/runs/{run_id}", lambda e, q, b: r.retrieve(e, _p(q, "thread_id"), _p(q, "run_id"))),
+        ("POST", "/threads/{thread_id}/runs/{run_id}",
+         lambda e, q, b: r.update(e, _p(q, "thread_id"), _p(q, "run_id"), b)),
+        ("POST", "/threads/{thread_id}/runs/{run_id}/cancel",
+         lambda e, q, b: r.cancel(e, _p(q, "thread_id"), _p(q, "run_id"))),
+        ("POST", "/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", _submit),
+        ("GET", "/threads/{thread_id}/runs/{run_id}/steps",
+         lambda e, q, b: r.list_steps(e, _p(q, "thread_id"), _p(q, "run_id"), _list(q))),
+        ("GET", "/threads/{thread_id}/runs/{run_id}/steps/{step_id}",
+         lambda e, q, b: r.retrieve_step(e, _p(q, "thread_id"), _p(q, "run_id"), _p(q, "step_id"))),
+    ]
+
+
+def assistants_routes(factory: EngineFactory, *, poll_after_ms: int | None = None) -> list[BaseRoute]:
+    """The Assistants v2 routes under ``/v1``; ``poll_after_ms`` is sent as ``openai-poll-after-ms`` on runs."""
+    return [Route("/v1" + path, _endpoint(factory, handler, poll_after_ms), methods=[method])
+            for method, path, handler in _table()]
+
+
+async def bridge_engine(request: Request) -> Engine:
+    """The bridge's engine: the caller's tenant, the proxy's state store, the upstream with the caller's key.
+
+    Memory hooks plug in as ``runtime.assistant_hooks`` (a :class:`RunHooks`) when the runtime has one.
+    """
+    from proxy.identity import tenant_for
+
+    runtime = request.app.state.runtime
+    tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
+    if tenant is None:
+        raise AssistantsError(401, NO_KEY, code="missing_api_key")
+    upstream = HttpUpstream(runtime.http, runtime.settings.upstream_url, request.headers)
+    hooks = getattr(runtime, "assistant_hooks", None) or RunHooks()
+    return Engine(runtime.state, upstream, tenant, hooks)
 
 
 def bridge_routes() -> list[BaseRoute]:
-    """Placeholder until the engine lands: with no routes, Assistants calls are forwarded."""
-    return []
+    """Mounted by ``proxy.app`` ahead of plain forwarding when ``assistants_mode == "bridge"``."""
+    return assistants_routes(bridge_engine, poll_after_ms=500)

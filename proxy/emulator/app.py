@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.emulator import chat, control, conversations, embeddings, files, models, responses
+from proxy.emulator import assistants, chat, control, conversations, embeddings, files, models, responses
 from proxy.emulator.common import ApiError
 from proxy.emulator.middleware import EmulatorMiddleware
 from proxy.emulator.state import EmulatorState
@@ -67,6 +67,7 @@ def create_app(*, background_delay: float = 0.05) -> Starlette:
         *embeddings.ROUTES,
         *files.ROUTES,
         *models.ROUTES,
+        *assistants.ROUTES,
     ]
     app = Starlette(
         routes=routes,

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.assistants.records import MemoryRecords
 from proxy.emulator.common import not_found, now
 from proxy.emulator.control import FaultBook, Recorder
 from proxy.emulator.ids import new_id
@@ -89,6 +90,7 @@ class EmulatorState:
     conversations: ConversationStore = field(default_factory=ConversationStore)
     responses: dict[str, StoredResponse] = field(default_factory=dict)
     files: dict[str, StoredFile] = field(default_factory=dict)
+    assistants: MemoryRecords = field(default_factory=MemoryRecords)  # the Assistants engine's records
 
     def reset(self) -> None:
         """Forget every request, fault and object (``POST /_emulator/reset``)."""
@@ -98,6 +100,7 @@ class EmulatorState:
         self.conversations.clear()
         self.responses.clear()
         self.files.clear()
+        self.assistants.clear()
 
     def cancel_tasks(self) -> None:
         """Stop background responses still running (on reset and on shutdown)."""

@@ -58,11 +58,16 @@ async def read_json(request: Request) -> tuple[bytes, dict[str, Any] | None]:
     return raw, parsed if isinstance(parsed, dict) else None
 
 
+def tenant_of(request: Request, runtime: Runtime) -> str | None:
+    """The tenant memory would act for, or None when memory is off for this request."""
+    if request.headers.get("x-memory", "").lower() == "off":
+        return None
+    return tenant_for(request.headers, runtime.settings, runtime.secret)
+
+
 def identify(request: Request, runtime: Runtime, subject: str | None) -> Memory:
     """Tenant and subject, or OFF when memory is switched off, unidentified or unavailable."""
-    if request.headers.get("x-memory", "").lower() == "off":
-        return OFF
-    tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
+    tenant = tenant_of(request, runtime)
     if tenant is None or subject is None:
         return OFF
     hashed = subject_hash(runtime.secret, tenant, subject)

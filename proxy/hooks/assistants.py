@@ -1,0 +1,284 @@
+"""Assistants passthrough: memory around threads and runs served by an upstream that speaks v2.
+
+What the proxy learns on the way (thread -> subject, the thread's latest user messages, runs
+waiting to finish) goes to the state store, shared by replicas, so a run needs no extra upstream
+call; on a miss, one GET of the thread or its messages fills the gap. Recall goes into
+``additional_instructions`` (runs) or ``instructions`` (create-and-run: the client's override, else
+the assistant's own, fetched once and cached). A finished run becomes one extraction job, whether
+the client streamed it or polled it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.hooks.capture import TurnTap, event_json, message_text
+from proxy.hooks.recall import OFF, Memory, append_text, encode, identify, read_json, recall, tenant_of
+from proxy.identity import subject_for
+from proxy.runtime import Runtime
+from proxy.sse import Event
+from proxy.state import Subject
+from proxy.turns import Turn, enqueue_turn
+
+RECENT = 10
+THREAD_TTL = 30 * 86400.0
+RUN_TTL = 86400.0
+ASSISTANT_TTL = 600.0
+
+
+def key(memory: Memory | str, name: str) -> str:
+    tenant = memory if isinstance(memory, str) else memory.tenant
+    return f"{tenant}:{name}"
+
+
+def user_texts(messages: Any) -> list[str]:
+    if not isinstance(messages, list):
+        return []
+    texts = [message_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return [text for text in texts if text.strip()]
+
+
+async def remember_thread(runtime: Runtime, memory: Memory, thread_id: str, texts: list[str]) -> None:
+    """Keep what later runs of this thread need: whose it is and what the user said last."""
+    state, owner = runtime.state, Subject(memory.tenant, memory.subject)
+    if not memory.subject.startswith("thread:"):
+        await state.set("thread_subject", key(memory, thread_id), memory.subject, ttl=THREAD_TTL, subject=owner)
+        await state.set_add("subject_threads", key(memory, memory.subject_hash), thread_id, subject=owner)
+    if texts:
+        await state.list_push("thread_user", key(memory, thread_id), *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner)
+
+
+async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any], thread_id: str) -> str:
+    """Header, the run's metadata, the thread's (remembered, else fetched once), else the thread itself."""
+    direct = subject_for(request.headers, runtime.settings, body)
+    if direct:
+        return direct
+    tenant = tenant_of(request, runtime)
+    if tenant is None:
+        return f"thread:{thread_id}"
+    known = await runtime.state.get("thread_subject", key(tenant, thread_id))
+    if isinstance(known, str):
+        return known
+    thread = await runtime.forwarder.fetch_json(request, f"/threads/{thread_id}")
+    from_thread = subject_for(request.headers, runtime.settings, thread) if isinstance(thread, dict) else None
+    return from_thread or f"thread:{thread_id}"
+
+
+async def recent_user_texts(request: Request, runtime: Runtime, memory: Memory, thread_id: str) -> list[str]:
+    known = await runtime.state.list_range("thread_user", key(memory, thread_id), -2, -1)
+    if known:
+        return [str(text) for text in known]
+    listing = await runtime.forwarder.fetch_json(request, f"/threads/{thread_id}/messages", {"limit": 5, "order": "desc"})
+    messages = listing.get("data", []) if isinstance(listing, dict) else []
+    return list(reversed(user_texts(messages)))[-2:]
+
+
+# --- taps ------------------------------------------------------------------------------------------
+
+
+def run_from(data: Any) -> dict[str, Any] | None:
+    """The run object: the JSON body, or the last ``thread.run.*`` event of a stream."""
+    if isinstance(data, dict):
+        return data
+    for event in reversed(data):
+        if isinstance(event, Event) and event.event.startswith("thread.run.") and ".step." not in event.event:
+            payload = event_json(event)
+            return payload if isinstance(payload, dict) else None
+    return None
+
+
+def streamed_answer(events: list[Event]) -> list[str]:
+    completed = [event_json(e) for e in events if e.event == "thread.message.completed"]
+    return [message_text(m.get("content")) for m in completed if isinstance(m, dict) and m.get("role") == "assistant"]
+
+
+def make_turn(memory: Memory, run: dict[str, Any], user: list[str], answer: list[str]) -> Turn:
+    source = {"thread_id": run.get("thread_id"), "run_id": run["id"], "assistant_id": run.get("assistant_id")}
+    return Turn(memory.tenant, memory.subject, "assistants", run["id"], user, answer, source, run.get("model"))
+
+
+class RunTap(TurnTap):
+    """A run answer: streamed to the end it is a turn now; polled, it is parked until a GET sees it finish."""
+
+    def __init__(self, runtime: Runtime, memory: Memory, user: list[str], stream: bool) -> None:
+        super().__init__(runtime, memory, stream=stream, build=self._streamed)
+        self.user = user
+
+    def _streamed(self, data: Any) -> Turn | None:
+        run = run_from(data)
+        if run is None or not self.stream or run.get("status") != "completed":
+            return None
+        return make_turn(self.memory, run, self.user, streamed_answer(data))
+
+    async def finish(self, status: int, complete: bool) -> None:
+        run = run_from(self.events if self.stream else _json(self.chunks)) if status == 200 else None
+        if run and run.get("thread_id"):
+            await remember_thread(self.runtime, self.memory, run["thread_id"], [])
+        if run and run.get("status") not in ("completed", "failed", "cancelled", "expired", "incomplete"):
+            await park_run(self.runtime, self.memory, run, self.user)
+        await super().finish(status, complete)
+
+
+def _json(chunks: list[bytes]) -> Any:
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+
+
+async def park_run(runtime: Runtime, memory: Memory, run: dict[str, Any], user: list[str]) -> None:
+    """A run still going: remember who and what it answers, for the GET that sees it complete."""
+    record = {"subject": memory.subject, "user": user, "thread_id": run.get("thread_id")}
+    await runtime.state.set("pending_run", key(memory, run["id"]), record, ttl=RUN_TTL, subject=Subject(memory.tenant, memory.subject))
+
+
+class ThreadTap(TurnTap):
+    """A created thread: its id is only known from the answer."""
+
+    def __init__(self, runtime: Runtime, memory: Memory, texts: list[str]) -> None:
+        super().__init__(runtime, memory, stream=False, build=lambda data: None)
+        self.texts = texts
+
+    async def finish(self, status: int, complete: bool) -> None:
+        thread = _json(self.chunks) if status == 200 and complete else None
+        if isinstance(thread, dict) and thread.get("id"):
+            await remember_thread(self.runtime, self.memory, thread["id"], self.texts)
+
+
+class PollTap(TurnTap):
+    """GET of a run: the first time it is seen completed, its parked turn is queued."""
+
+    def __init__(self, runtime: Runtime, request: Request, tenant: str) -> None:
+        super().__init__(runtime, OFF, stream=False, build=lambda data: None)
+        self.request, self.tenant = request, tenant
+
+    async def finish(self, status: int, complete: bool) -> None:
+        run = _json(self.chunks) if status == 200 and complete else None
+        if not isinstance(run, dict) or run.get("status") != "completed":
+            return
+        parked = await self.runtime.state.get("pending_run", key(self.tenant, run["id"]))
+        if not isinstance(parked, dict) or not await self.runtime.state.delete("pending_run", key(self.tenant, run["id"])):
+            return  # never parked here, or another poll took it first
+        listing = await self.runtime.forwarder.fetch_json(
+            self.request, f"/threads/{run['thread_id']}/messages", {"run_id": run["id"], "order": "asc"}
+        )
+        messages = listing.get("data", []) if isinstance(listing, dict) else []
+        answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
+        memory = Memory("ok", self.tenant, parked["subject"])
+        if await enqueue_turn(self.runtime.state, make_turn(memory, run, parked["user"], answer)):
+            self.runtime.count("turns.captured")
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+
+async def create_thread(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    raw, body = await read_json(request)
+    memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body or {}))
+    if body is None or not memory.active:
+        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+    tap = ThreadTap(runtime, memory, user_texts(body.get("messages")))
+    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())
+
+
+async def create_message(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    raw, body = await read_json(request)
+    if body is None or body.get("role") != "user":
+        return await runtime.forwarder.forward(request, raw)
+    thread_id = request.path_params["thread_id"]
+    memory = identify(request, runtime, await thread_subject(request, runtime, {}, thread_id))
+    if memory.active:
+        await remember_thread(runtime, memory, thread_id, user_texts([body]))
+    return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+
+
+async def create_run(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    raw, body = await read_json(request)
+    if body is None:
+        return await runtime.forwarder.forward(request, raw, headers=OFF.headers())
+    thread_id = request.path_params["thread_id"]
+    memory = identify(request, runtime, await thread_subject(request, runtime, body, thread_id))
+    if not memory.active:
+        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+    user = user_texts(body.get("additional_messages")) or await recent_user_texts(request, runtime, memory, thread_id)
+    memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
+    if memory.block:
+        body["additional_instructions"] = append_text(body.get("additional_instructions"), memory.block)
+        raw = encode(body)
+    tap = RunTap(runtime, memory, user, stream=bool(body.get("stream")))
+    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())
+
+
+async def assistant_instructions(request: Request, runtime: Runtime, memory: Memory, assistant_id: str) -> str:
+    cache_key = key(memory, assistant_id)
+    cached = await runtime.state.get("assistant_instructions", cache_key)
+    if isinstance(cached, str):
+        return cached
+    assistant = await runtime.forwarder.fetch_json(request, f"/assistants/{assistant_id}")
+    instructions = (assistant or {}).get("instructions") or ""
+    if assistant is not None:
+        await runtime.state.set("assistant_instructions", cache_key, instructions, ttl=ASSISTANT_TTL)
+    return instructions
+
+
+async def create_thread_and_run(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    raw, body = await read_json(request)
+    if body is None:
+        return await runtime.forwarder.forward(request, raw, headers=OFF.headers())
+    thread = body.get("thread") if isinstance(body.get("thread"), dict) else {}
+    named = subject_for(request.headers, runtime.settings, body) or subject_for(request.headers, runtime.settings, thread)
+    memory = identify(request, runtime, named)
+    if not memory.active:
+        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+    user = user_texts(thread.get("messages"))
+    memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
+    if memory.block:
+        own = body.get("instructions")
+        if not own and isinstance(body.get("assistant_id"), str):
+            own = await assistant_instructions(request, runtime, memory, body["assistant_id"])
+        body["instructions"] = append_text(own, memory.block)
+        raw = encode(body)
+    tap = RunTap(runtime, memory, user, stream=bool(body.get("stream")))
+    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())
+
+
+async def submit_tool_outputs(request: Request) -> Response:
+    """The run goes on: its end is captured like a run's, from its parked record or its stream."""
+    runtime: Runtime = request.app.state.runtime
+    raw, body = await read_json(request)
+    tenant = tenant_of(request, runtime)
+    if body is None or tenant is None:
+        return await runtime.forwarder.forward(request, raw)
+    parked = await runtime.state.get("pending_run", key(tenant, request.path_params["run_id"]))
+    if not isinstance(parked, dict):
+        return await runtime.forwarder.forward(request, raw)
+    memory = Memory("ok", tenant, parked["subject"])
+    if body.get("stream"):
+        await runtime.state.delete("pending_run", key(tenant, request.path_params["run_id"]))
+    tap = RunTap(runtime, memory, parked["user"], stream=bool(body.get("stream")))
+    return await runtime.forwarder.forward(request, raw, tap=tap)
+
+
+async def retrieve_run(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    tenant = tenant_of(request, runtime)
+    if tenant is None:
+        return await runtime.forwarder.forward(request)
+    return await runtime.forwarder.forward(request, tap=PollTap(runtime, request, tenant))
+
+
+async def update_assistant(request: Request) -> Response:
+    """An updated assistant may have new instructions: drop the cached copy."""
+    runtime: Runtime = request.app.state.runtime
+    tenant = tenant_of(request, runtime)
+    if tenant is not None:
+        await runtime.state.delete("assistant_instructions", key(tenant, request.path_params["assistant_id"]))
+    return await runtime.forwarder.forward(request)
