@@ -70,7 +70,7 @@ async def open_runtime(settings: Settings, *, embedder: Embedder | None = None) 
             from proxy.jobs import start_worker
 
             runtime.worker = start_worker(runtime)
-        except Exception as exc:  # fail open: the proxy serves without extraction
+        except Exception as exc:  # noqa: BLE001 - fail open: the proxy serves without extraction
             runtime.problems["worker"] = f"{type(exc).__name__}: {exc}"
             log.error("extraction worker unavailable: %s", runtime.problems["worker"])
         try:
