@@ -31,6 +31,8 @@ def make_proxy(tmp_path_factory, emulator_server, local_embedder, memory_model_d
             "upstream_url": emulator_server.url + "/v1",
             "data_dir": tmp_path_factory.mktemp("proxy"),
             "embed_model_path": memory_model_dir,
+            # Off unless a test wants it: a worker outliving its test would call the shared emulator.
+            "worker_in_proxy": False,
             **overrides,
         }
         app = create_app(Settings(**values), embedder=local_embedder)

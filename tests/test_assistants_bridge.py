@@ -10,7 +10,6 @@ import openai
 import pytest
 from test_assistants import MODEL, POLL, WEATHER, Recorder, texts
 
-from proxy.assistants.hooks import RunHooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -115,38 +114,24 @@ def test_stream_events_arrive_as_the_upstream_sends_them(bridge, client, emulato
     assert arrivals["thread.run.created"] < arrivals["thread.run.completed"] - 0.8
 
 
-class CountingHooks(RunHooks):
-    def __init__(self) -> None:
-        self.before: list = []
-        self.after: list = []
+def test_memory_reaches_bridge_runs_and_each_finished_run_is_captured_once(bridge, client, emulator) -> None:
+    from proxy.client import Memory
 
-    async def before_run(self, ctx):
-        self.before.append(ctx)
-        return "Memory: likes tea."
-
-    async def after_run(self, ctx, run, messages):
-        self.after.append((ctx, run, messages))
-
-
-def test_run_hooks_add_instructions_and_see_finished_runs(bridge, client, emulator) -> None:
-    hooks = CountingHooks()
-    bridge.app.state.runtime.assistant_hooks = hooks
-    try:
-        assistant = client.beta.assistants.create(model=MODEL, instructions="Base.")
-        thread = client.beta.threads.create(metadata={"user_id": "u1"})
-        run = client.beta.threads.runs.create_and_poll(
-            thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL,
-            additional_messages=[{"role": "user", "content": "What do I like?"}])
-        client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
-    finally:
-        del bridge.app.state.runtime.assistant_hooks
-    assert response_bodies(emulator)[0]["instructions"] == "Base.\n\nMemory: likes tea."
-    [ctx] = hooks.before
-    assert (ctx.thread_id, ctx.thread_metadata, ctx.assistant_id) == (thread.id, {"user_id": "u1"}, assistant.id)
-    assert [m["content"][0]["text"]["value"] for m in ctx.new_messages] == ["What do I like?"]
-    [(_, finished, written)] = hooks.after
-    assert finished["id"] == run.id and finished["status"] == "completed"
-    assert [m["role"] for m in written] == ["assistant"] and written[0]["run_id"] == run.id
+    api_key = client.api_key
+    with Memory(bridge.url, api_key=api_key) as memory:
+        memory.user("u1").remember("Likes green tea")
+    runtime = bridge.app.state.runtime
+    captured = runtime.counters["turns.captured"]
+    assistant = client.beta.assistants.create(model=MODEL, instructions="Base.")
+    thread = client.beta.threads.create(metadata={"user_id": "u1"})
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL,
+        additional_messages=[{"role": "user", "content": "Which tea do I like?"}])
+    client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)  # seen finished twice, captured once
+    instructions = response_bodies(emulator)[0]["instructions"]
+    assert instructions.startswith("Base.\n\n<memories>") and '"Likes green tea"' in instructions
+    assert run.instructions == instructions
+    assert runtime.counters["turns.captured"] == captured + 1
 
 
 # --- surviving restarts, sharing between replicas --------------------------------------------------

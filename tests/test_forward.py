@@ -150,7 +150,9 @@ def test_client_disconnect_closes_the_upstream_stream(make_proxy, emulator):
     forwarder = server.app.state.runtime.forwarder
     slow = {"x-emulator-fault": "event_delay=1.0"}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=slow) as response:
-        next(response.iter_lines())
+        lines = response.iter_lines()  # held: a dropped generator would close the response itself
+        next(lines)
+        time.sleep(0.3)
         assert forwarder.open_responses == 1
     # The stream has ~10 more events a second apart: only a disconnect-driven close ends it early.
     deadline = time.monotonic() + 3

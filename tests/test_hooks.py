@@ -122,7 +122,7 @@ def wait_for_captures(runtime, at_least: int) -> None:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_each_finished_turn_is_captured(make_proxy, emulator, user, stream) -> None:
-    proxy = make_proxy(worker_in_proxy=False)
+    proxy = make_proxy()
     runtime = proxy.app.state.runtime
     client = sdk(proxy)
     answer = client.responses.create(model="gpt-4o-mini", input="I moved to Lyon.", safety_identifier=user, stream=stream)
@@ -137,7 +137,7 @@ def test_each_finished_turn_is_captured(make_proxy, emulator, user, stream) -> N
 
 
 def test_an_abandoned_stream_is_not_captured_as_a_finished_turn(make_proxy, emulator, user) -> None:
-    proxy = make_proxy(worker_in_proxy=False)
+    proxy = make_proxy()
     slow = sdk(proxy, **{"x-emulator-fault": "event_delay=0.5"})
     stream = slow.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "My dog is Rex and I live in Lyon."}], user=user, stream=True
@@ -149,7 +149,7 @@ def test_an_abandoned_stream_is_not_captured_as_a_finished_turn(make_proxy, emul
 
 
 async def test_captured_turns_carry_both_sides_and_no_key(make_proxy, emulator, user) -> None:
-    proxy = make_proxy(worker_in_proxy=False)
+    proxy = make_proxy()
     runtime = proxy.app.state.runtime
     client = sdk(proxy)
     for chunk in client.chat.completions.create(

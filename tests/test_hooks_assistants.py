@@ -15,7 +15,7 @@ QUESTION = "What do we run in production?"
 
 @pytest.fixture(scope="module")
 def proxy(make_proxy):
-    return make_proxy(assistants="passthrough", worker_in_proxy=False)
+    return make_proxy(assistants="passthrough")
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_the_thread_owner_is_remembered_so_runs_need_no_lookup(proxy, client, em
 
 
 def test_a_thread_the_proxy_never_saw_is_looked_up_once(make_proxy, emulator, user) -> None:
-    proxy = make_proxy(assistants="passthrough", worker_in_proxy=False)
+    proxy = make_proxy(assistants="passthrough")
     direct = openai.OpenAI(base_url=emulator.base_url, api_key="sk-app-1", max_retries=0)
     assistant = direct.beta.assistants.create(model="gpt-4o-mini")
     thread = direct.beta.threads.create(messages=[{"role": "user", "content": QUESTION}], metadata={"user_id": user})
@@ -104,7 +104,7 @@ def captured_count(runtime, at_least: int) -> int:
 
 
 def test_polled_and_streamed_runs_are_captured_once_each(make_proxy, emulator, user) -> None:
-    proxy = make_proxy(assistants="passthrough", worker_in_proxy=False)
+    proxy = make_proxy(assistants="passthrough")
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-app-1", max_retries=0)
     assistant = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(metadata={"user_id": user})

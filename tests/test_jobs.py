@@ -438,7 +438,7 @@ def test_memproxy_worker_command(tmp_path, monkeypatch, memory_model_dir) -> Non
 def test_the_proxy_runs_the_worker_in_process(make_proxy) -> None:
     from proxy.client import Memory
 
-    proxy = make_proxy(extractor="verbatim", tenant="tenant-in-proxy", worker_poll_interval=0.1)
+    proxy = make_proxy(extractor="verbatim", tenant="tenant-in-proxy", worker_poll_interval=0.1, worker_in_proxy=True)
     runtime = proxy.app.state.runtime
     assert runtime.worker is not None and runtime.worker.running
     assert isinstance(runtime.keys, KeyRing)

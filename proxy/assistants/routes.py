@@ -18,7 +18,6 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.assistants import assistants, messages, runs, threads
 from proxy.assistants.engine import Engine
-from proxy.assistants.hooks import RunHooks
 from proxy.assistants.translate import RunStream
 from proxy.assistants.upstream import HttpUpstream, UpstreamError
 from proxy.assistants.validation import AssistantsError, check_list_params
@@ -153,7 +152,8 @@ def assistants_routes(factory: EngineFactory, *, poll_after_ms: int | None = Non
 async def bridge_engine(request: Request) -> Engine:
     """The bridge's engine: the caller's tenant, the proxy's state store, the upstream with the caller's key.
 
-    Memory hooks plug in as ``runtime.assistant_hooks`` (a :class:`RunHooks`) when the runtime has one.
+    Memory acts through :class:`proxy.hooks.bridge.MemoryRunHooks`, built per request (it needs the
+    caller's headers: ``X-Memory-User``, ``X-Memory: off``, the key for the upstream embedder).
     """
     from proxy.identity import tenant_for
 
@@ -161,9 +161,13 @@ async def bridge_engine(request: Request) -> Engine:
     tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
     if tenant is None:
         raise AssistantsError(401, NO_KEY, code="missing_api_key")
+    from proxy.hooks.bridge import MemoryRunHooks
+
     upstream = HttpUpstream(runtime.http, runtime.settings.upstream_url, request.headers)
-    hooks = getattr(runtime, "assistant_hooks", None) or RunHooks()
-    return Engine(runtime.state, upstream, tenant, hooks)
+    hooks = MemoryRunHooks(runtime, request)
+    engine = Engine(runtime.state, upstream, tenant, hooks)
+    hooks.engine = engine  # to read the thread's latest messages when a run brings none
+    return engine
 
 
 def bridge_routes() -> list[BaseRoute]:

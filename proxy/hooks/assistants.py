@@ -16,13 +16,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.hooks.capture import TurnTap, event_json, message_text
+from proxy.hooks.capture import TurnTap, event_json, message_text, queue
 from proxy.hooks.recall import OFF, Memory, append_text, encode, identify, read_json, recall, tenant_of
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.sse import Event
 from proxy.state import Subject
-from proxy.turns import Turn, enqueue_turn
+from proxy.turns import Turn
 
 RECENT = 10
 THREAD_TTL = 30 * 86400.0
@@ -169,8 +169,7 @@ class PollTap(TurnTap):
         messages = listing.get("data", []) if isinstance(listing, dict) else []
         answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
         memory = Memory("ok", self.tenant, parked["subject"])
-        if await enqueue_turn(self.runtime.state, make_turn(memory, run, parked["user"], answer)):
-            self.runtime.count("turns.captured")
+        await queue(self.runtime, make_turn(memory, run, parked["user"], answer))
 
 
 # --- routes ----------------------------------------------------------------------------------------

@@ -46,10 +46,18 @@ class TurnTap:
             return
         try:
             turn = self.build(self.events if self.stream else json.loads(b"".join(self.chunks)))
-            if turn is not None and await enqueue_turn(self.runtime.state, turn):
-                self.runtime.count("turns.captured")
+            if turn is not None:
+                await queue(self.runtime, turn)
         except Exception as exc:  # noqa: BLE001 - a lost memory, never a failed response
             degrade(self.runtime, self.memory, "capture_error", exc)
+
+
+async def queue(runtime: Runtime, turn: Turn) -> None:
+    """Queue a finished turn once, and nudge the in-process worker instead of waiting for its poll."""
+    if await enqueue_turn(runtime.state, turn):
+        runtime.count("turns.captured")
+        if runtime.worker is not None:
+            runtime.worker.wake()
 
 
 def event_json(event: Event) -> Any:

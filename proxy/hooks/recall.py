@@ -73,7 +73,9 @@ def identify(request: Request, runtime: Runtime, subject: str | None) -> Memory:
     hashed = subject_hash(runtime.secret, tenant, subject)
     if runtime.memory is None:
         return Memory("degraded", tenant, subject, hashed)
-    return Memory("none", tenant, subject, hashed, api_key=credential(request.headers))
+    api_key = credential(request.headers)
+    runtime.keys.remember(tenant, api_key)  # process memory only: this tenant's extraction jobs need it
+    return Memory("none", tenant, subject, hashed, api_key=api_key)
 
 
 async def recall(runtime: Runtime, memory: Memory, query: str, assistant_id: str | None = None) -> Memory:
