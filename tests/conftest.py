@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def make_proxy(tmp_path_factory, emulator_server, local_embedder, memory_model_d
             "worker_in_proxy": False,
             **overrides,
         }
-        app = create_app(Settings(**values), embedder=local_embedder)
+        shared = local_embedder if values.get("embedder", "local") == "local" else None
+        app = create_app(Settings(**values), embedder=shared)
         server = ServerThread(app, server_header=False, date_header=False).start()
         server.app = app
         started.append(server)
@@ -57,9 +59,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_server_url():
-    """A real ``redis-server`` on a free port for the session, with persistence off; killed at the end."""
+@contextlib.contextmanager
+def redis_server():
+    """A real ``redis-server`` on a free port, persistence off; yields (url, process), killed after."""
     import shutil
     import subprocess
     import time
@@ -86,13 +88,22 @@ def redis_server_url():
                 pytest.fail(f"redis-server did not answer PING on port {port}: {stderr[-500:]}")
             time.sleep(0.05)
     client.close()
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url():
+    """One real ``redis-server`` for the session."""
+    with redis_server() as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ the client streamed it or polled it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
 
 from proxy.hooks.capture import TurnTap, event_json, message_text, queue
-from proxy.hooks.recall import OFF, Memory, append_text, encode, identify, read_json, recall, tenant_of
+from proxy.hooks.recall import OFF, Memory, Plan, append_text, encode, hooked, identify, recall, tenant_of
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.sse import Event
@@ -114,20 +112,13 @@ class RunTap(TurnTap):
             return None
         return make_turn(self.memory, run, self.user, streamed_answer(data))
 
-    async def finish(self, status: int, complete: bool) -> None:
-        run = run_from(self.events if self.stream else _json(self.chunks)) if status == 200 else None
+    async def capture(self, status: int, complete: bool) -> None:
+        run = run_from(self.body()) if status == 200 else None
         if run and run.get("thread_id"):
             await remember_thread(self.runtime, self.memory, run["thread_id"], [])
         if run and run.get("status") not in ("completed", "failed", "cancelled", "expired", "incomplete"):
             await park_run(self.runtime, self.memory, run, self.user)
-        await super().finish(status, complete)
-
-
-def _json(chunks: list[bytes]) -> Any:
-    try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
-        return None
+        await super().capture(status, complete)
 
 
 async def park_run(runtime: Runtime, memory: Memory, run: dict[str, Any], user: list[str]) -> None:
@@ -143,8 +134,8 @@ class ThreadTap(TurnTap):
         super().__init__(runtime, memory, stream=False, build=lambda data: None)
         self.texts = texts
 
-    async def finish(self, status: int, complete: bool) -> None:
-        thread = _json(self.chunks) if status == 200 and complete else None
+    async def capture(self, status: int, complete: bool) -> None:
+        thread = self.body() if status == 200 and complete else None
         if isinstance(thread, dict) and thread.get("id"):
             await remember_thread(self.runtime, self.memory, thread["id"], self.texts)
 
@@ -156,8 +147,8 @@ class PollTap(TurnTap):
         super().__init__(runtime, OFF, stream=False, build=lambda data: None)
         self.request, self.tenant = request, tenant
 
-    async def finish(self, status: int, complete: bool) -> None:
-        run = _json(self.chunks) if status == 200 and complete else None
+    async def capture(self, status: int, complete: bool) -> None:
+        run = self.body() if status == 200 and complete else None
         if not isinstance(run, dict) or run.get("status") != "completed":
             return
         parked = await self.runtime.state.get("pending_run", key(self.tenant, run["id"]))
@@ -175,44 +166,39 @@ class PollTap(TurnTap):
 # --- routes ----------------------------------------------------------------------------------------
 
 
-async def create_thread(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    raw, body = await read_json(request)
+@hooked
+async def create_thread(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body or {}))
     if body is None or not memory.active:
-        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
-    tap = ThreadTap(runtime, memory, user_texts(body.get("messages")))
-    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())
+        return Plan(memory=memory)
+    return Plan(memory=memory, tap=ThreadTap(runtime, memory, user_texts(body.get("messages"))))
 
 
-async def create_message(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    raw, body = await read_json(request)
+@hooked
+async def create_message(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     if body is None or body.get("role") != "user":
-        return await runtime.forwarder.forward(request, raw)
+        return Plan()
     thread_id = request.path_params["thread_id"]
     memory = identify(request, runtime, await thread_subject(request, runtime, {}, thread_id))
     if memory.active:
         await remember_thread(runtime, memory, thread_id, user_texts([body]))
-    return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+    return Plan(memory=memory)
 
 
-async def create_run(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    raw, body = await read_json(request)
+@hooked
+async def create_run(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     if body is None:
-        return await runtime.forwarder.forward(request, raw, headers=OFF.headers())
+        return Plan()
     thread_id = request.path_params["thread_id"]
     memory = identify(request, runtime, await thread_subject(request, runtime, body, thread_id))
     if not memory.active:
-        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+        return Plan(memory=memory)
     user = user_texts(body.get("additional_messages")) or await recent_user_texts(request, runtime, memory, thread_id)
     memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
     if memory.block:
         body["additional_instructions"] = append_text(body.get("additional_instructions"), memory.block)
-        raw = encode(body)
     tap = RunTap(runtime, memory, user, stream=bool(body.get("stream")))
-    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())
+    return Plan(encode(body) if memory.block else None, memory, tap)
 
 
 async def assistant_instructions(request: Request, runtime: Runtime, memory: Memory, assistant_id: str) -> str:
@@ -227,16 +213,15 @@ async def assistant_instructions(request: Request, runtime: Runtime, memory: Mem
     return instructions
 
 
-async def create_thread_and_run(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    raw, body = await read_json(request)
+@hooked
+async def create_thread_and_run(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     if body is None:
-        return await runtime.forwarder.forward(request, raw, headers=OFF.headers())
+        return Plan()
     thread = body.get("thread") if isinstance(body.get("thread"), dict) else {}
     named = subject_for(request.headers, runtime.settings, body) or subject_for(request.headers, runtime.settings, thread)
     memory = identify(request, runtime, named)
     if not memory.active:
-        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+        return Plan(memory=memory)
     user = user_texts(thread.get("messages"))
     memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
     if memory.block:
@@ -244,40 +229,36 @@ async def create_thread_and_run(request: Request) -> Response:
         if not own and isinstance(body.get("assistant_id"), str):
             own = await assistant_instructions(request, runtime, memory, body["assistant_id"])
         body["instructions"] = append_text(own, memory.block)
-        raw = encode(body)
     tap = RunTap(runtime, memory, user, stream=bool(body.get("stream")))
-    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())
+    return Plan(encode(body) if memory.block else None, memory, tap)
 
 
-async def submit_tool_outputs(request: Request) -> Response:
+@hooked
+async def submit_tool_outputs(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     """The run goes on: its end is captured like a run's, from its parked record or its stream."""
-    runtime: Runtime = request.app.state.runtime
-    raw, body = await read_json(request)
     tenant = tenant_of(request, runtime)
     if body is None or tenant is None:
-        return await runtime.forwarder.forward(request, raw)
-    parked = await runtime.state.get("pending_run", key(tenant, request.path_params["run_id"]))
+        return Plan()
+    run_key = key(tenant, request.path_params["run_id"])
+    parked = await runtime.state.get("pending_run", run_key)
     if not isinstance(parked, dict):
-        return await runtime.forwarder.forward(request, raw)
+        return Plan()
     memory = Memory("ok", tenant, parked["subject"])
     if body.get("stream"):
-        await runtime.state.delete("pending_run", key(tenant, request.path_params["run_id"]))
-    tap = RunTap(runtime, memory, parked["user"], stream=bool(body.get("stream")))
-    return await runtime.forwarder.forward(request, raw, tap=tap)
+        await runtime.state.delete("pending_run", run_key)
+    return Plan(tap=RunTap(runtime, memory, parked["user"], stream=bool(body.get("stream"))))
 
 
-async def retrieve_run(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+@hooked
+async def retrieve_run(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     tenant = tenant_of(request, runtime)
-    if tenant is None:
-        return await runtime.forwarder.forward(request)
-    return await runtime.forwarder.forward(request, tap=PollTap(runtime, request, tenant))
+    return Plan(tap=PollTap(runtime, request, tenant)) if tenant else Plan()
 
 
-async def update_assistant(request: Request) -> Response:
+@hooked
+async def update_assistant(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     """An updated assistant may have new instructions: drop the cached copy."""
-    runtime: Runtime = request.app.state.runtime
     tenant = tenant_of(request, runtime)
     if tenant is not None:
         await runtime.state.delete("assistant_instructions", key(tenant, request.path_params["assistant_id"]))
-    return await runtime.forwarder.forward(request)
+    return Plan()

@@ -42,14 +42,27 @@ class TurnTap:
             self.chunks.append(chunk)
 
     async def finish(self, status: int, complete: bool) -> None:
-        if status != 200 or not complete or self.size > MAX_JSON_BODY:
-            return
         try:
-            turn = self.build(self.events if self.stream else json.loads(b"".join(self.chunks)))
-            if turn is not None:
-                await queue(self.runtime, turn)
+            await self.capture(status, complete)
         except Exception as exc:  # noqa: BLE001 - a lost memory, never a failed response
             degrade(self.runtime, self.memory, "capture_error", exc)
+
+    def body(self) -> Any:
+        """The parsed answer: the list of SSE events, or the JSON body (None if not JSON)."""
+        if self.stream:
+            return self.events
+        try:
+            return json.loads(b"".join(self.chunks))
+        except ValueError:
+            return None
+
+    async def capture(self, status: int, complete: bool) -> None:
+        """Queue the finished turn; subclasses that learn more than a turn override this."""
+        if status != 200 or not complete or self.size > MAX_JSON_BODY:
+            return
+        turn = self.build(self.body())
+        if turn is not None:
+            await queue(self.runtime, turn)
 
 
 async def queue(runtime: Runtime, turn: Turn) -> None:

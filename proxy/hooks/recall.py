@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
+from proxy.forward import Tap
 from proxy.identity import credential, subject_hash, tenant_for
 from proxy.memory.render import render_block
 from proxy.runtime import Runtime
@@ -114,3 +117,31 @@ def append_text(existing: Any, block: str) -> str:
 
 def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class Plan:
+    """What a before-hook decided: the body to send (None: the client's, untouched), headers, tap."""
+
+    body: bytes | None = None
+    memory: Memory = field(default_factory=lambda: Memory("off"))
+    tap: Tap | None = None
+
+
+Planner = Callable[[Request, Runtime, dict[str, Any] | None], Awaitable[Plan]]
+
+
+def hooked(planner: Planner) -> Callable[[Request], Awaitable[Response]]:
+    """A route whose memory work can fail in any way without the client noticing beyond a header."""
+
+    async def endpoint(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        _, body = await read_json(request)
+        try:
+            plan = await planner(request, runtime, body)
+        except Exception as exc:  # noqa: BLE001 - fail open: the original request goes upstream
+            plan = Plan(memory=degrade(runtime, Memory("degraded"), "hook_error", exc))
+        return await runtime.forwarder.forward(request, plan.body, tap=plan.tap, headers=plan.memory.headers())
+
+    endpoint.__name__ = endpoint.__qualname__ = planner.__name__
+    return endpoint

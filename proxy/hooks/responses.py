@@ -10,10 +10,9 @@ from functools import partial
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
 
 from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text
-from proxy.hooks.recall import Memory, append_text, encode, identify, read_json, recall
+from proxy.hooks.recall import Memory, Plan, append_text, encode, hooked, identify, recall
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.sse import Event
@@ -61,20 +60,18 @@ def build_turn(memory: Memory, body: dict[str, Any], user: list[str], data: Any)
     )
 
 
-async def create_response(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    raw, body = await read_json(request)
+@hooked
+async def create_response(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     if body is None:
-        return await runtime.forwarder.forward(request, raw, headers=Memory("off").headers())
+        return Plan()
     conversation = conversation_id(body)
     fallback = f"conversation:{conversation}" if conversation else None
     memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body, fallback))
     if not memory.active:
-        return await runtime.forwarder.forward(request, raw, headers=memory.headers())
+        return Plan(memory=memory)
     user = user_texts(body)
     memory = await recall(runtime, memory, "\n".join(user))
     if memory.block:
         body["instructions"] = append_text(body.get("instructions"), memory.block)
-        raw = encode(body)
     tap = TurnTap(runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))
-    return await runtime.forwarder.forward(request, raw, tap=tap, headers=memory.headers())
+    return Plan(encode(body) if memory.block else None, memory, tap)
