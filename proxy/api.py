@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from proxy import audit
+from proxy import audit, erasure
 from proxy.errors import error_response
 from proxy.identity import credential, subject_hash, tenant_for
 from proxy.memory.embed import EmbeddingError
@@ -27,7 +27,6 @@ from proxy.memory.render import render_block
 from proxy.memory.service import MemoryNotFound, MemoryService
 from proxy.memory.store import StoreError
 from proxy.runtime import Runtime
-from proxy.state import Subject
 
 MAX_SUBJECT = 256
 
@@ -43,6 +42,11 @@ class RememberBody(BaseModel):
 class UpdateBody(BaseModel):
     text: str = Field(min_length=1)
     reason: str | None = None
+
+
+class MigrateBody(BaseModel):
+    threads: list[str] = Field(default_factory=list)
+    seen: bool = False
 
 
 class RecallBody(BaseModel):
@@ -215,30 +219,46 @@ async def context(caller: Caller) -> dict[str, Any]:
     return {"text": block.text, "count": block.count, "tokens": block.tokens, "memories": used}
 
 
+def upstream_headers(caller: Caller) -> dict[str, str]:
+    """The caller's own credential for upstream deletions; an admin's token is no upstream key."""
+    settings = caller.runtime.settings
+    if settings.admin_token and credential(caller.request.headers) == settings.admin_token:
+        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        return {"authorization": f"Bearer {key}"} if key else {}
+    return erasure.credential_headers(headers=caller.request.headers)
+
+
 @endpoint
 async def erase(caller: Caller) -> dict[str, Any]:
-    """GDPR Art. 17: every memory and state entry about the subject, hard-deleted, audited."""
-    state = caller.runtime.state
-    erased_state = await state.forget_subject(Subject(caller.tenant, caller.subject))
-    memories = await caller.memory.erase_subject(caller.tenant, caller.subject)
-    counts = {"memories": memories, "state_entries": erased_state.entries, "jobs": erased_state.jobs}
-    entry = await audit.append(state, caller.tenant, "erase", subject_hash=caller.subject_hash, counts=counts)
-    return {"object": "erasure", "subject": caller.subject_hash, "deleted": counts, "audit_id": entry["id"]}
+    """GDPR Art. 17: memories, state, pending jobs and (unless ``keep_upstream=true``) the subject's
+    upstream threads and conversations, hard-deleted, audited; ``outcome`` is ``partial`` when an
+    upstream deletion failed (listed in ``failed``; calling again retries it)."""
+    keep = caller.request.query_params.get("keep_upstream", "false").lower() in ("true", "1", "yes")
+    report = await erasure.erase_subject(
+        caller.runtime, caller.tenant, caller.subject, headers=upstream_headers(caller), keep_upstream=keep
+    )
+    return report.as_json()
 
 
 @endpoint
 async def export(caller: Caller) -> dict[str, Any]:
     """GDPR Art. 15/20: everything stored about the subject, history and tombstones included."""
-    memories = await caller.memory.export(caller.tenant, caller.subject)
-    state = caller.runtime.state
-    await audit.append(state, caller.tenant, "export", subject_hash=caller.subject_hash, counts={"memories": len(memories)})
-    trail, _ = await audit.entries(state, caller.tenant, limit=1000)
-    return {
-        "object": "export",
-        "subject": caller.subject,
-        "memories": [memory_json(memory) for memory in memories],
-        "audit": [entry for entry in trail if entry.get("subject") == caller.subject_hash],
-    }
+    return await erasure.export_subject(caller.runtime, caller.tenant, caller.subject)
+
+
+@endpoint
+async def migrate(caller: Caller) -> dict[str, Any]:
+    """Mine existing threads / conversations of the subject into memories (resumable, idempotent)."""
+    from proxy.migrate import Migration, seen_threads
+
+    data: MigrateBody = await body(caller, MigrateBody)
+    threads = list(data.threads)
+    if data.seen:
+        threads += await seen_threads(caller.runtime, caller.tenant, caller.subject)
+    if not threads:
+        raise ApiError(400, "Name the threads to migrate in `threads`, or set `seen` to true.", param="threads")
+    migration = Migration(caller.runtime, caller.tenant, caller.subject, headers=upstream_headers(caller))
+    return (await migration.run(threads)).as_json()
 
 
 async def audit_log(request: Request) -> Response:
@@ -266,6 +286,7 @@ def memory_routes() -> list[BaseRoute]:
                 Route(user + "/recall", recall, methods=["POST"]),
                 Route(user + "/context", context, methods=["POST"]),
                 Route(user + "/export", export, methods=["GET"]),
+                Route(user + "/migrate", migrate, methods=["POST"]),
                 Route(user, erase, methods=["DELETE"]),
             ],
         )

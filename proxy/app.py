@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -14,9 +15,10 @@ from proxy import __version__
 from proxy.api import memory_routes
 from proxy.config import Settings, get_settings
 from proxy.hooks.chat import create_chat_completion
-from proxy.hooks.responses import create_response
+from proxy.hooks.responses import create_response, retrieve_response
 from proxy.memory.embed import Embedder
-from proxy.runtime import open_runtime
+from proxy.metrics import Metrics, Observe, instrument, metrics_endpoint
+from proxy.runtime import STARTING, open_runtime
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -32,9 +34,10 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready when memory is usable; a proxy without memory still forwards, so it says why."""
     runtime = request.app.state.runtime
-    checks = {"state": "ok", "memory": "ok" if runtime.memory else runtime.problems.get("memory", "off")}
-    ready = runtime.memory is not None
-    return JSONResponse({"status": "ready" if ready else "degraded", "checks": checks}, status_code=200 if ready else 503)
+    problem = runtime.problems.get("memory")
+    checks = {"state": "ok", "memory": "ok" if runtime.memory else problem or "off"}
+    status = "ready" if runtime.memory else "starting" if problem == STARTING else "degraded"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if runtime.memory else 503)
 
 
 def passthrough_routes() -> list[BaseRoute]:
@@ -55,16 +58,19 @@ def passthrough_routes() -> list[BaseRoute]:
 
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> Starlette:
     settings = settings or get_settings()
+    metrics = Metrics()  # one registry per app: two proxies in a process never mix their numbers
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_runtime(settings, embedder=embedder) as runtime:
+        async with open_runtime(settings, embedder=embedder, background=True) as runtime:
             app.state.runtime = runtime
+            instrument(runtime, metrics)
             yield
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         *memory_routes(),
     ]
     if settings.assistants_mode == "bridge":
@@ -75,10 +81,12 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         routes += passthrough_routes()
     routes += [
         Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
         Route("/v1", relay, methods=METHODS),
         Route("/v1/{path:path}", relay, methods=METHODS),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Observe, metrics=metrics)])
     app.state.settings = settings
+    app.state.metrics = metrics
     return app

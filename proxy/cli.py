@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,7 +16,10 @@ app.add_typer(bench, name="bench")
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Text or JSON lines (``MEMPROXY_LOG_FORMAT``), with request ids: see proxy/logs.py."""
+    from proxy.logs import setup_logging
+
+    setup_logging(level)
 
 
 @app.command()
@@ -39,6 +42,8 @@ def serve(
         log_level=settings.log_level,
         server_header=False,
         date_header=False,
+        log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
+        access_log=False,  # memproxy.access logs each request instead, with its id and route
     )
 
 
@@ -83,6 +88,206 @@ def bench_overhead(
     from proxy.bench.overhead import run
 
     run(requests=requests, concurrency=concurrency)
+
+
+@bench.command("recall")
+def bench_recall(
+    sizes: Annotated[str, typer.Option(help="Memories in the tenant, comma-separated (10k,100k,1M).")] = "10k,100k",
+    backends: Annotated[str, typer.Option(help="Stores to measure: edge, qdrant-local (comma-separated).")] = "edge,qdrant-local",
+    subjects: Annotated[int, typer.Option(help="Subjects the memories are spread over.")] = 1000,
+    worst_case: Annotated[bool, typer.Option(help="Also measure every memory in one subject.")] = True,
+    pool: Annotated[int, typer.Option(help="Distinct sentences embedded with the real model to build the corpus.")] = 2000,
+    queries: Annotated[int, typer.Option("--queries", "-n", help="Recalls per cell at most.")] = 200,
+    seconds: Annotated[float, typer.Option(help="Seconds per cell and pass at most (recalls; remembers).")] = 5.0,
+    writes: Annotated[int, typer.Option(help="remember calls per cell at most.")] = 100,
+    data: Annotated[
+        Optional[Path], typer.Option(exists=True, dir_okay=False, help="LoCoMo-format file: its turns and questions as pool and queries.")
+    ] = None,
+    model_path: Annotated[Optional[Path], typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Keep pool embeddings here between runs (e.g. under /tmp).")] = None,
+) -> None:
+    """Recall latency (embed + hybrid search + scoring + block) by store size and backend, and write rates."""
+    from proxy.bench.recall import BACKENDS, parse_sizes, run
+
+    try:
+        parsed = parse_sizes(sizes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--sizes") from None
+    chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    if not chosen or any(b not in BACKENDS for b in chosen):
+        raise typer.BadParameter(f"unknown backend in {backends!r}: choose from {', '.join(BACKENDS)}", param_hint="--backends")
+    run(
+        sizes=parsed,
+        backends=chosen,
+        subjects=subjects,
+        worst_case=worst_case,
+        pool_size=pool,
+        max_queries=queries,
+        max_seconds=seconds,
+        max_writes=writes,
+        model_path=model_path,
+        data=data,
+        cache_dir=cache_dir,
+    )
+
+
+@bench.command("locomo")
+def bench_locomo(
+    data: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="LoCoMo-format JSON file (e.g. ../shared/data/locomo-dev.json).")
+    ],
+    model_path: Annotated[Optional[Path], typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Keep turn embeddings here between runs (e.g. under /tmp).")] = None,
+) -> None:
+    """Evidence recall@5/10/25 of dense, BM25, hybrid and the service's ranking; evidence kept per token budget."""
+    from proxy.bench.locomo import run
+
+    run(data, model_path=model_path, cache_dir=cache_dir)
+
+
+# --- GDPR and migration: forget, export, audit verify, migrate ----------------------------------------
+
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+UserOption = Annotated[str, typer.Option("--user", "-u", help="The end user (subject) as the application names them.")]
+ApiKeyOption = Annotated[
+    Optional[str],
+    typer.Option("--api-key", help="The application's API key: its tenant, and the upstream credential (else MEMPROXY_LLM_API_KEY)."),
+]
+TenantOption = Annotated[Optional[str], typer.Option("--tenant", help="Tenant id (instead of deriving it from --api-key).")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"memproxy: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def forget(
+    user: UserOption,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    keep_upstream: Annotated[bool, typer.Option("--keep-upstream", help="Keep the user's upstream threads and conversations.")] = False,
+) -> None:
+    """Erase a user (GDPR Art. 17): memories, state, pending jobs, and their upstream threads/conversations."""
+    import asyncio
+
+    from proxy.erasure import run_forget
+
+    settings = Settings()
+    _configure_logging("warning")
+    try:
+        report = asyncio.run(run_forget(settings, user, tenant=tenant, api_key=api_key, keep_upstream=keep_upstream))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("deleted from")
+    table.add_column("deleted", justify="right")
+    for name, count in report.counts.items():
+        table.add_row(name, str(count))
+    console = Console()
+    console.print(table)
+    console.print(f"erasure of {report.subject_hash}: outcome {report.outcome}")
+    if report.kept_upstream:
+        console.print("upstream threads and conversations kept (--keep-upstream)")
+    for failure in report.failed:
+        console.print(f"[red]failed[/red] {failure.system} {failure.kind} {failure.id}: {failure.error} "
+                      f"({failure.attempts} attempts; run forget again to retry)")
+    console.print(f"audit entry {report.audit_id}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(user: UserOption, api_key: ApiKeyOption = None, tenant: TenantOption = None) -> None:
+    """Export everything stored about a user as JSON on stdout (GDPR Art. 15/20): memproxy export -u U > u.json"""
+    import asyncio
+    import json
+
+    from proxy.erasure import run_export
+
+    settings = Settings()
+    _configure_logging("warning")
+    try:
+        exported = asyncio.run(run_export(settings, user, tenant=tenant, api_key=api_key))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(exported, indent=2, ensure_ascii=False))
+
+
+@audit_app.command("verify")
+def audit_verify(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> None:
+    """Check the tenant's audit hash chain: exit 0 if intact, 1 if an entry was edited or removed."""
+    import asyncio
+
+    from proxy.erasure import run_verify
+
+    settings = Settings()
+    _configure_logging("warning")
+    try:
+        resolved, verdict = asyncio.run(run_verify(settings, tenant=tenant, api_key=api_key))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if verdict.ok:
+        typer.echo(f"audit log of {resolved}: OK, {verdict.checked} entries, chain intact")
+        return
+    typer.echo(f"audit log of {resolved}: BROKEN at entry {verdict.broken_at} (after {verdict.checked} good entries)")
+    raise typer.Exit(1)
+
+
+@app.command()
+def migrate(
+    user: UserOption,
+    thread: Annotated[Optional[list[str]], typer.Option("--thread", "-t", help="Thread or conversation id; repeat for more.")] = None,
+    threads_file: Annotated[
+        Optional[Path], typer.Option(exists=True, dir_okay=False, help="File with one thread id per line.")
+    ] = None,
+    seen: Annotated[bool, typer.Option("--seen", help="Also every thread the proxy has seen for the user.")] = False,
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+) -> None:
+    """Mine a user's existing threads into memories: every message, chunked; resumable and idempotent."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from proxy.migrate import run_migrate
+
+    wanted = list(thread or [])
+    if threads_file is not None:
+        wanted += [line.strip() for line in threads_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    settings = Settings()
+    _configure_logging("warning")
+    console = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[messages]} messages, "
+               "{task.completed} chunks"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(thread_id: str, messages: int, chunks: int) -> None:
+            if thread_id not in tasks:
+                tasks[thread_id] = bar.add_task(thread_id, total=None, messages=0)
+            bar.update(tasks[thread_id], completed=chunks, messages=messages)
+
+        try:
+            summary = asyncio.run(run_migrate(settings, user, wanted, seen=seen, tenant=tenant, api_key=api_key, progress=progress))
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    table = Table(title=f"migration of {summary.subject_hash}")
+    for name in ("thread", "status", "messages", "chunks", "skipped", "added", "unchanged", "error"):
+        table.add_column(name, justify="right" if name not in ("thread", "status", "error") else "left")
+    for result in summary.threads:
+        table.add_row(result.thread, result.status, str(result.messages), str(result.chunks), str(result.skipped_chunks),
+                      str(result.added), str(result.unchanged), result.error or "")
+    Console().print(table)
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

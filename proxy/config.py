@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, description="Extraction jobs one worker runs at once.")
     worker_poll_interval: float = Field(1.0, description="Seconds an idle worker waits before polling the queue again.")
 
+    # --- erasure and migration ---
+    erasure_attempts: int = Field(
+        3, description="Tries of each upstream thread/conversation deletion during erasure before it is reported failed."
+    )
+    erasure_backoff: float = Field(0.5, description="Seconds before the second try of a failed upstream deletion; doubles per try.")
+    migrate_chunk_messages: int = Field(20, description="Messages per extraction chunk when migrating a thread.")
+    migrate_message_chars: int = Field(
+        2000, description="Longer messages are split into parts of at most this many characters when migrating, never truncated."
+    )
+
     @property
     def assistants_mode(self) -> Literal["bridge", "passthrough"]:
         """OpenAI itself no longer serves Assistants (shut down 2026-08-26): bridge there by default."""

@@ -7,6 +7,7 @@ proxy still forwards, reports the reason on /readyz, and answers memory calls wi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import Counter
@@ -19,7 +20,7 @@ import httpx2
 from proxy.config import Settings
 from proxy.forward import Forwarder, make_client
 from proxy.identity import load_secret
-from proxy.memory.embed import Embedder
+from proxy.memory.embed import Embedder, make_embedder
 from proxy.memory.extract import KeyRing
 from proxy.memory.factory import create_memory_service
 from proxy.memory.service import MemoryService
@@ -51,33 +52,60 @@ class Runtime:
         self.counters[name] += amount
 
 
+STARTING = "starting"
+
+
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[Runtime]:
-    """Open every shared part; ``embedder`` lets tests and benchmarks share one loaded model."""
+async def open_runtime(
+    settings: Settings, *, embedder: Embedder | None = None, background: bool = False
+) -> AsyncIterator[Runtime]:
+    """Open every shared part; ``embedder`` lets tests and benchmarks share one loaded model.
+
+    ``background``: the proxy serves at once and opens the memory layer (a model load, perhaps a
+    first download) in a task, forwarding without memory until it is up; /readyz says "starting".
+    The standalone worker has nothing to do without memory, so it waits.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_secret(settings)
     async with make_client(settings) as http:
         state = await open_state(settings)
         runtime = Runtime(settings, http, Forwarder(http, settings), state, secret)
-        try:
-            runtime.memory = await create_memory_service(settings, http, embedder=embedder)
-        except Exception as exc:  # fail open: forwarding never depends on the memory layer
-            runtime.problems["memory"] = f"{type(exc).__name__}: {exc}"
-            log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])
-        # --- extraction (proxy/jobs.py): key ring for the hooks, in-process worker ---
         runtime.keys = KeyRing(settings.extract_key_ttl)
-        try:
-            from proxy.jobs import start_worker
-
-            runtime.worker = start_worker(runtime)
-        except Exception as exc:  # noqa: BLE001 - fail open: the proxy serves without extraction
-            runtime.problems["worker"] = f"{type(exc).__name__}: {exc}"
-            log.error("extraction worker unavailable: %s", runtime.problems["worker"])
+        runtime.problems["memory"] = STARTING
+        starter = asyncio.ensure_future(start_memory(runtime, embedder))
+        if not background:
+            await starter
         try:
             yield runtime
         finally:
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
             if runtime.worker is not None:
                 await runtime.worker.stop()
             if runtime.memory is not None:
                 await runtime.memory.aclose()
             await state.close()
+
+
+async def start_memory(runtime: Runtime, embedder: Embedder | None) -> None:
+    """Memory service, then the in-process worker; each failure is reported, never raised."""
+    settings = runtime.settings
+    try:
+        owned = embedder is None
+        if owned:  # loading a model blocks for a while: not on the event loop
+            embedder = await asyncio.to_thread(make_embedder, settings, runtime.http)
+        memory = await create_memory_service(settings, runtime.http, embedder=embedder, owns_embedder=owned)
+    except Exception as exc:  # fail open: forwarding never depends on the memory layer
+        runtime.problems["memory"] = f"{type(exc).__name__}: {exc}"
+        log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])
+        return
+    runtime.memory = memory
+    try:
+        from proxy.jobs import start_worker
+
+        runtime.worker = start_worker(runtime)
+    except Exception as exc:  # noqa: BLE001 - fail open: the proxy serves without extraction
+        runtime.problems["worker"] = f"{type(exc).__name__}: {exc}"
+        log.error("extraction worker unavailable: %s", runtime.problems["worker"])
+    del runtime.problems["memory"]  # ready: memory and its worker both up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ def make_proxy(tmp_path_factory, emulator_server, local_embedder, memory_model_d
         shared = local_embedder if values.get("embedder", "local") == "local" else None
         app = create_app(Settings(**values), embedder=shared)
         server = ServerThread(app, server_header=False, date_header=False).start()
+        deadline = time.monotonic() + 30  # the memory layer opens in the background: wait for it
+        while app.state.runtime.problems.get("memory") == "starting" and time.monotonic() < deadline:
+            time.sleep(0.01)
         server.app = app
         started.append(server)
         return server

@@ -165,3 +165,20 @@ async def test_captured_turns_carry_both_sides_and_no_key(make_proxy, emulator, 
     assert turns[1]["user"] == ["I moved to Lyon last year."] and turns[1]["source"]["response_id"].startswith("resp")
     assert all(t["subject"] == user for t in turns)
     assert "sk-app-1" not in str([job.payload for job in jobs])
+
+
+async def test_a_background_response_is_captured_when_a_poll_sees_it_finish(make_proxy, emulator, user) -> None:
+    proxy = make_proxy()
+    runtime = proxy.app.state.runtime
+    client = sdk(proxy)
+    response = client.responses.create(model="gpt-4o-mini", input="I work night shifts.", safety_identifier=user, background=True)
+    assert response.status == "queued"
+    while response.status != "completed":
+        time.sleep(0.02)
+        response = client.responses.retrieve(response.id)
+    client.responses.retrieve(response.id)  # seen completed twice, captured once
+    wait_for_captures(runtime, 1)
+    time.sleep(0.2)
+    assert runtime.counters["turns.captured"] == 1
+    [job] = await runtime.state.claim("test", count=5)
+    assert job.payload["user"] == ["I work night shifts."] and "night shifts" in job.payload["assistant"][0]

@@ -72,8 +72,12 @@ def test_a_thread_the_proxy_never_saw_is_looked_up_once(make_proxy, emulator, us
     thread = direct.beta.threads.create(messages=[{"role": "user", "content": QUESTION}], metadata={"user_id": user})
     teach(proxy, user)
     through = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-app-1", max_retries=0)
+    through.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=20)
+    assert FACT in sent_run(emulator)["additional_instructions"]
+    emulator.clear_requests()
     through.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
     assert FACT in sent_run(emulator)["additional_instructions"]
+    assert not [r for r in emulator.requests() if r["method"] == "GET" and r["path"] == f"/v1/threads/{thread.id}"]
 
 
 def test_create_and_run_keeps_the_assistants_own_instructions(proxy, client, emulator, assistant, user) -> None:

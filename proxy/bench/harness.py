@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import statistics
@@ -126,7 +127,7 @@ def ms_percentile(values: list[float], q: int) -> str:
 
 def pct(share: float) -> str:
     """A share in [0, 1] as a percentage with one decimal ("-" for NaN)."""
-    return "-" if share != share else f"{share * 100:.1f}"
+    return "-" if math.isnan(share) else f"{share * 100:.1f}"
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]], caption: str | None = None) -> None:

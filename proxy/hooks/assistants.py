@@ -63,6 +63,9 @@ async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any
         return known
     thread = await runtime.forwarder.fetch_json(request, f"/threads/{thread_id}")
     from_thread = subject_for(request.headers, runtime.settings, thread) if isinstance(thread, dict) else None
+    if from_thread:  # once per thread: later runs find it in the state store
+        owner = Subject(tenant, from_thread)
+        await runtime.state.set("thread_subject", key(tenant, thread_id), from_thread, ttl=THREAD_TTL, subject=owner)
     return from_thread or f"thread:{thread_id}"
 
 

@@ -11,12 +11,16 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text
-from proxy.hooks.recall import Memory, Plan, append_text, encode, hooked, identify, recall
+from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text, queue
+from proxy.hooks.recall import Memory, Plan, append_text, encode, hooked, identify, recall, tenant_of
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.sse import Event
+from proxy.state import Subject
 from proxy.turns import Turn
+
+
+PARKED_TTL = 86400.0
 
 
 def conversation_id(body: dict[str, Any]) -> str | None:
@@ -53,11 +57,52 @@ def build_turn(memory: Memory, body: dict[str, Any], user: list[str], data: Any)
     response = completed_response(data)
     if response is None or not response.get("id"):
         return None
-    source = {"response_id": response["id"], "conversation_id": conversation_id(body)}
-    return Turn(
-        memory.tenant, memory.subject, "responses", response["id"], user,
-        [output_text(response)], source, body.get("model"),
-    )
+    return response_turn(memory, response, user, conversation_id(body))
+
+
+def response_turn(memory: Memory, response: dict[str, Any], user: list[str], conversation: str | None) -> Turn:
+    source = {"response_id": response["id"], "conversation_id": conversation}
+    answer = [output_text(response)]
+    return Turn(memory.tenant, memory.subject, "responses", response["id"], user, answer, source, response.get("model"))
+
+
+def parked_key(tenant: str, response_id: str) -> str:
+    return f"{tenant}:{response_id}"
+
+
+class ResponseTap(TurnTap):
+    """A background response answers ``queued``: park the turn until a GET sees it completed."""
+
+    def __init__(self, runtime: Runtime, memory: Memory, body: dict[str, Any], user: list[str]) -> None:
+        super().__init__(runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))
+        self.user, self.conversation = user, conversation_id(body)
+
+    async def capture(self, status: int, complete: bool) -> None:
+        data = self.body() if status == 200 and complete else None
+        if isinstance(data, dict) and data.get("status") in ("queued", "in_progress") and data.get("id"):
+            record = {"subject": self.memory.subject, "user": self.user, "conversation_id": self.conversation}
+            owner = Subject(self.memory.tenant, self.memory.subject)
+            await self.runtime.state.set("pending_response", parked_key(self.memory.tenant, data["id"]), record,
+                                         ttl=PARKED_TTL, subject=owner)
+            return
+        await super().capture(status, complete)
+
+
+class PolledResponseTap(TurnTap):
+    """GET /v1/responses/{id}: the first poll that sees a parked response completed queues its turn."""
+
+    def __init__(self, runtime: Runtime, tenant: str) -> None:
+        super().__init__(runtime, Memory("ok", tenant), stream=False, build=lambda data: None)
+
+    async def capture(self, status: int, complete: bool) -> None:
+        response = self.body() if status == 200 and complete else None
+        if not isinstance(response, dict) or response.get("status") != "completed":
+            return
+        key = parked_key(self.memory.tenant, response["id"])
+        parked = await self.runtime.state.get("pending_response", key)
+        if isinstance(parked, dict) and await self.runtime.state.delete("pending_response", key):
+            memory = Memory("ok", self.memory.tenant, parked["subject"])
+            await queue(self.runtime, response_turn(memory, response, parked["user"], parked["conversation_id"]))
 
 
 @hooked
@@ -69,9 +114,18 @@ async def create_response(request: Request, runtime: Runtime, body: dict[str, An
     memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body, fallback))
     if not memory.active:
         return Plan(memory=memory)
+    if conversation and memory.subject != fallback:  # a named user's conversation: erasure deletes it
+        from proxy.erasure import record_conversation
+
+        await record_conversation(runtime, memory.tenant, memory.subject, conversation)
     user = user_texts(body)
     memory = await recall(runtime, memory, "\n".join(user))
     if memory.block:
         body["instructions"] = append_text(body.get("instructions"), memory.block)
-    tap = TurnTap(runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))
-    return Plan(encode(body) if memory.block else None, memory, tap)
+    return Plan(encode(body) if memory.block else None, memory, ResponseTap(runtime, memory, body, user))
+
+
+@hooked
+async def retrieve_response(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
+    tenant = tenant_of(request, runtime)
+    return Plan(tap=PolledResponseTap(runtime, tenant)) if tenant else Plan()

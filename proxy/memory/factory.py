@@ -28,13 +28,17 @@ def make_store(settings: Settings, dim: int) -> MemoryStore:
 
 
 async def create_memory_service(
-    settings: Settings, http_client: httpx2.AsyncClient | None = None, *, embedder: Embedder | None = None
+    settings: Settings,
+    http_client: httpx2.AsyncClient | None = None,
+    *,
+    embedder: Embedder | None = None,
+    owns_embedder: bool | None = None,
 ) -> MemoryService:
     """A started service that owns its store, and its embedder unless one is given (``aclose()`` releases them).
 
     Raises ``DimensionMismatchError`` when the existing collection was built with another embedding size.
     """
-    owns_embedder = embedder is None
+    owns_embedder = embedder is None if owns_embedder is None else owns_embedder
     embedder = embedder or make_embedder(settings, http_client)
     store = make_store(settings, embedder.dim)
     service = MemoryService(store, embedder, settings, owns_store=True, owns_embedder=owns_embedder)

@@ -1,0 +1,363 @@
+"""Prometheus metrics at ``/metrics`` and the request middleware that feeds them and the logs.
+
+Cheap by construction: the middleware is plain ASGI (no BaseHTTPMiddleware), it takes three clock
+readings and a handful of histogram observations per request, and reads the memory outcome from
+the ``x-memory-*`` headers the hooks already put on the response. Everything the runtime already
+counts (degraded causes, captured turns, worker outcomes, open upstream responses, queue depth,
+dead letters) is read at scrape time by a collector, not counted again on the hot path. Each app
+has its own registry, so two proxies in one process (the tests) never mix their numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy import logs
+
+if TYPE_CHECKING:
+    from proxy.runtime import Runtime
+
+log = logging.getLogger("memproxy.metrics")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
+DEGRADED_CAUSES = ("recall_timeout", "recall_error", "hook_error", "capture_error")
+JOB_OUTCOMES = ("claimed", "processed", "failed", "dead_lettered", "lost")
+MEMORY_OPS = ("add", "update", "delete", "unchanged", "skipped")
+DEAD_LETTER_CAP = 1000
+"""Dead letters are counted up to this many per scrape (the store lists them; it keeps no count)."""
+QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+class Metrics:
+    """One app's registry and the series measured on the request path."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "memproxy_requests", "Requests served, by route template, method and status.",
+            ["route", "method", "status"], registry=r,
+        )
+        self.duration = Histogram(
+            "memproxy_request_duration_seconds", "Time from the request's arrival to its last response byte.",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream = Histogram(
+            "memproxy_upstream_latency_seconds", "Time from sending a request upstream to the upstream's response headers.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.added = Histogram(
+            "memproxy_added_latency_seconds",
+            "Time the proxy adds before the response starts: time to response headers minus upstream latency "
+            "(includes recall).",
+            ["route"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.recall = Histogram(
+            "memproxy_recall_duration_seconds", "Memory recall latency (hooks and memory API), by outcome.",
+            ["outcome"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.extraction = Histogram(
+            "memproxy_extraction_duration_seconds", "LLM extraction of one job (in-process worker), by outcome.",
+            ["outcome"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.memory_status = Counter(
+            "memproxy_memory_requests", "Hooked requests by memory outcome (x-memory-status): ok, none, off, degraded.",
+            ["status"], registry=r,
+        )
+        self.injected = Counter(
+            "memproxy_memories_injected", "Memories injected into upstream requests.", registry=r,
+        )
+        self.collector = RuntimeCollector()
+        r.register(self.collector)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._routes: dict[str, tuple[Any, Any]] = {}
+        self._status: dict[str, Any] = {}
+        self.pending = False
+        """Parts of the runtime not yet instrumented (the memory layer opens in the background)."""
+
+    def catch_up(self) -> None:
+        _catch_up(self)
+
+    # --- hot path: cached children, no label resolution per request ----------------------------
+
+    def observe(self, route: str, method: str, info: logs.RequestInfo, end: float, memory: str | None, recalled: int) -> None:
+        key = (route, method, info.status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(info.status)), self.duration.labels(route, method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(end - info.start)
+        if info.upstream is not None:
+            per_route = self._routes.get(route)
+            if per_route is None:
+                per_route = (self.upstream.labels(route), self.added.labels(route))
+                self._routes[route] = per_route
+            per_route[0].observe(info.upstream)
+            if info.headers_at:
+                per_route[1].observe(max(0.0, info.headers_at - info.start - info.upstream))
+        if memory is not None:
+            child = self._status.get(memory)
+            if child is None:
+                child = self._status[memory] = self.memory_status.labels(memory)
+            child.inc()
+            if recalled:
+                self.injected.inc(recalled)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RuntimeCollector:
+    """Series the runtime already keeps, read at scrape time; async parts are refreshed first."""
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.queue_depth: int | None = None
+        self.dead_letters: int | None = None
+
+    async def refresh(self) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        try:
+            self.queue_depth = await runtime.state.pending_count()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail with the state store
+            log.warning("metrics: queue depth unavailable (%s)", type(exc).__name__)
+            self.queue_depth = None
+        try:
+            self.dead_letters = len(await runtime.state.dead_letters(limit=DEAD_LETTER_CAP))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("metrics: dead letters unavailable (%s)", type(exc).__name__)
+            self.dead_letters = None
+
+    def describe(self) -> list[Metric]:
+        return []  # scrape-time only; nothing to check for name clashes up front
+
+    def collect(self) -> list[Metric]:
+        runtime = self.runtime
+        if runtime is None:
+            return []
+        out: list[Metric] = []
+        degraded = CounterMetricFamily(
+            "memproxy_degraded", "Requests sent upstream without memory, by cause.", labels=["cause"]
+        )
+        events = CounterMetricFamily("memproxy_events", "Other runtime events, by name.", labels=["event"])
+        counts = dict.fromkeys(DEGRADED_CAUSES, 0)
+        for name, value in list(runtime.counters.items()):
+            if name.startswith("degraded."):
+                counts[name.removeprefix("degraded.")] = value
+            elif name != "turns.captured":
+                events.add_metric([name], value)
+        for cause, value in sorted(counts.items()):
+            degraded.add_metric([cause], value)
+        out += [degraded, events]
+        out.append(CounterMetricFamily(
+            "memproxy_turns_captured", "Finished turns queued for extraction.", value=runtime.counters.get("turns.captured", 0)
+        ))
+        out.append(GaugeMetricFamily(
+            "memproxy_open_upstream_responses", "Upstream responses being relayed now (open streams).",
+            value=runtime.forwarder.open_responses,
+        ))
+        out.append(GaugeMetricFamily(
+            "memproxy_memory_up", "1 when the memory layer is available, 0 when the proxy only forwards.",
+            value=1 if runtime.memory is not None else 0,
+        ))
+        if self.queue_depth is not None:
+            out.append(GaugeMetricFamily(
+                "memproxy_queue_depth", "Extraction jobs pending: waiting, leased or scheduled for a retry.",
+                value=self.queue_depth,
+            ))
+        if self.dead_letters is not None:
+            out.append(GaugeMetricFamily(
+                "memproxy_dead_letters", f"Jobs dead-lettered after their last attempt (counted up to {DEAD_LETTER_CAP}).",
+                value=self.dead_letters,
+            ))
+        worker = runtime.worker
+        out.append(GaugeMetricFamily(
+            "memproxy_worker_running", "1 when the in-process extraction worker runs.",
+            value=1 if worker is not None and worker.running else 0,
+        ))
+        if worker is not None:
+            stats = worker.stats
+            jobs = CounterMetricFamily("memproxy_jobs", "Jobs handled by this process's worker, by outcome.", labels=["outcome"])
+            for outcome in JOB_OUTCOMES:
+                jobs.add_metric([outcome], getattr(stats, outcome, 0))
+            ops = CounterMetricFamily("memproxy_memory_operations", "Extracted memory operations, by result.", labels=["op"])
+            for op in MEMORY_OPS:
+                ops.add_metric([op], stats.ops.get(op, 0) if op in ("add", "update", "delete") else getattr(stats, op, 0))
+            out += [jobs, ops]
+        return out
+
+
+# --- wiring: timers around the runtime's own calls ------------------------------------------------
+
+
+def _timed_send(send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Forwarder.send returns at the upstream's response headers: its duration is upstream latency."""
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await send(*args, **kwargs)
+        finally:
+            info = logs.current.get()
+            if info is not None:
+                info.upstream = (info.upstream or 0.0) + time.perf_counter() - started
+
+    return timed
+
+
+def _timed(call: Callable[..., Awaitable[Any]], histogram: Histogram) -> Callable[..., Awaitable[Any]]:
+    ok, error, cancelled = histogram.labels("ok"), histogram.labels("error"), histogram.labels("cancelled")
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        child = error
+        try:
+            result = await call(*args, **kwargs)
+            child = ok
+            return result
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                child = cancelled  # the recall deadline, or a client that went away
+            raise
+        finally:
+            child.observe(time.perf_counter() - started)
+
+    return timed
+
+
+def instrument(runtime: Runtime, metrics: Metrics) -> None:
+    """Hook the metrics onto an opened runtime (instance attributes; the classes stay untouched).
+
+    The memory layer may still be starting (``open_runtime(background=True)``): its parts are
+    wrapped by :meth:`Metrics.catch_up` as soon as they exist, checked before each request.
+    """
+    metrics.collector.runtime = runtime
+    runtime.forwarder.send = _timed_send(runtime.forwarder.send)  # type: ignore[method-assign]
+    metrics.pending = True
+    metrics.catch_up()
+
+
+def _catch_up(metrics: Metrics) -> None:
+    runtime = metrics.collector.runtime
+    if runtime is None:
+        return
+    memory = runtime.memory
+    if memory is None:
+        # still starting, or failed for good: then there is nothing left to wrap
+        metrics.pending = runtime.problems.get("memory", "starting") == "starting"
+        return
+    memory.recall = _timed(memory.recall, metrics.recall)  # type: ignore[method-assign]
+    worker = runtime.worker  # started in the same step as the memory layer, or never
+    if worker is not None and hasattr(worker, "extractor"):
+        worker.extractor.extract = _timed(worker.extractor.extract, metrics.extraction)  # type: ignore[method-assign]
+    metrics.pending = False
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    if metrics.pending:
+        metrics.catch_up()
+    await metrics.collector.refresh()
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- the middleware --------------------------------------------------------------------------------
+
+
+def route_of(scope: Scope) -> str:
+    """The matched route's template (``/v1/threads/{thread_id}/runs``), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        return "unmatched"
+    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")):]
+    return prefix + path if prefix else path
+
+
+class Observe:
+    """Pure ASGI: request id and context for the logs, request series for the metrics, access log."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.metrics.pending:
+            self.metrics.catch_up()
+        info = logs.RequestInfo(logs.new_request_id(), time.perf_counter(), scope)
+        token = logs.current.set(info)
+        memory: list[Any] = [None, 0]
+        done = False
+
+        async def observed_send(message: Message) -> None:
+            nonlocal done
+            kind = message["type"]
+            if kind == "http.response.start":
+                info.headers_at = time.perf_counter()
+                info.status = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key[:2] == b"x-" or key[:2] == b"X-":
+                        name = key.lower()
+                        if name == b"x-request-id":
+                            info.request_id = value.decode("latin-1")
+                        elif name == b"x-memory-status":
+                            memory[0] = value.decode("latin-1")
+                        elif name == b"x-memory-recalled":
+                            memory[1] = int(value) if value.isdigit() else 0
+                        elif name == b"x-memory-subject":
+                            info.subject = value.decode("latin-1")
+            elif kind == "http.response.body" and not message.get("more_body", False) and not done:
+                # recorded before the last byte leaves: whoever saw the response can already see it counted
+                done = True
+                self.finish(scope, info, memory)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except BaseException:
+            if not info.status:
+                info.status = 500
+            raise
+        finally:
+            try:
+                if not done:  # broken off: an error, a client gone, an upstream stream cut
+                    self.finish(scope, info, memory)
+            finally:
+                logs.current.reset(token)
+
+    def finish(self, scope: Scope, info: logs.RequestInfo, memory: list[Any]) -> None:
+        end = time.perf_counter()
+        route = route_of(scope)
+        self.metrics.observe(route, scope["method"], info, end, memory[0], memory[1])
+        access = logs.access_log
+        level = logging.DEBUG if route in QUIET_ROUTES and info.status < 400 else logging.INFO
+        if access.isEnabledFor(level):
+            fields: dict[str, Any] = {
+                "method": scope["method"], "route": route, "status": info.status,
+                "duration_ms": round((end - info.start) * 1000, 3),
+            }
+            if info.local_id != info.request_id:
+                fields["local_id"] = info.local_id
+            if info.upstream is not None:
+                fields["upstream_ms"] = round(info.upstream * 1000, 3)
+            if memory[0] is not None:
+                fields["memory"] = memory[0]
+                fields["recalled"] = memory[1]
+            access.log(level, "%s %s %d", scope["method"], route, info.status, extra=fields)

@@ -1,0 +1,131 @@
+"""``memproxy bench recall`` at tiny sizes: the corpus it builds, what it measures, the table it prints."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from proxy.bench.corpus import fact_pool, notes, queries
+from proxy.bench.harness import ms_percentile, pct
+from proxy.bench.membench import BenchService, bench_settings
+from proxy.bench.recall import (
+    NOW,
+    TENANT,
+    Layout,
+    bulk_load,
+    make_pool,
+    measure,
+    open_store,
+    parse_sizes,
+    report,
+    shares,
+    subject_name,
+)
+from proxy.memory.store import Scope
+
+
+def test_sizes_read_like_people_write_them():
+    assert parse_sizes("10k,100k") == [10_000, 100_000]
+    assert parse_sizes("1M, 2500, 1.5k") == [1_000_000, 2_500, 1_500]
+    for bad in ("", "0", "-5", "lots"):
+        with pytest.raises(ValueError):
+            parse_sizes(bad)
+
+
+def test_generated_sentences_are_distinct_and_repeatable():
+    pool = fact_pool(500)
+    assert len(set(pool)) == 500 and pool == fact_pool(500)
+    assert len(set(queries(200))) == 200 and not set(notes(50)) & set(pool)
+    assert shares(10, 3) == [4, 3, 3] and sum(shares(100_000, 1000)) == 100_000
+
+
+def test_percentiles_need_enough_samples():
+    assert ms_percentile([0.001] * 19, 95) == "-" and ms_percentile([0.001] * 20, 95) == "1.00"
+    assert ms_percentile([0.002] * 99, 99) == "-" and ms_percentile([], 50) == "-"
+    assert pct(0.5678) == "56.8" and pct(float("nan")) == "-"
+
+
+@pytest.fixture(scope="module")
+async def small_pool(local_embedder):
+    return await make_pool(local_embedder, fact_pool(40), "generated fact sentences")
+
+
+@pytest.mark.parametrize("backend", ["edge", "qdrant-local"])
+async def test_bulk_load_spreads_jittered_pool_vectors_that_recall_finds(backend, small_pool, local_embedder, tmp_path):
+    store = open_store(backend, tmp_path, local_embedder.dim, "spread")
+    service = BenchService(store, local_embedder, bench_settings(tmp_path), owns_store=True)
+    await service.start()
+    try:
+        stats = await bulk_load(store, small_pool, 25, Layout("4 subjects", 4))
+        counts = [await store.count(Scope(TENANT, subject_name(s))) for s in range(5)]
+        assert counts == [7, 6, 6, 6, 0] and stats.memories == 25 and stats.rate > 0
+        # subject 0 holds pool sentences 0..6 (its offset is 0); each vector is the pool's plus noise
+        memories = (await store.scroll(Scope(TENANT, subject_name(0)), limit=10)).memories
+        assert sorted(m.text for m in memories) == sorted(small_pool.texts[:7])
+        asked = small_pool.texts[3]
+        found = await service.recall(TENANT, subject_name(0), asked, now=NOW, min_similarity=0.0, min_confidence=0.0)
+        assert found[0].memory.text == asked
+        assert 0.9 < found[0].semantic < 0.999  # jittered, not the pool vector itself
+        assert all(NOW.year - 1 <= m.created_at.year <= NOW.year for m in memories)
+    finally:
+        await service.aclose()
+
+
+async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, tmp_path, capsys):
+    cells, pool = await measure(
+        sizes=[120], backends=["edge", "qdrant-local"], subjects=6, worst_case=True, pool_size=30,
+        max_queries=6, max_seconds=5, max_writes=3, embedder=local_embedder, settings=bench_settings(tmp_path),
+        workdir=tmp_path,
+    )
+    assert [(c.backend, c.layout.subjects) for c in cells] == [("edge", 6), ("edge", 1), ("qdrant-local", 6), ("qdrant-local", 1)]
+    for cell in cells:
+        phases = ["as loaded", "optimized"] if cell.backend == "edge" else ["as loaded"]
+        assert list(cell.latency) == phases
+        for lat in cell.latency.values():
+            assert len(lat.total) == 6 and all(t > e > 0 for t, e in zip(lat.total, lat.embed, strict=True))
+            assert len(lat.first_pass) == (6 if cell.backend == "edge" else 0)
+        assert (cell.load.optimize_seconds is not None) == (cell.backend == "edge")
+        assert len(cell.writes.seconds) == 3 and cell.writes.actions.get("created", 0) >= 2
+    one_subject = cells[1].latency["optimized"]
+    assert np.mean(one_subject.returned) > 0  # 120 memories in one subject: the block is never empty
+
+    report(cells, pool, bench_settings(tmp_path), time.perf_counter())
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())  # rich wraps long lines
+    assert "recall path latency" in flat and "writes" in flat
+    assert out.count("qdrant local*") >= 4 and "It is NOT a Qdrant server" in flat
+    assert "1 subject" in out and "6 subjects" in out and "optimized" in out
+    assert "figures are noisy" in flat and "cosine ~0.96" in flat
+    assert "target at 100k" not in flat  # the issue's target is judged at 100k only
+
+
+def test_the_command_prints_its_tables(memory_model_dir):
+    from proxy.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["bench", "recall", "--sizes", "60", "--backends", "edge", "--subjects", "3", "--no-worst-case",
+         "--pool", "20", "--queries", "5", "--seconds", "2", "--writes", "2", "--model-path", str(memory_model_dir)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "recall path latency" in result.output and "3 subjects" in result.output
+    assert "1 subject │" not in result.output  # --no-worst-case: no one-subject rows
+    bad = CliRunner().invoke(app, ["bench", "recall", "--sizes", "ten"])
+    assert bad.exit_code != 0 and "--sizes" in bad.output
+    unknown = CliRunner().invoke(app, ["bench", "recall", "--sizes", "10", "--backends", "nope", "--model-path",
+                                       str(memory_model_dir)])
+    assert unknown.exit_code != 0 and "unknown backend" in unknown.output
+
+
+async def test_local_mode_is_measured_in_one_layout_past_its_own_limit(local_embedder, tmp_path, monkeypatch):
+    import proxy.bench.recall as recall
+
+    monkeypatch.setattr(recall, "LOCAL_MODE_LIMIT", 40)
+    cells, _ = await measure(
+        sizes=[30, 50], backends=["qdrant-local"], subjects=5, worst_case=True, pool_size=20, max_queries=3,
+        max_seconds=2, max_writes=1, embedder=local_embedder, settings=bench_settings(tmp_path), workdir=tmp_path,
+    )
+    assert [(c.size, c.layout.subjects) for c in cells] == [(30, 5), (30, 1), (50, 5)]

@@ -1,0 +1,86 @@
+"""The operator's commands: migrate a thread, export the user, forget them, verify the audit chain."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from proxy.cli import app
+
+KEY = "sk-cli-app"
+USER = "carol@example.com"
+
+
+@pytest.fixture
+def env(tmp_path, emulator, memory_model_dir, monkeypatch):
+    for name, value in {
+        "MEMPROXY_DATA_DIR": str(tmp_path), "MEMPROXY_UPSTREAM_URL": emulator.base_url,
+        "MEMPROXY_EMBED_MODEL_PATH": str(memory_model_dir), "MEMPROXY_EXTRACTOR": "verbatim",
+        "MEMPROXY_ASSISTANTS": "passthrough", "MEMPROXY_ERASURE_BACKOFF": "0.01",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MEMPROXY_TENANT", raising=False)
+    monkeypatch.delenv("MEMPROXY_LLM_API_KEY", raising=False)
+    return tmp_path
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_migrate_export_forget_and_verify_from_the_command_line(env, emulator) -> None:
+    headers = {"authorization": f"Bearer {KEY}"}
+    thread = httpx.post(f"{emulator.base_url}/threads", headers=headers, json={"messages": [
+        {"role": "user", "content": "I run a bakery in Porto"},
+        {"role": "assistant", "content": "Nice!"},
+        {"role": "user", "content": "My daughter plays the violin"},
+    ]}).json()["id"]
+    threads_file = env / "threads.txt"
+    threads_file.write_text(f"# to migrate\n{thread}\n")
+
+    migrated = run("migrate", "--user", USER, "--threads-file", str(threads_file), "--api-key", KEY)
+    assert migrated.exit_code == 0, migrated.output
+    assert thread in migrated.output and "done" in migrated.output
+
+    exported = run("export", "--user", USER, "--api-key", KEY)
+    assert exported.exit_code == 0, exported.output
+    data = json.loads(exported.stdout)
+    assert sorted(m["text"] for m in data["memories"]) == ["I run a bakery in Porto", "My daughter plays the violin"]
+    assert data["upstream"]["threads"] == [thread]
+
+    forgot = run("forget", "--user", USER, "--api-key", KEY)
+    assert forgot.exit_code == 0, forgot.output
+    assert "outcome ok" in forgot.output and "upstream_threads" in forgot.output
+    assert httpx.get(f"{emulator.base_url}/threads/{thread}", headers=headers).status_code == 404
+    assert json.loads(run("export", "--user", USER, "--api-key", KEY).stdout)["memories"] == []
+
+    verified = run("audit", "verify", "--api-key", KEY)
+    assert verified.exit_code == 0 and "OK, 3 entries" in verified.output  # export, erase, export
+
+    with sqlite3.connect(env / "state.sqlite3") as db:  # someone edits the erasure's counts
+        body, entry_id = db.execute("SELECT body, id FROM records WHERE collection = 'audit' AND body LIKE '%erase%'").fetchone()
+        entry = json.loads(body)
+        entry["counts"]["memories"] = 0
+        db.execute("UPDATE records SET body = ? WHERE collection = 'audit' AND id = ?", (json.dumps(entry), entry_id))
+    broken = run("audit", "verify", "--api-key", KEY)
+    assert broken.exit_code == 1 and f"BROKEN at entry {entry_id}" in broken.output
+
+
+def test_forget_reports_a_failed_upstream_delete_and_exits_1(env, emulator) -> None:
+    headers = {"authorization": f"Bearer {KEY}"}
+    thread = httpx.post(f"{emulator.base_url}/threads", headers=headers,
+                        json={"messages": [{"role": "user", "content": "I live in Oslo"}]}).json()["id"]
+    assert run("migrate", "-u", USER, "-t", thread, "--api-key", KEY).exit_code == 0
+    emulator.fault(method="DELETE", path="/v1/threads", status=503, times=0)
+    forgot = run("forget", "--user", USER, "--api-key", KEY)
+    assert forgot.exit_code == 1
+    assert "outcome partial" in forgot.output and f"thread {thread}: upstream answered 503" in forgot.output
+
+
+def test_commands_need_a_tenant(env) -> None:
+    result = run("audit", "verify")
+    assert result.exit_code == 2 and "--tenant" in result.output
