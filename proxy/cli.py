@@ -83,11 +83,14 @@ def emulator(
 def bench_overhead(
     requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per scenario.")] = 2000,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight.")] = 64,
+    memories: Annotated[
+        int, typer.Option(help="Memories in the tenant for the recall + injection rows (0: forwarding only).")
+    ] = 100_000,
 ) -> None:
-    """Latency the proxy adds over calling the emulator directly, plain and streamed."""
+    """Latency the proxy adds over calling the emulator directly: forwarding, then recall + injection."""
     from proxy.bench.overhead import run
 
-    run(requests=requests, concurrency=concurrency)
+    run(requests=requests, concurrency=concurrency, memories=memories)
 
 
 @bench.command("recall")

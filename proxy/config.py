@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         None, description="Upstream embedding size (sent as `dimensions`); unset: the model's known size."
     )
     embed_cache_size: int = Field(1024, description="Query embeddings kept in the local embedder's LRU cache.")
+    embed_threads: int = Field(
+        1, description="ONNX threads per local embedding: 1 suits a server (requests already run in parallel)."
+    )
     memory_per_assistant: bool = Field(
         False, description="Recall only the asking assistant's memories (+ unassigned); off: a user's assistants share."
     )

@@ -29,7 +29,7 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
 def load_embedder(settings: Settings, model_path: Path | None = None, *, cache_size: int = 0) -> LocalEmbedder:
     """The local embedder the proxy would use; ``cache_size=0`` so every query pays its embedding."""
     path = model_path or settings.embed_model_path
-    return LocalEmbedder(settings.embed_model, model_path=path, cache_size=cache_size)
+    return LocalEmbedder(settings.embed_model, model_path=path, cache_size=cache_size, threads=settings.embed_threads)
 
 
 class BenchService(MemoryService):

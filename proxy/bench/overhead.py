@@ -84,7 +84,11 @@ async def _measure(emulator: Child, proxy: Child, requests: int, levels: list[in
     return rows
 
 
-def run(requests: int, concurrency: int) -> None:
+COLUMNS = ["scenario", "conc", "direct p50", "proxied p50", "added p50", "added p95", "added p99",
+           "added TTFE p50", "direct rps", "proxied rps", "proxy CPU/req"]
+
+
+def run(requests: int, concurrency: int, memories: int = 0) -> None:
     emulator_port, proxy_port = free_port(), free_port()
     levels = sorted({1, concurrency})
     with child_server(["emulator", "--port", str(emulator_port)], emulator_port) as emulator:
@@ -92,9 +96,9 @@ def run(requests: int, concurrency: int) -> None:
         args = ["serve", "--port", str(proxy_port), "--upstream", upstream]
         with child_server(args, proxy_port, env={"MEMPROXY_LOG_LEVEL": "warning"}) as proxy:
             rows = asyncio.run(_measure(emulator, proxy, requests, levels))
-    print_table(
-        f"memproxy bench overhead ({requests} requests per cell, milliseconds)",
-        ["scenario", "conc", "direct p50", "proxied p50", "added p50", "added p95", "added p99",
-         "added TTFE p50", "direct rps", "proxied rps", "proxy CPU/req"],
-        rows,
-    )
+    print_table(f"memproxy bench overhead: forwarding ({requests} requests per cell, milliseconds)", COLUMNS, rows)
+    if memories:
+        from proxy.bench.injection import run as run_injection
+
+        rows, summary = run_injection(memories, requests, levels, _row)
+        print_table(f"memproxy bench overhead: recall + injection ({summary}; milliseconds)", COLUMNS, rows)

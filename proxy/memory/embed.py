@@ -193,5 +193,8 @@ def make_embedder(settings: Settings, http_client: httpx2.AsyncClient | None = N
             send_dimensions=settings.embed_dim is not None,
         )
     return LocalEmbedder(
-        settings.embed_model, model_path=settings.embed_model_path, cache_size=settings.embed_cache_size
+        settings.embed_model,
+        model_path=settings.embed_model_path,
+        cache_size=settings.embed_cache_size,
+        threads=settings.embed_threads,
     )
