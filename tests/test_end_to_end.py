@@ -58,6 +58,12 @@ def _last_post(emulator, suffix: str) -> dict:
     return [r for r in emulator.requests() if r["method"] == "POST" and r["path"].endswith(suffix)][-1]["body"]
 
 
+def _client_chat(emulator) -> dict:
+    """The application's last chat call; the worker's extraction calls go to the same endpoint, without ``user``."""
+    posts = [r["body"] for r in emulator.requests("/v1/chat/completions") if r["method"] == "POST"]
+    return [body for body in posts if "user" in body][-1]
+
+
 MODES = [
     Mode("assistants-passthrough", "passthrough", _run_turn,
          lambda emulator: _last_post(emulator, "/runs").get("additional_instructions", "")),
@@ -65,8 +71,7 @@ MODES = [
          lambda emulator: _last_post(emulator, "/v1/responses").get("instructions", "")),
     Mode("responses", "passthrough", _responses_turn,
          lambda emulator: _last_post(emulator, "/v1/responses").get("instructions", "")),
-    Mode("chat", "passthrough", _chat_turn,
-         lambda emulator: _last_post(emulator, "/v1/chat/completions")["messages"][0]["content"]),
+    Mode("chat", "passthrough", _chat_turn, lambda emulator: _client_chat(emulator)["messages"][0]["content"]),
 ]
 
 
