@@ -24,6 +24,7 @@ from proxy.identity import credential, subject_hash, tenant_for
 from proxy.memory.embed import EmbeddingError
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import render_block
+from proxy.observe import timed
 from proxy.memory.service import MemoryNotFound, MemoryService
 from proxy.memory.store import StoreError
 from proxy.runtime import Runtime
@@ -198,10 +199,11 @@ async def delete_memory(caller: Caller) -> dict[str, Any]:
 
 async def _recall(caller: Caller) -> list[ScoredMemory]:
     data: RecallBody = await body(caller, RecallBody)
-    return await caller.memory.recall(
+    search = caller.memory.recall(
         caller.tenant, caller.subject, data.query, top_k=data.top_k, min_confidence=data.min_confidence,
         assistant_id=data.assistant_id, api_key=api_key(caller),
     )
+    return await timed(caller.runtime.observer.recall, search)
 
 
 @endpoint

@@ -17,7 +17,7 @@ from proxy.config import Settings, get_settings
 from proxy.hooks.chat import create_chat_completion
 from proxy.hooks.responses import create_response, retrieve_response
 from proxy.memory.embed import Embedder
-from proxy.metrics import Metrics, Observe, instrument, metrics_endpoint
+from proxy.metrics import Metrics, Observe, metrics_endpoint
 from proxy.runtime import STARTING, open_runtime
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -63,8 +63,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_runtime(settings, embedder=embedder, background=True) as runtime:
-            app.state.runtime = runtime
-            instrument(runtime, metrics)
+            app.state.runtime = metrics.collector.runtime = runtime
+            # before the memory layer's background start can run: its worker takes runtime.observer
+            runtime.observer = runtime.forwarder.observer = metrics.observer
             yield
 
     routes: list[BaseRoute] = [

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     memory_weight_frequency: float = Field(0.15, description="Confidence weight of access frequency.")
     memory_half_life_days: float = Field(30.0, description="Days after which the recency term halves.")
     memory_frequency_cap: int = Field(20, description="Access count at which the frequency term reaches 1.")
+    janitor_interval: float = Field(300.0, description="Seconds between two sweeps removing expired memories (audited).")
     memory_access_flush_seconds: float = Field(2.0, description="How often recall's access counts are written back.")
 
     # --- hooks ---

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
@@ -20,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.config import Settings
 from proxy.errors import error_response
+from proxy.observe import NOOP, Observer
 
 log = logging.getLogger("memproxy.forward")
 
@@ -98,8 +100,9 @@ class Tap(Protocol):
 class Forwarder:
     """Sends a client request upstream and relays the answer; shared by the app and the hooks."""
 
-    def __init__(self, client: httpx2.AsyncClient, settings: Settings) -> None:
+    def __init__(self, client: httpx2.AsyncClient, settings: Settings, observer: Observer = NOOP) -> None:
         self.client = client
+        self.observer = observer
         self.base = httpx2.URL(settings.upstream_url)
         self.keepalive_interval = settings.keepalive_interval
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -162,8 +165,13 @@ class Forwarder:
         headers: list[tuple[bytes, bytes]],
         content: bytes | AsyncIterator[bytes] | None,
     ) -> httpx2.Response:
-        upstream_request = self.client.build_request(method, url, headers=headers, content=content)
-        return await self.client.send(upstream_request, stream=True)
+        """Returns at the upstream's response headers: the time taken is the upstream latency."""
+        started = time.perf_counter()
+        try:
+            upstream_request = self.client.build_request(method, url, headers=headers, content=content)
+            return await self.client.send(upstream_request, stream=True)
+        finally:
+            self.observer.upstream(time.perf_counter() - started)
 
 
     async def fetch_json(self, request: Request, path: str, params: dict[str, Any] | None = None) -> Any:

@@ -43,6 +43,7 @@ from proxy.memory.extract import (
 )
 from proxy.memory.models import Memory, Source
 from proxy.memory.service import MemoryNotFound, MemoryService
+from proxy.observe import NOOP, Observer, timed
 from proxy.state import Job, State
 from proxy.turns import JOB_KIND, Turn
 
@@ -153,11 +154,14 @@ class Worker:
         poll_interval: float | None = None,
         lease_seconds: float | None = None,
         consumer: str | None = None,
+        observer: Observer = NOOP,
     ) -> None:
         self.state = state
         self.memory = memory
         self.extractor = extractor
         self.settings = settings
+        self.observer = observer
+        """Timings of the extractor calls (the in-process worker reports the runtime's)."""
         self.keys = keys if keys is not None else KeyRing(settings.extract_key_ttl)
         self.concurrency = max(1, concurrency if concurrency is not None else settings.worker_concurrency)
         self.poll_interval = poll_interval if poll_interval is not None else settings.worker_poll_interval
@@ -323,7 +327,7 @@ class Worker:
     async def _extract_and_apply(self, job: Job, turn: Turn, key: str | None) -> None:
         source, metadata = source_of(turn, self.extractor.name)
         existing = await self._similar(turn, key, source.assistant_id) if self.extractor.uses_existing else []
-        extraction = await self.extractor.extract(turn, existing, api_key=key)
+        extraction = await timed(self.observer.extraction, self.extractor.extract(turn, existing, api_key=key))
         self.stats.skipped += extraction.dropped
         counts: Counter[str] = Counter()
         for op in extraction.ops:
@@ -403,7 +407,7 @@ def start_worker(runtime: Runtime) -> Worker | None:
     """The in-process worker of ``memproxy serve``, started; None when off or memory is unavailable."""
     if not runtime.settings.worker_in_proxy or runtime.memory is None:
         return None
-    return build_worker(runtime).start()
+    return build_worker(runtime, observer=runtime.observer).start()
 
 
 def standalone_problem(settings: Settings) -> str | None:

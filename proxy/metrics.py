@@ -2,17 +2,18 @@
 
 Cheap by construction: the middleware is plain ASGI (no BaseHTTPMiddleware), it takes three clock
 readings and a handful of histogram observations per request, and reads the memory outcome from
-the ``x-memory-*`` headers the hooks already put on the response. Everything the runtime already
-counts (degraded causes, captured turns, worker outcomes, open upstream responses, queue depth,
-dead letters) is read at scrape time by a collector, not counted again on the hot path. Each app
-has its own registry, so two proxies in one process (the tests) never mix their numbers.
+the ``x-memory-*`` headers the hooks already put on the response. Upstream, recall and extraction
+timings come from the code that does the work, through :class:`PrometheusObserver`. Everything
+the runtime already counts (degraded causes, captured turns, worker outcomes, open upstream
+responses, queue depth, dead letters) is read at scrape time by a collector, not counted again on
+the hot path. Each app has its own registry, so two proxies in one process (the tests) never mix
+their numbers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -23,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import logs
+from proxy.observe import Observer
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -34,6 +36,7 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
 DEGRADED_CAUSES = ("recall_timeout", "recall_error", "hook_error", "capture_error")
 JOB_OUTCOMES = ("claimed", "processed", "failed", "dead_lettered", "lost")
 MEMORY_OPS = ("add", "update", "delete", "unchanged", "skipped")
+OUTCOMES = ("ok", "error", "cancelled")
 DEAD_LETTER_CAP = 1000
 """Dead letters are counted up to this many per scrape (the store lists them; it keeps no count)."""
 QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -83,11 +86,8 @@ class Metrics:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._routes: dict[str, tuple[Any, Any]] = {}
         self._status: dict[str, Any] = {}
-        self.pending = False
-        """Parts of the runtime not yet instrumented (the memory layer opens in the background)."""
-
-    def catch_up(self) -> None:
-        _catch_up(self)
+        self.observer = PrometheusObserver(self)
+        """Installed as ``runtime.observer`` by the app: the timings of upstream calls, recalls, extractions."""
 
     # --- hot path: cached children, no label resolution per request ----------------------------
 
@@ -201,76 +201,32 @@ class RuntimeCollector:
         return out
 
 
-# --- wiring: timers around the runtime's own calls ------------------------------------------------
+# --- the observer: timings reported by the forwarder, the recall hook and the worker -------------
 
 
-def _timed_send(send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Forwarder.send returns at the upstream's response headers: its duration is upstream latency."""
+class PrometheusObserver(Observer):
+    """Feeds one app's histograms (see :mod:`proxy.observe`)."""
 
-    async def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await send(*args, **kwargs)
-        finally:
-            info = logs.current.get()
-            if info is not None:
-                info.upstream = (info.upstream or 0.0) + time.perf_counter() - started
+    def __init__(self, metrics: Metrics) -> None:
+        self._recall = {outcome: metrics.recall.labels(outcome) for outcome in OUTCOMES}
+        self._extraction = {outcome: metrics.extraction.labels(outcome) for outcome in OUTCOMES}
 
-    return timed
+    def upstream(self, seconds: float) -> None:
+        """Added to the request's upstream time; the middleware observes it under the route template
+        when the request ends (with the added latency), so a request counts once however many calls."""
+        info = logs.current.get()
+        if info is not None:
+            info.upstream = (info.upstream or 0.0) + seconds
 
+    def recall(self, outcome: str, seconds: float) -> None:
+        self._recall[outcome].observe(seconds)
 
-def _timed(call: Callable[..., Awaitable[Any]], histogram: Histogram) -> Callable[..., Awaitable[Any]]:
-    ok, error, cancelled = histogram.labels("ok"), histogram.labels("error"), histogram.labels("cancelled")
-
-    async def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        child = error
-        try:
-            result = await call(*args, **kwargs)
-            child = ok
-            return result
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                child = cancelled  # the recall deadline, or a client that went away
-            raise
-        finally:
-            child.observe(time.perf_counter() - started)
-
-    return timed
-
-
-def instrument(runtime: Runtime, metrics: Metrics) -> None:
-    """Hook the metrics onto an opened runtime (instance attributes; the classes stay untouched).
-
-    The memory layer may still be starting (``open_runtime(background=True)``): its parts are
-    wrapped by :meth:`Metrics.catch_up` as soon as they exist, checked before each request.
-    """
-    metrics.collector.runtime = runtime
-    runtime.forwarder.send = _timed_send(runtime.forwarder.send)  # type: ignore[method-assign]
-    metrics.pending = True
-    metrics.catch_up()
-
-
-def _catch_up(metrics: Metrics) -> None:
-    runtime = metrics.collector.runtime
-    if runtime is None:
-        return
-    memory = runtime.memory
-    if memory is None:
-        # still starting, or failed for good: then there is nothing left to wrap
-        metrics.pending = runtime.problems.get("memory", "starting") == "starting"
-        return
-    memory.recall = _timed(memory.recall, metrics.recall)  # type: ignore[method-assign]
-    worker = runtime.worker  # started in the same step as the memory layer, or never
-    if worker is not None and hasattr(worker, "extractor"):
-        worker.extractor.extract = _timed(worker.extractor.extract, metrics.extraction)  # type: ignore[method-assign]
-    metrics.pending = False
+    def extraction(self, outcome: str, seconds: float) -> None:
+        self._extraction[outcome].observe(seconds)
 
 
 async def metrics_endpoint(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
-    if metrics.pending:
-        metrics.catch_up()
     await metrics.collector.refresh()
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -299,8 +255,6 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.metrics.pending:
-            self.metrics.catch_up()
         info = logs.RequestInfo(logs.new_request_id(), time.perf_counter(), scope)
         token = logs.current.set(info)
         memory: list[Any] = [None, 0]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
+from proxy import janitor
 from proxy.config import Settings
 from proxy.forward import Forwarder, make_client
 from proxy.identity import load_secret
@@ -24,6 +25,7 @@ from proxy.memory.embed import Embedder, make_embedder
 from proxy.memory.extract import KeyRing
 from proxy.memory.factory import create_memory_service
 from proxy.memory.service import MemoryService
+from proxy.observe import NOOP, Observer
 from proxy.state import State, open_state
 
 if TYPE_CHECKING:
@@ -44,8 +46,12 @@ class Runtime:
     counters: Counter[str] = field(default_factory=Counter)
     keys: KeyRing = field(default_factory=KeyRing)
     """Tenants' API keys from live requests, process memory only (hooks: ``keys.remember``)."""
+    janitor: asyncio.Task[None] | None = None
+    """Removes expired memories on a schedule, with an audit entry (proxy/janitor.py)."""
     worker: Worker | None = None
     """The in-process extraction worker (``MEMPROXY_WORKER_IN_PROXY``)."""
+    observer: Observer = NOOP
+    """Timings of recalls and extractions (the app installs its metrics'; the forwarder has its own)."""
 
     def count(self, name: str, amount: int = 1) -> None:
         """Event counters (degraded causes, captured turns); exported as metrics."""
@@ -81,6 +87,7 @@ async def open_runtime(
             starter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starter
+            await janitor.stop(runtime.janitor)
             if runtime.worker is not None:
                 await runtime.worker.stop()
             if runtime.memory is not None:
@@ -101,6 +108,7 @@ async def start_memory(runtime: Runtime, embedder: Embedder | None) -> None:
         log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])
         return
     runtime.memory = memory
+    runtime.janitor = asyncio.ensure_future(janitor.run(memory, runtime.state, runtime.secret, settings.janitor_interval))
     try:
         from proxy.jobs import start_worker
 

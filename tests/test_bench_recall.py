@@ -121,7 +121,7 @@ def test_the_command_prints_its_tables(memory_model_dir):
 
 
 async def test_local_mode_is_measured_in_one_layout_past_its_own_limit(local_embedder, tmp_path, monkeypatch):
-    import proxy.bench.recall as recall
+    from proxy.bench import recall
 
     monkeypatch.setattr(recall, "LOCAL_MODE_LIMIT", 40)
     cells, _ = await measure(

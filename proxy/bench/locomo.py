@@ -622,15 +622,16 @@ def report(dataset: Dataset, ev: Evaluation, data: Path | str, *, ks: Sequence[i
         ),
         (
             f"hybrid (RRF) = the store's own hybrid query, {ev.candidates} candidates per retriever (max of "
-            f"memory_candidates and k), RRF k={RRF_K}. The service re-ranks those candidates by confidence."
+            f"memory_candidates and k), RRF k={RRF_K}. The service keeps that order and uses confidence to drop "
+            "weak or stale candidates (its floors), so the service rows track the hybrid row."
         ),
         (
             "recency: each turn is stored with its session's date as created_at/updated_at, and questions are asked as "
             f"of the day after the conversation's last session. Confidence = {sim} similarity + {rec} recency + "
             f"{freq} frequency (half-life {half_life:g} days), so the last weeks' turns get up to "
-            f"+{rec / (sim + rec + freq):.2f} and turns months old almost nothing (median recency term of what the "
-            f"service returned: {recency:.2f}). LoCoMo's questions are not about recent events more than old ones, so "
-            "this boost reorders by age, not relevance: see the recency table."
+            f"+{rec / (sim + rec + freq):.2f} of confidence and turns months old almost nothing (median recency term "
+            f"of what the service returned: {recency:.2f}). Recency moves confidence, and so the floors, not the "
+            "order: see the recency table (re-sorting by confidence lost evidence from the oldest sessions)."
         ),
         (
             "'service ranking, recency and frequency weights 0' is a diagnosis row: the same service with only the "

@@ -61,6 +61,7 @@ class Pool:
     sparse: list[Any]  # Bm25Encoder.document of each text
     embed_seconds: float
     source: str
+    query_source: str = "distinct user messages from templates"
 
 
 async def make_pool(embedder: LocalEmbedder, texts: list[str], source: str, cache_dir: Path | None = None) -> Pool:
@@ -399,7 +400,7 @@ def report(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float
             "so texts repeat across subjects and, once a subject holds more memories than the pool, inside one."
         ),
         (
-            "queries: distinct user messages from templates, embedded on every call (query cache off); one subject per "
+            f"queries: {pool.query_source}, embedded on every call (query cache off); one subject per "
             "query, spread over the layout. 'n' = samples (each cell and pass stops after --queries or --seconds); "
             "p95 needs >= 20 and p99 >= 100 samples, else '-'."
         ),
@@ -483,6 +484,8 @@ async def measure(
     write_texts = notes(max(max_writes, 1))
     say(f"embedding a pool of {len(texts):,} {source} ...")
     pool = await make_pool(embedder, texts, source, cache_dir)
+    if data is not None:
+        pool.query_source = f"the questions of {data.name} (then template messages)"
     cells = []
     layouts = [Layout(f"{subjects:,} subjects", subjects)]
     if worst_case:

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from proxy.forward import Tap
 from proxy.identity import credential, subject_hash, tenant_for
 from proxy.memory.render import render_block
+from proxy.observe import timed
 from proxy.runtime import Runtime
 
 log = logging.getLogger("memproxy.hooks")
@@ -86,13 +87,9 @@ async def recall(runtime: Runtime, memory: Memory, query: str, assistant_id: str
     if not memory.active or memory.status == "degraded" or not query.strip() or runtime.memory is None:
         return memory
     settings = runtime.settings
+    search = runtime.memory.recall(memory.tenant, memory.subject, query, assistant_id=assistant_id, api_key=memory.api_key)
     try:
-        items = await asyncio.wait_for(
-            runtime.memory.recall(
-                memory.tenant, memory.subject, query, assistant_id=assistant_id, api_key=memory.api_key
-            ),
-            timeout=settings.memory_recall_deadline_ms / 1000,
-        )
+        items = await timed(runtime.observer.recall, asyncio.wait_for(search, settings.memory_recall_deadline_ms / 1000))
     except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
         return degrade(runtime, memory, "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error", exc)
     block = render_block(items, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)

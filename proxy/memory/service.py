@@ -350,11 +350,14 @@ class MemoryService:
     ) -> list[ScoredMemory]:
         """Memories relevant to ``query``, best first, with their confidence terms.
 
-        Candidates come from a hybrid query (dense + BM25, RRF-fused, ``memory_candidates`` each);
-        each is then scored by :func:`proxy.memory.scoring.confidence`. A memory must reach
-        ``min_similarity`` (default ``memory_min_similarity``) to be returned at all, so recency and
-        frequency order relevant memories but never make an unrelated one surface; then
-        ``min_confidence`` applies. Expired and deleted memories are never returned.
+        Candidates come from a hybrid query (dense + BM25, RRF-fused, ``memory_candidates`` each)
+        and keep that order: on LoCoMo, re-sorting them by confidence cut evidence recall@10 from
+        67% to 37% (the similarity term alone ranks like dense search, and recency pushes old but
+        relevant facts out; ``memproxy bench locomo``). Confidence (similarity, recency, frequency)
+        is computed for each, reported, and gates what is returned: a memory must reach
+        ``min_similarity`` (default ``memory_min_similarity``), then ``min_confidence``, so a stale
+        or barely related memory stays out while a relevant one keeps its place.
+        Expired and deleted memories are never returned.
         """
         scope = Scope(tenant, subject)
         now = self._now(now)
@@ -374,8 +377,7 @@ class MemoryService:
             assistant_id=self._restrict(assistant_id),
         )
         scored = self._score(scope, dense, frozenset(sparse.indices), hits, now, sim_floor, floor)
-        scored.sort(key=lambda s: (-s.confidence, s.rank))
-        scored = scored[:top_k]
+        scored = scored[:top_k]  # already in fused-relevance order
         if scored:
             self._record_access(scope, [s.memory.id for s in scored], now)
         return scored

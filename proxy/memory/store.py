@@ -4,15 +4,18 @@ Isolation is built in, not left to callers: every store operation but the janito
 :meth:`MemoryStore.find_expired` takes a :class:`Scope` (tenant AND subject, both non-empty, checked
 at construction), and every filter a backend sends is built by :func:`build_filter`, which always
 starts with ``tenant == scope.tenant AND subject == scope.subject``. A backend translates a filter
-through a small :class:`FilterDialect`, so the filter logic itself exists once.
+through a small :class:`FilterDialect`, so the filter logic itself exists once. Likewise the store
+operations themselves live once, in :class:`QdrantStoreBase`; a backend supplies only its dialect and a
+few primitives that speak its API.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from .models import Memory, as_utc
 
@@ -293,3 +296,173 @@ def check_points(scope: Scope, points: Iterable[MemoryPoint], dim: int) -> list[
         if len(point.dense) != dim:
             raise ValueError(f"dense vector of size {len(point.dense)} written to a collection of size {dim}")
     return checked
+
+
+# --- what both backends share ------------------------------------------------------------------------
+
+
+class QdrantStoreBase(ABC):
+    """The :class:`MemoryStore` operations, written once for both Qdrant backends.
+
+    Each operation builds its filter here (always through :func:`build_filter`, so always scoped) and
+    hands it to a primitive: a subclass sets ``dialect`` and implements the ``_``-prefixed abstract
+    methods in its own API, and nothing else about reading or writing memories.
+    """
+
+    collection: str
+    dim: int
+    #: How this backend spells filter conditions.
+    dialect: ClassVar[FilterDialect[Any, Any]]
+
+    def _filter(self, spec: FilterSpec) -> Any:
+        return build_filter(spec, self.dialect)
+
+    # --- primitives --------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def _upsert(self, points: list[MemoryPoint]) -> None:
+        """Write points already checked against the scope (never empty)."""
+
+    @abstractmethod
+    async def _set_payloads(self, updates: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Merge each ``fields`` into the points matching its filter, in order (never empty)."""
+
+    @abstractmethod
+    async def _delete(self, flt: Any) -> None:
+        """Hard-delete the points matching ``flt``."""
+
+    async def _erase(self, flt: Any) -> int:
+        """Count, then hard-delete, the points matching ``flt``; return the count."""
+        n = await self._count(flt)
+        await self._delete(flt)
+        return n
+
+    @abstractmethod
+    async def _count(self, flt: Any) -> int:
+        """Exact number of points matching ``flt``."""
+
+    @abstractmethod
+    async def _scroll_records(self, flt: Any, limit: int, cursor: str | None) -> tuple[list[Any], Any]:
+        """Up to ``limit`` records (with payloads, without vectors) matching ``flt`` in id order from
+        ``cursor``, and the backend's next offset (None at the end)."""
+
+    @abstractmethod
+    async def _hybrid(self, flt: Any, dense: Sequence[float], sparse: SparseVec, limit: int) -> list[Any]:
+        """Dense and (if ``sparse`` has terms) BM25 prefetches fused with RRF (k = :data:`RRF_K`), both
+        prefetches and the fusion filtered by ``flt``; scored points with payloads and the dense vector."""
+
+    @abstractmethod
+    async def _dense(self, flt: Any, dense: Sequence[float], limit: int) -> list[Any]:
+        """Nearest by cosine, filtered by ``flt``; scored points with payloads, without vectors."""
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    async def upsert(self, scope: Scope, points: Sequence[MemoryPoint]) -> None:
+        checked = check_points(scope, points, self.dim)
+        if checked:
+            await self._upsert(checked)
+
+    async def set_payloads(self, scope: Scope, updates: dict[str, dict[str, Any]]) -> None:
+        require_scope(scope)
+        ops = [
+            (self._filter(FilterSpec(scope, include_deleted=True, ids=(mid,))), fields) for mid, fields in updates.items()
+        ]
+        if ops:
+            await self._set_payloads(ops)
+
+    async def delete(self, scope: Scope, ids: Sequence[str], *, expired_at: datetime | None = None) -> None:
+        require_scope(scope)
+        if not ids:
+            return
+        await self._delete(self._filter(FilterSpec(scope, include_deleted=True, ids=tuple(ids), expired_at=expired_at)))
+
+    async def delete_scope(self, scope: Scope) -> int:
+        return await self._erase(self._filter(FilterSpec(scope, include_deleted=True)))
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    async def _scroll(self, flt: Any, limit: int, cursor: str | None = None) -> tuple[list[Memory], str | None]:
+        records, next_offset = await self._scroll_records(flt, limit, cursor)
+        memories = [payload_to_memory(r.id, r.payload) for r in records]
+        return memories, (str(next_offset) if next_offset is not None else None)
+
+    @staticmethod
+    def _hits(points: list[Any], with_dense: bool) -> list[Hit]:
+        hits = []
+        for p in points:
+            dense = p.vector.get(DENSE) if with_dense and isinstance(p.vector, dict) else None
+            hits.append(Hit(payload_to_memory(p.id, p.payload), float(p.score), list(dense) if dense else None))
+        return hits
+
+    async def hybrid_query(
+        self,
+        scope: Scope,
+        dense: Sequence[float],
+        sparse: SparseVec,
+        *,
+        limit: int,
+        now: datetime,
+        assistant_id: str | None = None,
+    ) -> list[Hit]:
+        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
+        return self._hits(await self._hybrid(flt, dense, sparse, limit), with_dense=True)
+
+    async def dense_query(
+        self,
+        scope: Scope,
+        dense: Sequence[float],
+        *,
+        limit: int,
+        now: datetime,
+        assistant_id: str | None = None,
+    ) -> list[Hit]:
+        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
+        return self._hits(await self._dense(flt, dense, limit), with_dense=False)
+
+    async def get(
+        self,
+        scope: Scope,
+        ids: Sequence[str],
+        *,
+        now: datetime | None = None,
+        include_deleted: bool = True,
+    ) -> list[Memory]:
+        require_scope(scope)
+        if not ids:
+            return []
+        flt = self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted, ids=tuple(ids)))
+        memories, _ = await self._scroll(flt, len(ids))
+        return memories
+
+    async def find(
+        self,
+        scope: Scope,
+        *,
+        content_hash: str,
+        now: datetime | None = None,
+        assistant_id: str | None = None,
+        limit: int = 1,
+    ) -> list[Memory]:
+        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id, content_hash=content_hash))
+        memories, _ = await self._scroll(flt, limit)
+        return memories
+
+    async def scroll(
+        self,
+        scope: Scope,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        now: datetime | None = None,
+        include_deleted: bool = False,
+    ) -> Page:
+        flt = self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted))
+        memories, next_cursor = await self._scroll(flt, limit, cursor)
+        return Page(memories, next_cursor)
+
+    async def count(self, scope: Scope, *, now: datetime | None = None, include_deleted: bool = False) -> int:
+        return await self._count(self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted)))
+
+    async def find_expired(self, now: datetime, *, limit: int = 256) -> list[Memory]:
+        memories, _ = await self._scroll(build_expired_filter(now, self.dialect), limit)
+        return memories

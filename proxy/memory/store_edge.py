@@ -17,26 +17,17 @@ from typing import Any, TypeVar
 
 import qdrant_edge as qe
 
-from .models import Memory
 from .store import (
     DENSE,
     INDEXED_FIELDS,
     RRF_K,
     SPARSE,
     DimensionMismatchError,
-    FilterSpec,
-    Hit,
     MemoryPoint,
-    Page,
-    Scope,
+    QdrantStoreBase,
     SparseVec,
     StoreError,
-    build_expired_filter,
-    build_filter,
-    check_points,
     memory_to_payload,
-    payload_to_memory,
-    require_scope,
 )
 
 T = TypeVar("T")
@@ -73,8 +64,10 @@ def _sparse(vec: SparseVec) -> qe.SparseVector:
     return qe.SparseVector(list(vec.indices), list(vec.values))
 
 
-class EdgeStore:
+class EdgeStore(QdrantStoreBase):
     """Memories in a Qdrant Edge shard under ``path`` (one directory = one collection)."""
+
+    dialect = _D
 
     def __init__(self, path: Path | str, *, dim: int, collection: str | None = None) -> None:
         self.path = Path(path)
@@ -167,76 +160,49 @@ class EdgeStore:
         """Build HNSW / merge segments now (blocks other store calls while it runs)."""
         return await self._call(lambda: self.shard.optimize())
 
-    # --- writes ------------------------------------------------------------------------------------
+    # --- primitives ------------------------------------------------------------------------------
 
-    async def upsert(self, scope: Scope, points: Sequence[MemoryPoint]) -> None:
-        checked = check_points(scope, points, self.dim)
-        if not checked:
-            return
+    async def _upsert(self, points: list[MemoryPoint]) -> None:
         edge_points = [
             qe.Point(
                 p.memory.id,
                 {DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)},
                 memory_to_payload(p.memory),
             )
-            for p in checked
+            for p in points
         ]
         await self._call(lambda: self.shard.update(qe.UpdateOperation.upsert_points(edge_points)))
 
-    async def set_payloads(self, scope: Scope, updates: dict[str, dict[str, Any]]) -> None:
-        require_scope(scope)
-        ops = [
-            qe.UpdateOperation.set_payload_by_filter(
-                build_filter(FilterSpec(scope, include_deleted=True, ids=(mid,)), _D), fields
-            )
-            for mid, fields in updates.items()
-        ]
+    async def _set_payloads(self, updates: list[tuple[qe.Filter, dict[str, Any]]]) -> None:
+        ops = [qe.UpdateOperation.set_payload_by_filter(flt, fields) for flt, fields in updates]
 
         def _apply() -> None:
             for op in ops:
                 self.shard.update(op)
 
-        if ops:
-            await self._call(_apply)
+        await self._call(_apply)
 
-    async def delete(self, scope: Scope, ids: Sequence[str], *, expired_at: datetime | None = None) -> None:
-        require_scope(scope)
-        if not ids:
-            return
-        flt = build_filter(FilterSpec(scope, include_deleted=True, ids=tuple(ids), expired_at=expired_at), _D)
+    async def _delete(self, flt: qe.Filter) -> None:
         await self._call(lambda: self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt)))
 
-    async def delete_scope(self, scope: Scope) -> int:
-        flt = build_filter(FilterSpec(scope, include_deleted=True), _D)
+    async def _erase(self, flt: qe.Filter) -> int:
+        """Count and delete in one call on the shard's thread, so no write lands between the two."""
 
-        def _erase() -> int:
+        def _count_then_delete() -> int:
             n = self.shard.count(qe.CountRequest(exact=True, filter=flt))
             self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
             return n
 
-        return await self._call(_erase)
+        return await self._call(_count_then_delete)
 
-    # --- reads -------------------------------------------------------------------------------------
+    async def _count(self, flt: qe.Filter) -> int:
+        return await self._call(lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt)))
 
-    @staticmethod
-    def _hits(points: list[Any], with_dense: bool) -> list[Hit]:
-        hits = []
-        for p in points:
-            dense = (p.vector or {}).get(DENSE) if with_dense else None
-            hits.append(Hit(payload_to_memory(p.id, p.payload), float(p.score), list(dense) if dense else None))
-        return hits
+    async def _scroll_records(self, flt: qe.Filter, limit: int, cursor: str | None) -> tuple[list[Any], Any]:
+        request = qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=False)
+        return await self._call(lambda: self.shard.scroll(request))
 
-    async def hybrid_query(
-        self,
-        scope: Scope,
-        dense: Sequence[float],
-        sparse: SparseVec,
-        *,
-        limit: int,
-        now: datetime,
-        assistant_id: str | None = None,
-    ) -> list[Hit]:
-        flt = build_filter(FilterSpec(scope, now=now, assistant_id=assistant_id), _D)
+    async def _hybrid(self, flt: qe.Filter, dense: Sequence[float], sparse: SparseVec, limit: int) -> list[Any]:
         prefetches = [qe.Prefetch(limit=limit, query=qe.Query.Nearest([float(x) for x in dense], using=DENSE), filter=flt)]
         if sparse.indices:
             prefetches.append(qe.Prefetch(limit=limit, query=qe.Query.Nearest(_sparse(sparse), using=SPARSE), filter=flt))
@@ -248,19 +214,9 @@ class EdgeStore:
             with_payload=True,
             with_vector=[DENSE],
         )
-        points = await self._call(lambda: self.shard.query(request))
-        return self._hits(points, with_dense=True)
+        return await self._call(lambda: self.shard.query(request))
 
-    async def dense_query(
-        self,
-        scope: Scope,
-        dense: Sequence[float],
-        *,
-        limit: int,
-        now: datetime,
-        assistant_id: str | None = None,
-    ) -> list[Hit]:
-        flt = build_filter(FilterSpec(scope, now=now, assistant_id=assistant_id), _D)
+    async def _dense(self, flt: qe.Filter, dense: Sequence[float], limit: int) -> list[Any]:
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest([float(x) for x in dense], using=DENSE),
@@ -268,60 +224,4 @@ class EdgeStore:
             with_payload=True,
             with_vector=False,
         )
-        points = await self._call(lambda: self.shard.query(request))
-        return self._hits(points, with_dense=False)
-
-    async def _scroll(self, flt: qe.Filter, limit: int, cursor: str | None = None) -> tuple[list[Memory], str | None]:
-        request = qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=False)
-        records, next_offset = await self._call(lambda: self.shard.scroll(request))
-        memories = [payload_to_memory(r.id, r.payload) for r in records]
-        return memories, (str(next_offset) if next_offset is not None else None)
-
-    async def get(
-        self,
-        scope: Scope,
-        ids: Sequence[str],
-        *,
-        now: datetime | None = None,
-        include_deleted: bool = True,
-    ) -> list[Memory]:
-        require_scope(scope)
-        if not ids:
-            return []
-        flt = build_filter(FilterSpec(scope, now=now, include_deleted=include_deleted, ids=tuple(ids)), _D)
-        memories, _ = await self._scroll(flt, len(ids))
-        return memories
-
-    async def find(
-        self,
-        scope: Scope,
-        *,
-        content_hash: str,
-        now: datetime | None = None,
-        assistant_id: str | None = None,
-        limit: int = 1,
-    ) -> list[Memory]:
-        flt = build_filter(FilterSpec(scope, now=now, assistant_id=assistant_id, content_hash=content_hash), _D)
-        memories, _ = await self._scroll(flt, limit)
-        return memories
-
-    async def scroll(
-        self,
-        scope: Scope,
-        *,
-        cursor: str | None = None,
-        limit: int = 50,
-        now: datetime | None = None,
-        include_deleted: bool = False,
-    ) -> Page:
-        flt = build_filter(FilterSpec(scope, now=now, include_deleted=include_deleted), _D)
-        memories, next_cursor = await self._scroll(flt, limit, cursor)
-        return Page(memories, next_cursor)
-
-    async def count(self, scope: Scope, *, now: datetime | None = None, include_deleted: bool = False) -> int:
-        flt = build_filter(FilterSpec(require_scope(scope), now=now, include_deleted=include_deleted), _D)
-        return await self._call(lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt)))
-
-    async def find_expired(self, now: datetime, *, limit: int = 256) -> list[Memory]:
-        memories, _ = await self._scroll(build_expired_filter(now, _D), limit)
-        return memories
+        return await self._call(lambda: self.shard.query(request))

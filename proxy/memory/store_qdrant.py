@@ -14,25 +14,16 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 
-from .models import Memory
 from .store import (
     DENSE,
     INDEXED_FIELDS,
     SPARSE,
     DimensionMismatchError,
-    FilterSpec,
-    Hit,
     MemoryPoint,
-    Page,
-    Scope,
+    QdrantStoreBase,
     SparseVec,
     StoreError,
-    build_expired_filter,
-    build_filter,
-    check_points,
     memory_to_payload,
-    payload_to_memory,
-    require_scope,
 )
 
 
@@ -66,8 +57,10 @@ def _sparse(vec: SparseVec) -> qm.SparseVector:
     return qm.SparseVector(indices=list(vec.indices), values=list(vec.values))
 
 
-class QdrantStore:
+class QdrantStore(QdrantStoreBase):
     """Memories in one collection of a Qdrant server (or a local-mode client)."""
+
+    dialect = _D
 
     def __init__(self, client: AsyncQdrantClient, *, collection: str, dim: int, owns_client: bool = False) -> None:
         self.client = client
@@ -126,69 +119,37 @@ class QdrantStore:
         if self._owns_client:
             await self.client.close()
 
-    # --- writes ------------------------------------------------------------------------------------
+    # --- primitives ------------------------------------------------------------------------------
 
-    async def upsert(self, scope: Scope, points: Sequence[MemoryPoint]) -> None:
-        checked = check_points(scope, points, self.dim)
-        if not checked:
-            return
+    async def _upsert(self, points: list[MemoryPoint]) -> None:
         structs = [
             qm.PointStruct(
                 id=p.memory.id,
                 vector={DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)},
                 payload=memory_to_payload(p.memory),
             )
-            for p in checked
+            for p in points
         ]
         await self.client.upsert(self.collection, points=structs, wait=True)
 
-    async def set_payloads(self, scope: Scope, updates: dict[str, dict[str, Any]]) -> None:
-        require_scope(scope)
+    async def _set_payloads(self, updates: list[tuple[qm.Filter, dict[str, Any]]]) -> None:
         ops = [
-            qm.SetPayloadOperation(
-                set_payload=qm.SetPayload(
-                    payload=fields, filter=build_filter(FilterSpec(scope, include_deleted=True, ids=(mid,)), _D)
-                )
-            )
-            for mid, fields in updates.items()
+            qm.SetPayloadOperation(set_payload=qm.SetPayload(payload=fields, filter=flt)) for flt, fields in updates
         ]
-        if ops:
-            await self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
+        await self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
 
-    async def delete(self, scope: Scope, ids: Sequence[str], *, expired_at: datetime | None = None) -> None:
-        require_scope(scope)
-        if not ids:
-            return
-        flt = build_filter(FilterSpec(scope, include_deleted=True, ids=tuple(ids), expired_at=expired_at), _D)
+    async def _delete(self, flt: qm.Filter) -> None:
         await self.client.delete(self.collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
 
-    async def delete_scope(self, scope: Scope) -> int:
-        flt = build_filter(FilterSpec(scope, include_deleted=True), _D)
-        n = (await self.client.count(self.collection, count_filter=flt, exact=True)).count
-        await self.client.delete(self.collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
-        return n
+    async def _count(self, flt: qm.Filter) -> int:
+        return (await self.client.count(self.collection, count_filter=flt, exact=True)).count
 
-    # --- reads -------------------------------------------------------------------------------------
+    async def _scroll_records(self, flt: qm.Filter, limit: int, cursor: str | None) -> tuple[list[Any], Any]:
+        return await self.client.scroll(
+            self.collection, scroll_filter=flt, limit=limit, offset=cursor, with_payload=True, with_vectors=False
+        )
 
-    @staticmethod
-    def _hits(points: list[qm.ScoredPoint], with_dense: bool) -> list[Hit]:
-        hits = []
-        for p in points:
-            dense = p.vector.get(DENSE) if with_dense and isinstance(p.vector, dict) else None
-            hits.append(Hit(payload_to_memory(p.id, p.payload), float(p.score), list(dense) if dense else None))
-        return hits
-
-    async def hybrid_query(
-        self,
-        scope: Scope,
-        dense: Sequence[float],
-        sparse: SparseVec,
-        *,
-        limit: int,
-        now: datetime,
-        assistant_id: str | None = None,
-    ) -> list[Hit]:
-        flt = build_filter(FilterSpec(scope, now=now, assistant_id=assistant_id), _D)
+    async def _hybrid(self, flt: qm.Filter, dense: Sequence[float], sparse: SparseVec, limit: int) -> list[Any]:
         prefetch = [qm.Prefetch(query=[float(x) for x in dense], using=DENSE, limit=limit, filter=flt)]
         if sparse.indices:
             prefetch.append(qm.Prefetch(query=_sparse(sparse), using=SPARSE, limit=limit, filter=flt))
@@ -201,18 +162,9 @@ class QdrantStore:
             with_payload=True,
             with_vectors=[DENSE],
         )
-        return self._hits(result.points, with_dense=True)
+        return result.points
 
-    async def dense_query(
-        self,
-        scope: Scope,
-        dense: Sequence[float],
-        *,
-        limit: int,
-        now: datetime,
-        assistant_id: str | None = None,
-    ) -> list[Hit]:
-        flt = build_filter(FilterSpec(scope, now=now, assistant_id=assistant_id), _D)
+    async def _dense(self, flt: qm.Filter, dense: Sequence[float], limit: int) -> list[Any]:
         result = await self.client.query_points(
             self.collection,
             query=[float(x) for x in dense],
@@ -222,60 +174,4 @@ class QdrantStore:
             with_payload=True,
             with_vectors=False,
         )
-        return self._hits(result.points, with_dense=False)
-
-    async def _scroll(self, flt: qm.Filter, limit: int, cursor: str | None = None) -> tuple[list[Memory], str | None]:
-        records, next_offset = await self.client.scroll(
-            self.collection, scroll_filter=flt, limit=limit, offset=cursor, with_payload=True, with_vectors=False
-        )
-        memories = [payload_to_memory(r.id, r.payload) for r in records]
-        return memories, (str(next_offset) if next_offset is not None else None)
-
-    async def get(
-        self,
-        scope: Scope,
-        ids: Sequence[str],
-        *,
-        now: datetime | None = None,
-        include_deleted: bool = True,
-    ) -> list[Memory]:
-        require_scope(scope)
-        if not ids:
-            return []
-        flt = build_filter(FilterSpec(scope, now=now, include_deleted=include_deleted, ids=tuple(ids)), _D)
-        memories, _ = await self._scroll(flt, len(ids))
-        return memories
-
-    async def find(
-        self,
-        scope: Scope,
-        *,
-        content_hash: str,
-        now: datetime | None = None,
-        assistant_id: str | None = None,
-        limit: int = 1,
-    ) -> list[Memory]:
-        flt = build_filter(FilterSpec(scope, now=now, assistant_id=assistant_id, content_hash=content_hash), _D)
-        memories, _ = await self._scroll(flt, limit)
-        return memories
-
-    async def scroll(
-        self,
-        scope: Scope,
-        *,
-        cursor: str | None = None,
-        limit: int = 50,
-        now: datetime | None = None,
-        include_deleted: bool = False,
-    ) -> Page:
-        flt = build_filter(FilterSpec(scope, now=now, include_deleted=include_deleted), _D)
-        memories, next_cursor = await self._scroll(flt, limit, cursor)
-        return Page(memories, next_cursor)
-
-    async def count(self, scope: Scope, *, now: datetime | None = None, include_deleted: bool = False) -> int:
-        flt = build_filter(FilterSpec(scope, now=now, include_deleted=include_deleted), _D)
-        return (await self.client.count(self.collection, count_filter=flt, exact=True)).count
-
-    async def find_expired(self, now: datetime, *, limit: int = 256) -> list[Memory]:
-        memories, _ = await self._scroll(build_expired_filter(now, _D), limit)
-        return memories
+        return result.points
