@@ -11,6 +11,7 @@ import sqlite3
 import uuid
 
 import httpx
+import redis
 import openai
 import pytest
 
@@ -21,9 +22,14 @@ from proxy.state import Subject
 KEY = "sk-erasure-app"
 
 
-@pytest.fixture(scope="module")
-def proxy(make_proxy):
-    return make_proxy(assistants="passthrough", erasure_backoff=0.01, erasure_attempts=3)
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def proxy(request, make_proxy):
+    """The same erasure, proven on the embedded state store and on Redis (several replicas)."""
+    options = {"assistants": "passthrough", "erasure_backoff": 0.01, "erasure_attempts": 3}
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server_url")
+        options |= {"redis_url": url, "secret": "erasure-secret", "redis_prefix": f"erasure-{uuid.uuid4().hex[:8]}"}
+    return make_proxy(**options)
 
 
 @pytest.fixture
@@ -56,10 +62,22 @@ def seen_everywhere(proxy, client, user: str) -> tuple[str, str]:
 
 
 def state_dump(proxy) -> str:
-    """Every row of the proxy's state store, as text."""
-    path = proxy.app.state.runtime.settings.data_dir / "state.sqlite3"
-    with sqlite3.connect(path) as db:
+    """Every row (SQLite) or every key and value under the proxy's prefix (Redis), as text."""
+    settings = proxy.app.state.runtime.settings
+    if settings.redis_url:
+        return redis_dump(settings.redis_url, settings.redis_prefix)
+    with sqlite3.connect(settings.data_dir / "state.sqlite3") as db:
         return "\n".join(db.iterdump())
+
+
+def redis_dump(url: str, prefix: str) -> str:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    read = {"string": client.get, "list": lambda k: client.lrange(k, 0, -1), "set": client.smembers,
+            "hash": client.hgetall, "zset": lambda k: client.zrange(k, 0, -1), "stream": lambda k: client.xrange(k)}
+    try:
+        return "\n".join(f"{key} {read[client.type(key)](key)}" for key in client.scan_iter(f"{prefix}*"))
+    finally:
+        client.close()
 
 
 def tenant_of(proxy) -> str:
