@@ -6,6 +6,7 @@ one small class serves both, so the way a server is started is the same everywhe
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from types import TracebackType
@@ -46,3 +47,13 @@ class ServerThread:
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Ask a child server to stop, and kill it if it has not within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -72,6 +72,8 @@ def redis_server():
 
     import redis
 
+    from proxy.server import stop_process
+
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not on PATH (apt-get install redis-server): Redis backend tests need it")
@@ -95,12 +97,7 @@ def redis_server():
     try:
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=5)
 
 
 @pytest.fixture(scope="session")

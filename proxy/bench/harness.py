@@ -22,6 +22,8 @@ import httpx2
 from rich.console import Console
 from rich.table import Table
 
+from proxy.server import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -53,11 +55,7 @@ def child_server(args: list[str], port: int, env: dict[str, str] | None = None) 
         _wait_until_listening(port, process)
         yield Child(f"http://127.0.0.1:{port}", process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
 def _wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

@@ -149,16 +149,10 @@ class ConfidenceTerms(_Model):
     frequency: float
 
 
-class ScoredMemory(_Model):
+class ScoredMemory(ConfidenceTerms):
     """A recalled memory with its confidence and the terms that make it up."""
 
     memory: Memory
-    confidence: float
-    similarity: float
-    semantic: float
-    lexical: float
-    recency: float
-    frequency: float
     rank: int = Field(description="Position in the hybrid (dense + BM25, RRF-fused) candidate list, from 0.")
 
     @classmethod
