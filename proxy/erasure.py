@@ -50,10 +50,17 @@ def subject_key(tenant: str, hashed: str) -> str:
 
 async def record_conversation(runtime: Runtime, tenant: str, subject: str, conversation: str) -> None:
     """Remember that ``subject`` used the upstream conversation (erasure deletes it, export lists it)."""
+    await _record(runtime, CONVERSATIONS_NS, tenant, subject, conversation)
+
+
+async def record_thread(runtime: Runtime, tenant: str, subject: str, thread_id: str) -> None:
+    """Remember that ``subject`` owns the Assistants thread (passthrough or bridge), likewise."""
+    await _record(runtime, THREADS_NS, tenant, subject, thread_id)
+
+
+async def _record(runtime: Runtime, namespace: str, tenant: str, subject: str, upstream_id: str) -> None:
     hashed = subject_hash(runtime.secret, tenant, subject)
-    await runtime.state.set_add(
-        CONVERSATIONS_NS, subject_key(tenant, hashed), conversation, subject=Subject(tenant, subject)
-    )
+    await runtime.state.set_add(namespace, subject_key(tenant, hashed), upstream_id, subject=Subject(tenant, subject))
 
 
 def credential_headers(api_key: str | None = None, headers: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -146,3 +146,18 @@ def test_keep_upstream_erases_memories_but_leaves_the_threads(proxy, client, emu
     assert erased["deleted"]["memories"] == 2 and erased["deleted"]["upstream_threads"] == 0
     assert client.beta.threads.retrieve(thread_id).id == thread_id
     assert not [r for r in emulator.requests() if r["method"] == "DELETE"]
+
+
+def test_erasure_deletes_the_users_bridge_threads_even_without_memories(make_proxy, user) -> None:
+    bridge = make_proxy(assistants="bridge", extractor="verbatim")
+    with openai.OpenAI(base_url=bridge.url + "/v1", api_key=KEY, max_retries=0) as client:
+        assistant = client.beta.assistants.create(model="gpt-4o-mini")
+        thread = client.beta.threads.create(metadata={"user_id": user})
+        client.beta.threads.runs.create_and_poll(
+            thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=20,
+            additional_messages=[{"role": "user", "content": "What time is it?"}],
+        )
+        erased = api(bridge, "DELETE", f"/users/{user}").json()
+        assert erased["outcome"] == "ok" and erased["upstream"]["threads"] == [thread.id]
+        with pytest.raises(openai.NotFoundError):
+            client.beta.threads.retrieve(thread.id)

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from proxy.erasure import record_thread
 from proxy.hooks.capture import TurnTap, event_json, message_text, queue
 from proxy.hooks.recall import OFF, Memory, Plan, append_text, encode, hooked, identify, recall, tenant_of
 from proxy.identity import subject_for
@@ -45,7 +46,7 @@ async def remember_thread(runtime: Runtime, memory: Memory, thread_id: str, text
     state, owner = runtime.state, Subject(memory.tenant, memory.subject)
     if not memory.subject.startswith("thread:"):
         await state.set("thread_subject", key(memory, thread_id), memory.subject, ttl=THREAD_TTL, subject=owner)
-        await state.set_add("subject_threads", key(memory, memory.subject_hash), thread_id, subject=owner)
+        await record_thread(runtime, memory.tenant, memory.subject, thread_id)
     if texts:
         await state.list_push("thread_user", key(memory, thread_id), *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner)
 

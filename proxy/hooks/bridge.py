@@ -14,6 +14,7 @@ from starlette.requests import Request
 from proxy.assistants import messages
 from proxy.assistants.engine import Engine
 from proxy.assistants.hooks import RunContext, RunHooks
+from proxy.erasure import record_thread
 from proxy.hooks.capture import message_text, queue
 from proxy.hooks.recall import Memory, identify, recall
 from proxy.identity import subject_for
@@ -53,6 +54,8 @@ class MemoryRunHooks(RunHooks):
         memory = self._identify(ctx)
         if not memory.active:
             return None
+        if not memory.subject.startswith("thread:"):  # a named user's thread: erasure must find it
+            await record_thread(self.runtime, memory.tenant, memory.subject, ctx.thread_id)
         self.user = await self._latest_user_texts(ctx)
         self.memory = await recall(self.runtime, memory, "\n".join(self.user), assistant_id=ctx.assistant_id)
         return self.memory.block or None
