@@ -121,3 +121,15 @@ def test_polled_and_streamed_runs_are_captured_once_each(make_proxy, emulator, u
     assert captured_count(proxy.app.state.runtime, 2) == 2
     time.sleep(0.2)
     assert proxy.app.state.runtime.counters["turns.captured"] == 2
+
+
+def test_a_stream_the_client_abandons_is_followed_to_the_end_and_captured(make_proxy, emulator, user) -> None:
+    proxy = make_proxy(assistants="passthrough")
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-app-1", max_retries=0)
+    assistant = client.beta.assistants.create(model="gpt-4o-mini")
+    thread = client.beta.threads.create(metadata={"user_id": user})
+    client.beta.threads.messages.create(thread.id, role="user", content="I am allergic to peanuts.")
+    slow = {"x-emulator-fault": "event_delay=0.3"}
+    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=assistant.id, extra_headers=slow) as events:
+        next(iter(events))  # the client reads the first event and goes away
+    assert captured_count(proxy.app.state.runtime, 1) == 1

@@ -10,13 +10,24 @@ the client streamed it or polled it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
 
 from proxy.erasure import record_thread
 from proxy.hooks.capture import TurnTap, event_json, message_text, queue
-from proxy.hooks.recall import OFF, Memory, Plan, append_text, encode, hooked, identify, recall, tenant_of
+from proxy.hooks.recall import (
+    OFF,
+    Memory,
+    Plan,
+    append_text,
+    encode,
+    hooked,
+    identify,
+    recall,
+    tenant_of,
+)
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.sse import Event
@@ -103,12 +114,18 @@ def make_turn(memory: Memory, run: dict[str, Any], user: list[str], answer: list
     return Turn(memory.tenant, memory.subject, "assistants", run["id"], user, answer, source, run.get("model"))
 
 
-class RunTap(TurnTap):
-    """A run answer: streamed to the end it is a turn now; polled, it is parked until a GET sees it finish."""
+TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
+FOLLOW_INTERVAL = 1.0
+FOLLOW_SECONDS = 600.0  # runs expire after 10 minutes upstream anyway
 
-    def __init__(self, runtime: Runtime, memory: Memory, user: list[str], stream: bool) -> None:
+
+class RunTap(TurnTap):
+    """A run answer: streamed to the end it is a turn now; polled, it is parked until a GET sees it
+    finish; a stream the client abandoned is followed by polling until the run ends."""
+
+    def __init__(self, runtime: Runtime, request: Request, memory: Memory, user: list[str], stream: bool) -> None:
         super().__init__(runtime, memory, stream=stream, build=self._streamed)
-        self.user = user
+        self.request, self.user = request, user
 
     def _streamed(self, data: Any) -> Turn | None:
         run = run_from(data)
@@ -120,9 +137,23 @@ class RunTap(TurnTap):
         run = run_from(self.body()) if status == 200 else None
         if run and run.get("thread_id"):
             await remember_thread(self.runtime, self.memory, run["thread_id"], [])
-        if run and run.get("status") not in ("completed", "failed", "cancelled", "expired", "incomplete"):
+        if run and run.get("status") not in TERMINAL:
             await park_run(self.runtime, self.memory, run, self.user)
+            if self.stream and not complete and run.get("thread_id"):
+                await follow(self.runtime, self.request, self.memory.tenant, run)
         await super().capture(status, complete)
+
+
+async def follow(runtime: Runtime, request: Request, tenant: str, run: dict[str, Any]) -> None:
+    """Poll a run nobody listens to any more until it ends, and capture it like a client's poll would."""
+    path = f"/threads/{run['thread_id']}/runs/{run['id']}"
+    deadline = asyncio.get_running_loop().time() + FOLLOW_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(FOLLOW_INTERVAL)
+        current = await runtime.forwarder.fetch_json(request, path)
+        if isinstance(current, dict) and current.get("status") in TERMINAL:
+            await finish_parked_run(runtime, request, tenant, current)
+            return
 
 
 async def park_run(runtime: Runtime, memory: Memory, run: dict[str, Any], user: list[str]) -> None:
@@ -153,18 +184,23 @@ class PollTap(TurnTap):
 
     async def capture(self, status: int, complete: bool) -> None:
         run = self.body() if status == 200 and complete else None
-        if not isinstance(run, dict) or run.get("status") != "completed":
-            return
-        parked = await self.runtime.state.get("pending_run", key(self.tenant, run["id"]))
-        if not isinstance(parked, dict) or not await self.runtime.state.delete("pending_run", key(self.tenant, run["id"])):
-            return  # never parked here, or another poll took it first
-        listing = await self.runtime.forwarder.fetch_json(
-            self.request, f"/threads/{run['thread_id']}/messages", {"run_id": run["id"], "order": "asc"}
-        )
-        messages = listing.get("data", []) if isinstance(listing, dict) else []
-        answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
-        memory = Memory("ok", self.tenant, parked["subject"])
-        await queue(self.runtime, make_turn(memory, run, parked["user"], answer))
+        if isinstance(run, dict):
+            await finish_parked_run(self.runtime, self.request, self.tenant, run)
+
+
+async def finish_parked_run(runtime: Runtime, request: Request, tenant: str, run: dict[str, Any]) -> None:
+    """A parked run seen completed: the first to see it (a client's poll or a follower) queues its turn."""
+    if run.get("status") != "completed":
+        return
+    parked = await runtime.state.get("pending_run", key(tenant, run["id"]))
+    if not isinstance(parked, dict) or not await runtime.state.delete("pending_run", key(tenant, run["id"])):
+        return  # never parked here, or another poll took it first
+    listing = await runtime.forwarder.fetch_json(
+        request, f"/threads/{run['thread_id']}/messages", {"run_id": run["id"], "order": "asc"}
+    )
+    messages = listing.get("data", []) if isinstance(listing, dict) else []
+    answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
+    await queue(runtime, make_turn(Memory("ok", tenant, parked["subject"]), run, parked["user"], answer))
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -201,7 +237,7 @@ async def create_run(request: Request, runtime: Runtime, body: dict[str, Any] | 
     memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
     if memory.block:
         body["additional_instructions"] = append_text(body.get("additional_instructions"), memory.block)
-    tap = RunTap(runtime, memory, user, stream=bool(body.get("stream")))
+    tap = RunTap(runtime, request, memory, user, stream=bool(body.get("stream")))
     return Plan(encode(body) if memory.block else None, memory, tap)
 
 
@@ -233,7 +269,7 @@ async def create_thread_and_run(request: Request, runtime: Runtime, body: dict[s
         if not own and isinstance(body.get("assistant_id"), str):
             own = await assistant_instructions(request, runtime, memory, body["assistant_id"])
         body["instructions"] = append_text(own, memory.block)
-    tap = RunTap(runtime, memory, user, stream=bool(body.get("stream")))
+    tap = RunTap(runtime, request, memory, user, stream=bool(body.get("stream")))
     return Plan(encode(body) if memory.block else None, memory, tap)
 
 
@@ -250,7 +286,7 @@ async def submit_tool_outputs(request: Request, runtime: Runtime, body: dict[str
     memory = Memory("ok", tenant, parked["subject"])
     if body.get("stream"):
         await runtime.state.delete("pending_run", run_key)
-    return Plan(tap=RunTap(runtime, memory, parked["user"], stream=bool(body.get("stream"))))
+    return Plan(tap=RunTap(runtime, request, memory, parked["user"], stream=bool(body.get("stream"))))
 
 
 @hooked
