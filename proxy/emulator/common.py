@@ -12,16 +12,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from proxy.assistants import validation
+
 BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
     "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. "
     "If you have trouble figuring out how to fix this, please contact us through our help center at "
     "help.openai.com.)"
 )
-
-METADATA_MAX_KEYS = 16
-METADATA_MAX_KEY = 64
-METADATA_MAX_VALUE = 512
 
 
 class ApiError(Exception):
@@ -83,19 +81,11 @@ def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
 
 
 def check_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
-    """Validate a metadata map with OpenAI's limits (16 pairs, keys <= 64, values <= 512 chars)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise invalid(param, "expected an object with string values.", "invalid_type")
-    if len(value) > METADATA_MAX_KEYS:
-        raise invalid(param, f"too many properties; at most {METADATA_MAX_KEYS} are allowed.")
-    for key, item in value.items():
-        if len(key) > METADATA_MAX_KEY:
-            raise invalid(param, f"key '{key[:20]}...' is longer than {METADATA_MAX_KEY} characters.")
-        if len(item) > METADATA_MAX_VALUE:
-            raise invalid(param, f"value of '{key}' is longer than {METADATA_MAX_VALUE} characters.")
-    return dict(value)
+    """OpenAI's metadata limits, written once for the project (the Assistants engine's check)."""
+    try:
+        return validation.check_metadata(value, param)
+    except validation.AssistantsError as exc:
+        raise ApiError(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param) from None
 
 
 def query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
