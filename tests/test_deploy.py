@@ -335,7 +335,8 @@ def compose() -> dict[str, Any]:
 
 
 def services(compose: dict, env: dict[str, str] | None = None) -> dict[str, Any]:
-    return interpolate(compose["services"], {"MEMPROXY_SECRET": "s" * 64, **(env or {})})
+    required = {"MEMPROXY_SECRET": "s" * 64, "MEMPROXY_LLM_API_KEY": "sk-extraction"}
+    return interpolate(compose["services"], {**required, **(env or {})})
 
 
 def test_compose_has_the_four_services(compose: dict) -> None:
@@ -414,7 +415,11 @@ def test_compose_redis_persists_with_aof(compose: dict) -> None:
 def test_compose_environment_wires_the_backends_and_requires_the_secret(compose: dict) -> None:
     with pytest.raises(LookupError, match="MEMPROXY_SECRET"):
         interpolate(compose["services"], {})
+    with pytest.raises(LookupError, match="MEMPROXY_LLM_API_KEY"):  # the worker cannot extract without it
+        interpolate(compose["services"]["worker"], {"MEMPROXY_SECRET": "s" * 64})
     svc = services(compose)
+    assert svc["worker"]["environment"]["MEMPROXY_LLM_API_KEY"] == "sk-extraction"
+    assert "MEMPROXY_LLM_API_KEY" not in svc["proxy"]["environment"]  # proxies use their clients' keys
     for name in ("proxy", "worker"):
         env = svc[name]["environment"]
         assert env["MEMPROXY_SECRET"] == "s" * 64
@@ -962,9 +967,10 @@ def test_chart_backends_and_secret_refs() -> None:
 
 
 def test_chart_created_secret_holds_what_values_give() -> None:
-    overrides = deep_merge(VALID_SECRET, {"secret": {"adminToken": "tok"}})
+    overrides = deep_merge(VALID_SECRET, {"secret": {"adminToken": "tok", "llmApiKey": "sk-extraction"}})
     secret = chart_objects(overrides)[("Secret", "demo-memproxy")]
-    expected = {"MEMPROXY_SECRET": VALID_SECRET["secret"]["serverSecret"], "MEMPROXY_ADMIN_TOKEN": "tok"}
+    expected = {"MEMPROXY_SECRET": VALID_SECRET["secret"]["serverSecret"], "MEMPROXY_ADMIN_TOKEN": "tok",
+                "MEMPROXY_LLM_API_KEY": "sk-extraction"}
     assert secret["stringData"] == expected, "only the values given, no empty keys"
 
 
