@@ -49,6 +49,7 @@ def test_a_failing_embedder_sends_the_request_unchanged(make_proxy, emulator) ->
     assert proxy.app.state.runtime.counters["degraded.recall_error"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # qdrant-client says so: there is none
 def test_an_unreachable_qdrant_leaves_forwarding_intact(make_proxy, emulator) -> None:
     proxy = make_proxy(qdrant_url=f"http://127.0.0.1:{closed_port()}")
     assert_untouched(ask(proxy), emulator)
