@@ -19,7 +19,7 @@ from proxy.erasure import record_thread
 from proxy.hooks.capture import TurnTap, event_json, message_text, queue
 from proxy.hooks.recall import (
     OFF,
-    Memory,
+    RequestMemory,
     Plan,
     append_text,
     encode,
@@ -40,7 +40,7 @@ RUN_TTL = 86400.0
 ASSISTANT_TTL = 600.0
 
 
-def key(memory: Memory | str, name: str) -> str:
+def key(memory: RequestMemory | str, name: str) -> str:
     tenant = memory if isinstance(memory, str) else memory.tenant
     return f"{tenant}:{name}"
 
@@ -52,14 +52,16 @@ def user_texts(messages: Any) -> list[str]:
     return [text for text in texts if text.strip()]
 
 
-async def remember_thread(runtime: Runtime, memory: Memory, thread_id: str, texts: list[str]) -> None:
+async def remember_thread(runtime: Runtime, memory: RequestMemory, thread_id: str, texts: list[str]) -> None:
     """Keep what later runs of this thread need: whose it is and what the user said last."""
     state, owner = runtime.state, Subject(memory.tenant, memory.subject)
     if not memory.subject.startswith("thread:"):
         await state.set("thread_subject", key(memory, thread_id), memory.subject, ttl=THREAD_TTL, subject=owner)
         await record_thread(runtime, memory.tenant, memory.subject, thread_id)
     if texts:
-        await state.list_push("thread_user", key(memory, thread_id), *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner)
+        await state.list_push(
+            "thread_user", key(memory, thread_id), *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner
+        )
 
 
 async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any], thread_id: str) -> str:
@@ -81,11 +83,13 @@ async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any
     return from_thread or f"thread:{thread_id}"
 
 
-async def recent_user_texts(request: Request, runtime: Runtime, memory: Memory, thread_id: str) -> list[str]:
+async def recent_user_texts(request: Request, runtime: Runtime, memory: RequestMemory, thread_id: str) -> list[str]:
     known = await runtime.state.list_range("thread_user", key(memory, thread_id), -2, -1)
     if known:
         return [str(text) for text in known]
-    listing = await runtime.forwarder.fetch_json(request, f"/threads/{thread_id}/messages", {"limit": 5, "order": "desc"})
+    listing = await runtime.forwarder.fetch_json(
+        request, f"/threads/{thread_id}/messages", {"limit": 5, "order": "desc"}
+    )
     messages = listing.get("data", []) if isinstance(listing, dict) else []
     return list(reversed(user_texts(messages)))[-2:]
 
@@ -109,7 +113,7 @@ def streamed_answer(events: list[Event]) -> list[str]:
     return [message_text(m.get("content")) for m in completed if isinstance(m, dict) and m.get("role") == "assistant"]
 
 
-def make_turn(memory: Memory, run: dict[str, Any], user: list[str], answer: list[str]) -> Turn:
+def make_turn(memory: RequestMemory, run: dict[str, Any], user: list[str], answer: list[str]) -> Turn:
     source = {"thread_id": run.get("thread_id"), "run_id": run["id"], "assistant_id": run.get("assistant_id")}
     return Turn(memory.tenant, memory.subject, "assistants", run["id"], user, answer, source, run.get("model"))
 
@@ -123,7 +127,9 @@ class RunTap(TurnTap):
     """A run answer: streamed to the end it is a turn now; polled, it is parked until a GET sees it
     finish; a stream the client abandoned is followed by polling until the run ends."""
 
-    def __init__(self, runtime: Runtime, request: Request, memory: Memory, user: list[str], stream: bool) -> None:
+    def __init__(
+        self, runtime: Runtime, request: Request, memory: RequestMemory, user: list[str], stream: bool
+    ) -> None:
         super().__init__(runtime, memory, stream=stream, build=self._streamed)
         self.request, self.user = request, user
 
@@ -156,16 +162,18 @@ async def follow(runtime: Runtime, request: Request, tenant: str, run: dict[str,
             return
 
 
-async def park_run(runtime: Runtime, memory: Memory, run: dict[str, Any], user: list[str]) -> None:
+async def park_run(runtime: Runtime, memory: RequestMemory, run: dict[str, Any], user: list[str]) -> None:
     """A run still going: remember who and what it answers, for the GET that sees it complete."""
     record = {"subject": memory.subject, "user": user, "thread_id": run.get("thread_id")}
-    await runtime.state.set("pending_run", key(memory, run["id"]), record, ttl=RUN_TTL, subject=Subject(memory.tenant, memory.subject))
+    await runtime.state.set(
+        "pending_run", key(memory, run["id"]), record, ttl=RUN_TTL, subject=Subject(memory.tenant, memory.subject)
+    )
 
 
 class ThreadTap(TurnTap):
     """A created thread: its id is only known from the answer."""
 
-    def __init__(self, runtime: Runtime, memory: Memory, texts: list[str]) -> None:
+    def __init__(self, runtime: Runtime, memory: RequestMemory, texts: list[str]) -> None:
         super().__init__(runtime, memory, stream=False, build=lambda data: None)
         self.texts = texts
 
@@ -200,7 +208,7 @@ async def finish_parked_run(runtime: Runtime, request: Request, tenant: str, run
     )
     messages = listing.get("data", []) if isinstance(listing, dict) else []
     answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
-    await queue(runtime, make_turn(Memory("ok", tenant, parked["subject"]), run, parked["user"], answer))
+    await queue(runtime, make_turn(RequestMemory("ok", tenant, parked["subject"]), run, parked["user"], answer))
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -241,7 +249,7 @@ async def create_run(request: Request, runtime: Runtime, body: dict[str, Any] | 
     return Plan(encode(body) if memory.block else None, memory, tap)
 
 
-async def assistant_instructions(request: Request, runtime: Runtime, memory: Memory, assistant_id: str) -> str:
+async def assistant_instructions(request: Request, runtime: Runtime, memory: RequestMemory, assistant_id: str) -> str:
     cache_key = key(memory, assistant_id)
     cached = await runtime.state.get("assistant_instructions", cache_key)
     if isinstance(cached, str):
@@ -258,7 +266,9 @@ async def create_thread_and_run(request: Request, runtime: Runtime, body: dict[s
     if body is None:
         return Plan()
     thread = body.get("thread") if isinstance(body.get("thread"), dict) else {}
-    named = subject_for(request.headers, runtime.settings, body) or subject_for(request.headers, runtime.settings, thread)
+    named = subject_for(request.headers, runtime.settings, body) or subject_for(
+        request.headers, runtime.settings, thread
+    )
     memory = identify(request, runtime, named)
     if not memory.active:
         return Plan(memory=memory)
@@ -283,7 +293,7 @@ async def submit_tool_outputs(request: Request, runtime: Runtime, body: dict[str
     parked = await runtime.state.get("pending_run", run_key)
     if not isinstance(parked, dict):
         return Plan()
-    memory = Memory("ok", tenant, parked["subject"])
+    memory = RequestMemory("ok", tenant, parked["subject"])
     if body.get("stream"):
         await runtime.state.delete("pending_run", run_key)
     return Plan(tap=RunTap(runtime, request, memory, parked["user"], stream=bool(body.get("stream"))))

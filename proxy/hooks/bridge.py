@@ -16,7 +16,7 @@ from proxy.assistants.engine import Engine
 from proxy.assistants.hooks import RunContext, RunHooks
 from proxy.erasure import record_thread
 from proxy.hooks.capture import message_text, queue
-from proxy.hooks.recall import Memory, identify, recall
+from proxy.hooks.recall import RequestMemory, identify, recall
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.turns import Turn
@@ -28,10 +28,10 @@ class MemoryRunHooks(RunHooks):
     def __init__(self, runtime: Runtime, request: Request) -> None:
         self.runtime, self.request = runtime, request
         self.engine: Engine | None = None
-        self.memory: Memory | None = None
+        self.memory: RequestMemory | None = None
         self.user: list[str] = []
 
-    def _identify(self, ctx: RunContext) -> Memory:
+    def _identify(self, ctx: RunContext) -> RequestMemory:
         settings, headers = self.runtime.settings, self.request.headers
         subject = (
             subject_for(headers, settings, {"metadata": ctx.run_metadata})
@@ -66,7 +66,13 @@ class MemoryRunHooks(RunHooks):
             return
         user = self.user or await self._latest_user_texts(ctx)
         answer = [message_text(m.get("content")) for m in written if m.get("role") == "assistant"]
-        source = {"thread_id": ctx.thread_id, "run_id": run["id"], "assistant_id": ctx.assistant_id,
-                  "message_ids": [m["id"] for m in written if m.get("id")]}
-        await queue(self.runtime, Turn(memory.tenant, memory.subject, "assistants", run["id"], user, answer, source,
-                                       run.get("model")))
+        source = {
+            "thread_id": ctx.thread_id,
+            "run_id": run["id"],
+            "assistant_id": ctx.assistant_id,
+            "message_ids": [m["id"] for m in written if m.get("id")],
+        }
+        await queue(
+            self.runtime,
+            Turn(memory.tenant, memory.subject, "assistants", run["id"], user, answer, source, run.get("model")),
+        )

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from proxy.hooks.recall import Memory, degrade
+from proxy.hooks.recall import RequestMemory, degrade
 from proxy.runtime import Runtime
 from proxy.sse import Event, SSEParser
 from proxy.turns import Turn, enqueue_turn
@@ -26,7 +26,7 @@ Builder = Callable[[Any], Turn | None]
 
 
 class TurnTap:
-    def __init__(self, runtime: Runtime, memory: Memory, *, stream: bool, build: Builder) -> None:
+    def __init__(self, runtime: Runtime, memory: RequestMemory, *, stream: bool, build: Builder) -> None:
         self.runtime, self.memory, self.stream, self.build = runtime, memory, stream, build
         self.parser = SSEParser() if stream else None
         self.events: list[Event] = []

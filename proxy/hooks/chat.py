@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 
 from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text
-from proxy.hooks.recall import Memory, Plan, append_text, encode, hooked, identify, recall
+from proxy.hooks.recall import RequestMemory, Plan, append_text, encode, hooked, identify, recall
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.turns import Turn
@@ -48,7 +48,7 @@ def answer(data: Any) -> tuple[str | None, str]:
     return completion_id, "".join(parts)
 
 
-def build_turn(memory: Memory, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
+def build_turn(memory: RequestMemory, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
     completion_id, text = answer(data)
     if not completion_id:
         return None

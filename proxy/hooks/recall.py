@@ -27,7 +27,7 @@ log = logging.getLogger("memproxy.hooks")
 
 
 @dataclass
-class Memory:
+class RequestMemory:
     """What the before-hook decided for one request; its headers go back to the client."""
 
     status: str  # ok | none | off | degraded
@@ -49,7 +49,7 @@ class Memory:
         return headers
 
 
-OFF = Memory("off")
+OFF = RequestMemory("off")
 
 
 async def read_json(request: Request) -> tuple[bytes, dict[str, Any] | None]:
@@ -69,27 +69,31 @@ def tenant_of(request: Request, runtime: Runtime) -> str | None:
     return tenant_for(request.headers, runtime.settings, runtime.secret)
 
 
-def identify(request: Request, runtime: Runtime, subject: str | None) -> Memory:
+def identify(request: Request, runtime: Runtime, subject: str | None) -> RequestMemory:
     """Tenant and subject, or OFF when memory is switched off, unidentified or unavailable."""
     tenant = tenant_of(request, runtime)
     if tenant is None or subject is None:
         return OFF
     hashed = subject_hash(runtime.secret, tenant, subject)
     if runtime.memory is None:
-        return Memory("degraded", tenant, subject, hashed)
+        return RequestMemory("degraded", tenant, subject, hashed)
     api_key = credential(request.headers)
     runtime.keys.remember(tenant, api_key)  # process memory only: this tenant's extraction jobs need it
-    return Memory("none", tenant, subject, hashed, api_key=api_key)
+    return RequestMemory("none", tenant, subject, hashed, api_key=api_key)
 
 
-async def recall(runtime: Runtime, memory: Memory, query: str, assistant_id: str | None = None) -> Memory:
+async def recall(runtime: Runtime, memory: RequestMemory, query: str, assistant_id: str | None = None) -> RequestMemory:
     """Fill ``memory.block`` from the subject's memories relevant to ``query``, within the deadline."""
     if not memory.active or memory.status == "degraded" or not query.strip() or runtime.memory is None:
         return memory
     settings = runtime.settings
-    search = runtime.memory.recall(memory.tenant, memory.subject, query, assistant_id=assistant_id, api_key=memory.api_key)
+    search = runtime.memory.recall(
+        memory.tenant, memory.subject, query, assistant_id=assistant_id, api_key=memory.api_key
+    )
     try:
-        items = await timed(runtime.observer.recall, asyncio.wait_for(search, settings.memory_recall_deadline_ms / 1000))
+        items = await timed(
+            runtime.observer.recall, asyncio.wait_for(search, settings.memory_recall_deadline_ms / 1000)
+        )
     except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
         return degrade(runtime, memory, "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error", exc)
     block = render_block(items, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
@@ -98,7 +102,7 @@ async def recall(runtime: Runtime, memory: Memory, query: str, assistant_id: str
     return memory
 
 
-def degrade(runtime: Runtime, memory: Memory, cause: str, exc: BaseException | None = None) -> Memory:
+def degrade(runtime: Runtime, memory: RequestMemory, cause: str, exc: BaseException | None = None) -> RequestMemory:
     runtime.count(f"degraded.{cause}")
     log.warning("memory degraded (%s): %s", cause, type(exc).__name__ if exc else "-")
     memory.status = "degraded"
@@ -121,7 +125,7 @@ class Plan:
     """What a before-hook decided: the body to send (None: the client's, untouched), headers, tap."""
 
     body: bytes | None = None
-    memory: Memory = field(default_factory=lambda: Memory("off"))
+    memory: RequestMemory = field(default_factory=lambda: RequestMemory("off"))
     tap: Tap | None = None
 
 
@@ -137,7 +141,7 @@ def hooked(planner: Planner) -> Callable[[Request], Awaitable[Response]]:
         try:
             plan = await planner(request, runtime, body)
         except Exception as exc:  # noqa: BLE001 - fail open: the original request goes upstream
-            plan = Plan(memory=degrade(runtime, Memory("degraded"), "hook_error", exc))
+            plan = Plan(memory=degrade(runtime, RequestMemory("degraded"), "hook_error", exc))
         return await runtime.forwarder.forward(request, plan.body, tap=plan.tap, headers=plan.memory.headers())
 
     endpoint.__name__ = endpoint.__qualname__ = planner.__name__

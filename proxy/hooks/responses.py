@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 
 from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text, queue
-from proxy.hooks.recall import Memory, Plan, append_text, encode, hooked, identify, recall, tenant_of
+from proxy.hooks.recall import RequestMemory, Plan, append_text, encode, hooked, identify, recall, tenant_of
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.sse import Event
@@ -38,7 +38,9 @@ def user_texts(body: dict[str, Any]) -> list[str]:
 
 
 def output_text(response: dict[str, Any]) -> str:
-    messages = [item for item in response.get("output") or [] if isinstance(item, dict) and item.get("type") == "message"]
+    messages = [
+        item for item in response.get("output") or [] if isinstance(item, dict) and item.get("type") == "message"
+    ]
     return "\n".join(message_text(item.get("content")) for item in messages).strip()
 
 
@@ -53,14 +55,14 @@ def completed_response(data: Any) -> dict[str, Any] | None:
     return None
 
 
-def build_turn(memory: Memory, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
+def build_turn(memory: RequestMemory, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
     response = completed_response(data)
     if response is None or not response.get("id"):
         return None
     return response_turn(memory, response, user, conversation_id(body))
 
 
-def response_turn(memory: Memory, response: dict[str, Any], user: list[str], conversation: str | None) -> Turn:
+def response_turn(memory: RequestMemory, response: dict[str, Any], user: list[str], conversation: str | None) -> Turn:
     source = {"response_id": response["id"], "conversation_id": conversation}
     answer = [output_text(response)]
     return Turn(memory.tenant, memory.subject, "responses", response["id"], user, answer, source, response.get("model"))
@@ -73,8 +75,10 @@ def parked_key(tenant: str, response_id: str) -> str:
 class ResponseTap(TurnTap):
     """A background response answers ``queued``: park the turn until a GET sees it completed."""
 
-    def __init__(self, runtime: Runtime, memory: Memory, body: dict[str, Any], user: list[str]) -> None:
-        super().__init__(runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))
+    def __init__(self, runtime: Runtime, memory: RequestMemory, body: dict[str, Any], user: list[str]) -> None:
+        super().__init__(
+            runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user)
+        )
         self.user, self.conversation = user, conversation_id(body)
 
     async def capture(self, status: int, complete: bool) -> None:
@@ -82,8 +86,9 @@ class ResponseTap(TurnTap):
         if isinstance(data, dict) and data.get("status") in ("queued", "in_progress") and data.get("id"):
             record = {"subject": self.memory.subject, "user": self.user, "conversation_id": self.conversation}
             owner = Subject(self.memory.tenant, self.memory.subject)
-            await self.runtime.state.set("pending_response", parked_key(self.memory.tenant, data["id"]), record,
-                                         ttl=PARKED_TTL, subject=owner)
+            await self.runtime.state.set(
+                "pending_response", parked_key(self.memory.tenant, data["id"]), record, ttl=PARKED_TTL, subject=owner
+            )
             return
         await super().capture(status, complete)
 
@@ -92,7 +97,7 @@ class PolledResponseTap(TurnTap):
     """GET /v1/responses/{id}: the first poll that sees a parked response completed queues its turn."""
 
     def __init__(self, runtime: Runtime, tenant: str) -> None:
-        super().__init__(runtime, Memory("ok", tenant), stream=False, build=lambda data: None)
+        super().__init__(runtime, RequestMemory("ok", tenant), stream=False, build=lambda data: None)
 
     async def capture(self, status: int, complete: bool) -> None:
         response = self.body() if status == 200 and complete else None
@@ -101,7 +106,7 @@ class PolledResponseTap(TurnTap):
         key = parked_key(self.memory.tenant, response["id"])
         parked = await self.runtime.state.get("pending_response", key)
         if isinstance(parked, dict) and await self.runtime.state.delete("pending_response", key):
-            memory = Memory("ok", self.memory.tenant, parked["subject"])
+            memory = RequestMemory("ok", self.memory.tenant, parked["subject"])
             await queue(self.runtime, response_turn(memory, response, parked["user"], parked["conversation_id"]))
 
 
