@@ -163,7 +163,7 @@ def test_delay_makes_the_sdk_time_out(emulator, emulator_openai) -> None:
 def test_event_delay_spaces_streamed_events(emulator, emulator_openai) -> None:
     emulator.fault(path="/chat/completions", event_delay=0.05)
     arrivals = []
-    for chunk in emulator_openai.chat.completions.create(**CHAT, stream=True):
+    for _chunk in emulator_openai.chat.completions.create(**CHAT, stream=True):
         arrivals.append(time.monotonic())
     # 9 chunks (role, 7 words, finish) + [DONE]: each event after the first waits 0.05 s
     assert len(arrivals) == 9

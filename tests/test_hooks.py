@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import openai
@@ -152,7 +153,7 @@ async def test_captured_turns_carry_both_sides_and_no_key(make_proxy, emulator, 
     proxy = make_proxy()
     runtime = proxy.app.state.runtime
     client = sdk(proxy)
-    for chunk in client.chat.completions.create(
+    for _ in client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "My dog is called Rex."}], user=user, stream=True
     ):
         pass
@@ -174,11 +175,11 @@ async def test_a_background_response_is_captured_when_a_poll_sees_it_finish(make
     response = client.responses.create(model="gpt-4o-mini", input="I work night shifts.", safety_identifier=user, background=True)
     assert response.status == "queued"
     while response.status != "completed":
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
         response = client.responses.retrieve(response.id)
     client.responses.retrieve(response.id)  # seen completed twice, captured once
     wait_for_captures(runtime, 1)
-    time.sleep(0.2)
+    await asyncio.sleep(0.2)
     assert runtime.counters["turns.captured"] == 1
     [job] = await runtime.state.claim("test", count=5)
     assert job.payload["user"] == ["I work night shifts."] and "night shifts" in job.payload["assistant"][0]
