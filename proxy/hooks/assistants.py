@@ -16,11 +16,11 @@ from typing import Any
 from starlette.requests import Request
 
 from proxy.erasure import record_thread
-from proxy.hooks.capture import TurnTap, event_json, message_text, queue
+from proxy.hooks.capture import TurnTap, event_json, message_text, park, parked, queue, unpark
 from proxy.hooks.recall import (
     OFF,
-    RequestMemory,
     Plan,
+    RequestMemory,
     append_text,
     encode,
     hooked,
@@ -36,7 +36,7 @@ from proxy.turns import Turn
 
 RECENT = 10
 THREAD_TTL = 30 * 86400.0
-RUN_TTL = 86400.0
+PENDING = "pending_run"
 ASSISTANT_TTL = 600.0
 
 
@@ -144,7 +144,7 @@ class RunTap(TurnTap):
         if run and run.get("thread_id"):
             await remember_thread(self.runtime, self.memory, run["thread_id"], [])
         if run and run.get("status") not in TERMINAL:
-            await park_run(self.runtime, self.memory, run, self.user)
+            await park(self.runtime, PENDING, self.memory, run["id"], user=self.user)
             if self.stream and not complete and run.get("thread_id"):
                 await follow(self.runtime, self.request, self.memory.tenant, run)
         await super().capture(status, complete)
@@ -160,14 +160,6 @@ async def follow(runtime: Runtime, request: Request, tenant: str, run: dict[str,
         if isinstance(current, dict) and current.get("status") in TERMINAL:
             await finish_parked_run(runtime, request, tenant, current)
             return
-
-
-async def park_run(runtime: Runtime, memory: RequestMemory, run: dict[str, Any], user: list[str]) -> None:
-    """A run still going: remember who and what it answers, for the GET that sees it complete."""
-    record = {"subject": memory.subject, "user": user, "thread_id": run.get("thread_id")}
-    await runtime.state.set(
-        "pending_run", key(memory, run["id"]), record, ttl=RUN_TTL, subject=Subject(memory.tenant, memory.subject)
-    )
 
 
 class ThreadTap(TurnTap):
@@ -200,15 +192,15 @@ async def finish_parked_run(runtime: Runtime, request: Request, tenant: str, run
     """A parked run seen completed: the first to see it (a client's poll or a follower) queues its turn."""
     if run.get("status") != "completed":
         return
-    parked = await runtime.state.get("pending_run", key(tenant, run["id"]))
-    if not isinstance(parked, dict) or not await runtime.state.delete("pending_run", key(tenant, run["id"])):
+    waiting = await unpark(runtime, PENDING, tenant, run["id"])
+    if waiting is None:
         return  # never parked here, or another poll took it first
     listing = await runtime.forwarder.fetch_json(
         request, f"/threads/{run['thread_id']}/messages", {"run_id": run["id"], "order": "asc"}
     )
     messages = listing.get("data", []) if isinstance(listing, dict) else []
     answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
-    await queue(runtime, make_turn(RequestMemory("ok", tenant, parked["subject"]), run, parked["user"], answer))
+    await queue(runtime, make_turn(RequestMemory("ok", tenant, waiting["subject"]), run, waiting["user"], answer))
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -289,14 +281,13 @@ async def submit_tool_outputs(request: Request, runtime: Runtime, body: dict[str
     tenant = tenant_of(request, runtime)
     if body is None or tenant is None:
         return Plan()
-    run_key = key(tenant, request.path_params["run_id"])
-    parked = await runtime.state.get("pending_run", run_key)
-    if not isinstance(parked, dict):
+    run_id, stream = request.path_params["run_id"], bool(body.get("stream"))
+    # streamed, this response's tap captures the run (and parks it again if it stops short)
+    waiting = await (unpark if stream else parked)(runtime, PENDING, tenant, run_id)
+    if waiting is None:
         return Plan()
-    memory = RequestMemory("ok", tenant, parked["subject"])
-    if body.get("stream"):
-        await runtime.state.delete("pending_run", run_key)
-    return Plan(tap=RunTap(runtime, request, memory, parked["user"], stream=bool(body.get("stream"))))
+    memory = RequestMemory("ok", tenant, waiting["subject"])
+    return Plan(tap=RunTap(runtime, request, memory, waiting["user"], stream=stream))
 
 
 @hooked

@@ -15,6 +15,7 @@ from typing import Any
 from proxy.hooks.recall import RequestMemory, degrade
 from proxy.runtime import Runtime
 from proxy.sse import Event, SSEParser
+from proxy.state import Subject
 from proxy.turns import Turn, enqueue_turn
 
 log = logging.getLogger("memproxy.hooks")
@@ -71,6 +72,30 @@ async def queue(runtime: Runtime, turn: Turn) -> None:
         runtime.count("turns.captured")
         if runtime.worker is not None:
             runtime.worker.wake()
+
+
+PARKED_TTL = 86400.0
+
+
+async def park(runtime: Runtime, namespace: str, memory: RequestMemory, turn_id: str, **record: Any) -> None:
+    """A turn still being answered: keep who asked and what capturing it later needs, until it ends."""
+    owner = Subject(memory.tenant, memory.subject)
+    await runtime.state.set(
+        namespace, f"{memory.tenant}:{turn_id}", {"subject": memory.subject, **record}, ttl=PARKED_TTL, subject=owner
+    )
+
+
+async def parked(runtime: Runtime, namespace: str, tenant: str, turn_id: str) -> dict[str, Any] | None:
+    found = await runtime.state.get(namespace, f"{tenant}:{turn_id}")
+    return found if isinstance(found, dict) else None
+
+
+async def unpark(runtime: Runtime, namespace: str, tenant: str, turn_id: str) -> dict[str, Any] | None:
+    """The parked record, to the one caller that removes it first: polls and followers may race."""
+    found = await parked(runtime, namespace, tenant, turn_id)
+    if found is not None and await runtime.state.delete(namespace, f"{tenant}:{turn_id}"):
+        return found
+    return None
 
 
 def event_json(event: Event) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 
 from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text
-from proxy.hooks.recall import RequestMemory, Plan, append_text, encode, hooked, identify, recall
+from proxy.hooks.recall import Plan, RequestMemory, append_text, encode, hooked, identify, recall
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.turns import Turn

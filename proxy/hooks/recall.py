@@ -52,14 +52,13 @@ class RequestMemory:
 OFF = RequestMemory("off")
 
 
-async def read_json(request: Request) -> tuple[bytes, dict[str, Any] | None]:
-    """The raw body and, when it is a JSON object, its parsed form. Malformed JSON is not ours to judge."""
-    raw = await request.body()
+async def read_json(request: Request) -> dict[str, Any] | None:
+    """The body when it is a JSON object, else None: malformed JSON is the upstream's to judge."""
     try:
-        parsed = json.loads(raw)
+        parsed = json.loads(await request.body())
     except ValueError:
-        return raw, None
-    return raw, parsed if isinstance(parsed, dict) else None
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def tenant_of(request: Request, runtime: Runtime) -> str | None:
@@ -137,7 +136,7 @@ def hooked(planner: Planner) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
-        _, body = await read_json(request)
+        body = await read_json(request)
         try:
             plan = await planner(request, runtime, body)
         except Exception as exc:  # noqa: BLE001 - fail open: the original request goes upstream

@@ -11,16 +11,14 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text, queue
-from proxy.hooks.recall import RequestMemory, Plan, append_text, encode, hooked, identify, recall, tenant_of
+from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text, park, queue, unpark
+from proxy.hooks.recall import Plan, RequestMemory, append_text, encode, hooked, identify, recall, tenant_of
 from proxy.identity import subject_for
 from proxy.runtime import Runtime
 from proxy.sse import Event
-from proxy.state import Subject
 from proxy.turns import Turn
 
-
-PARKED_TTL = 86400.0
+PENDING = "pending_response"
 
 
 def conversation_id(body: dict[str, Any]) -> str | None:
@@ -68,10 +66,6 @@ def response_turn(memory: RequestMemory, response: dict[str, Any], user: list[st
     return Turn(memory.tenant, memory.subject, "responses", response["id"], user, answer, source, response.get("model"))
 
 
-def parked_key(tenant: str, response_id: str) -> str:
-    return f"{tenant}:{response_id}"
-
-
 class ResponseTap(TurnTap):
     """A background response answers ``queued``: park the turn until a GET sees it completed."""
 
@@ -84,10 +78,8 @@ class ResponseTap(TurnTap):
     async def capture(self, status: int, complete: bool) -> None:
         data = self.body() if status == 200 and complete else None
         if isinstance(data, dict) and data.get("status") in ("queued", "in_progress") and data.get("id"):
-            record = {"subject": self.memory.subject, "user": self.user, "conversation_id": self.conversation}
-            owner = Subject(self.memory.tenant, self.memory.subject)
-            await self.runtime.state.set(
-                "pending_response", parked_key(self.memory.tenant, data["id"]), record, ttl=PARKED_TTL, subject=owner
+            await park(
+                self.runtime, PENDING, self.memory, data["id"], user=self.user, conversation_id=self.conversation
             )
             return
         await super().capture(status, complete)
@@ -103,11 +95,10 @@ class PolledResponseTap(TurnTap):
         response = self.body() if status == 200 and complete else None
         if not isinstance(response, dict) or response.get("status") != "completed":
             return
-        key = parked_key(self.memory.tenant, response["id"])
-        parked = await self.runtime.state.get("pending_response", key)
-        if isinstance(parked, dict) and await self.runtime.state.delete("pending_response", key):
-            memory = RequestMemory("ok", self.memory.tenant, parked["subject"])
-            await queue(self.runtime, response_turn(memory, response, parked["user"], parked["conversation_id"]))
+        waiting = await unpark(self.runtime, PENDING, self.memory.tenant, response["id"])
+        if waiting is not None:
+            memory = RequestMemory("ok", self.memory.tenant, waiting["subject"])
+            await queue(self.runtime, response_turn(memory, response, waiting["user"], waiting["conversation_id"]))
 
 
 @hooked
