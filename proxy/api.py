@@ -24,9 +24,9 @@ from proxy.identity import credential, subject_hash, tenant_for
 from proxy.memory.embed import EmbeddingError
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import render_block
-from proxy.observe import timed
 from proxy.memory.service import MemoryNotFound, MemoryService
 from proxy.memory.store import StoreError
+from proxy.observe import timed
 from proxy.runtime import Runtime
 
 MAX_SUBJECT = 256
@@ -88,7 +88,9 @@ def resolve_tenant(request: Request, runtime: Runtime) -> str:
         return tenant
     tenant = tenant_for(request.headers, settings, runtime.secret)
     if tenant is None:
-        raise ApiError(401, "Missing bearer credential: send the API key your application uses.", code="missing_api_key")
+        raise ApiError(
+            401, "Missing bearer credential: send the API key your application uses.", code="missing_api_key"
+        )
     return tenant
 
 
@@ -151,8 +153,14 @@ async def remember(caller: Caller) -> dict[str, Any]:
         raise ApiError(400, f"text is longer than {caller.runtime.settings.memory_max_chars} characters.", param="text")
     ttl = timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None
     memory, action = await caller.memory.remember(
-        caller.tenant, caller.subject, data.text, kind=data.kind, ttl=ttl, metadata=data.metadata,
-        assistant_id=data.assistant_id, api_key=api_key(caller),
+        caller.tenant,
+        caller.subject,
+        data.text,
+        kind=data.kind,
+        ttl=ttl,
+        metadata=data.metadata,
+        assistant_id=data.assistant_id,
+        api_key=api_key(caller),
     )
     return {"memory": memory_json(memory), "action": action}
 
@@ -200,8 +208,13 @@ async def delete_memory(caller: Caller) -> dict[str, Any]:
 async def _recall(caller: Caller) -> list[ScoredMemory]:
     data: RecallBody = await body(caller, RecallBody)
     search = caller.memory.recall(
-        caller.tenant, caller.subject, data.query, top_k=data.top_k, min_confidence=data.min_confidence,
-        assistant_id=data.assistant_id, api_key=api_key(caller),
+        caller.tenant,
+        caller.subject,
+        data.query,
+        top_k=data.top_k,
+        min_confidence=data.min_confidence,
+        assistant_id=data.assistant_id,
+        api_key=api_key(caller),
     )
     return await timed(caller.runtime.observer.recall, search)
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from proxy.state import State
@@ -39,7 +39,7 @@ async def append(
     latest = await state.list_records(tenant, COLLECTION, limit=1, order="desc")
     entry: dict[str, Any] = {
         "id": "audit_" + uuid.uuid4().hex,
-        "at": datetime.now(timezone.utc).isoformat(),
+        "at": datetime.now(UTC).isoformat(),
         "action": action,
         "tenant": tenant,
         "subject": subject_hash,

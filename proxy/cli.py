@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -24,9 +24,9 @@ def _configure_logging(level: str) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Listen address (MEMPROXY_HOST).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Listen port (MEMPROXY_PORT).")] = None,
-    upstream: Annotated[Optional[str], typer.Option(help="Upstream base URL (MEMPROXY_UPSTREAM_URL).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (MEMPROXY_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (MEMPROXY_PORT).")] = None,
+    upstream: Annotated[str | None, typer.Option(help="Upstream base URL (MEMPROXY_UPSTREAM_URL).")] = None,
 ) -> None:
     """Serve the proxy. Point an app at it with OPENAI_BASE_URL=http://HOST:PORT/v1."""
     from proxy.app import create_app
@@ -49,7 +49,7 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[Optional[int], typer.Option(help="Jobs run at once (MEMPROXY_WORKER_CONCURRENCY).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once (MEMPROXY_WORKER_CONCURRENCY).")] = None,
     once: Annotated[bool, typer.Option("--once", help="Handle the jobs due now, then exit.")] = False,
 ) -> None:
     """Run the extraction worker alone (no HTTP): drain the shared job queue into memories."""
@@ -64,7 +64,9 @@ def worker(
         typer.echo(f"memproxy worker: {problem}", err=True)
         raise typer.Exit(2)
     stats = asyncio.run(run_standalone(settings, once=once))
-    typer.echo(f"memproxy worker: {stats.processed} jobs done, {stats.failed} failed, {stats.dead_lettered} dead-lettered")
+    typer.echo(
+        f"memproxy worker: {stats.processed} jobs done, {stats.failed} failed, {stats.dead_lettered} dead-lettered"
+    )
 
 
 @app.command()
@@ -96,18 +98,29 @@ def bench_overhead(
 @bench.command("recall")
 def bench_recall(
     sizes: Annotated[str, typer.Option(help="Memories in the tenant, comma-separated (10k,100k,1M).")] = "10k,100k",
-    backends: Annotated[str, typer.Option(help="Stores to measure: edge, qdrant-local (comma-separated).")] = "edge,qdrant-local",
+    backends: Annotated[
+        str, typer.Option(help="Stores to measure: edge, qdrant-local (comma-separated).")
+    ] = "edge,qdrant-local",
     subjects: Annotated[int, typer.Option(help="Subjects the memories are spread over.")] = 1000,
     worst_case: Annotated[bool, typer.Option(help="Also measure every memory in one subject.")] = True,
-    pool: Annotated[int, typer.Option(help="Distinct sentences embedded with the real model to build the corpus.")] = 2000,
+    pool: Annotated[
+        int, typer.Option(help="Distinct sentences embedded with the real model to build the corpus.")
+    ] = 2000,
     queries: Annotated[int, typer.Option("--queries", "-n", help="Recalls per cell at most.")] = 200,
     seconds: Annotated[float, typer.Option(help="Seconds per cell and pass at most (recalls; remembers).")] = 5.0,
     writes: Annotated[int, typer.Option(help="remember calls per cell at most.")] = 100,
     data: Annotated[
-        Optional[Path], typer.Option(exists=True, dir_okay=False, help="LoCoMo-format file: its turns and questions as pool and queries.")
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="LoCoMo-format file: its turns and questions as pool and queries."
+        ),
     ] = None,
-    model_path: Annotated[Optional[Path], typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Keep pool embeddings here between runs (e.g. under /tmp).")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Keep pool embeddings here between runs (e.g. under /tmp).")
+    ] = None,
 ) -> None:
     """Recall latency (embed + hybrid search + scoring + block) by store size and backend, and write rates."""
     from proxy.bench.recall import BACKENDS, parse_sizes, run
@@ -118,7 +131,9 @@ def bench_recall(
         raise typer.BadParameter(str(exc), param_hint="--sizes") from None
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     if not chosen or any(b not in BACKENDS for b in chosen):
-        raise typer.BadParameter(f"unknown backend in {backends!r}: choose from {', '.join(BACKENDS)}", param_hint="--backends")
+        raise typer.BadParameter(
+            f"unknown backend in {backends!r}: choose from {', '.join(BACKENDS)}", param_hint="--backends"
+        )
     run(
         sizes=parsed,
         backends=chosen,
@@ -137,10 +152,17 @@ def bench_recall(
 @bench.command("locomo")
 def bench_locomo(
     data: Annotated[
-        Path, typer.Option(exists=True, dir_okay=False, help="LoCoMo-format JSON file (e.g. ../shared/data/locomo-dev.json).")
+        Path,
+        typer.Option(
+            exists=True, dir_okay=False, help="LoCoMo-format JSON file (e.g. ../shared/data/locomo-dev.json)."
+        ),
     ],
-    model_path: Annotated[Optional[Path], typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Keep turn embeddings here between runs (e.g. under /tmp).")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Keep turn embeddings here between runs (e.g. under /tmp).")
+    ] = None,
 ) -> None:
     """Evidence recall@5/10/25 of dense, BM25, hybrid and the service's ranking; evidence kept per token budget."""
     from proxy.bench.locomo import run
@@ -155,10 +177,15 @@ app.add_typer(audit_app, name="audit")
 
 UserOption = Annotated[str, typer.Option("--user", "-u", help="The end user (subject) as the application names them.")]
 ApiKeyOption = Annotated[
-    Optional[str],
-    typer.Option("--api-key", help="The application's API key: its tenant, and the upstream credential (else MEMPROXY_LLM_API_KEY)."),
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="The application's API key: its tenant, and the upstream credential (else MEMPROXY_LLM_API_KEY).",
+    ),
 ]
-TenantOption = Annotated[Optional[str], typer.Option("--tenant", help="Tenant id (instead of deriving it from --api-key).")]
+TenantOption = Annotated[
+    str | None, typer.Option("--tenant", help="Tenant id (instead of deriving it from --api-key).")
+]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -171,7 +198,9 @@ def forget(
     user: UserOption,
     api_key: ApiKeyOption = None,
     tenant: TenantOption = None,
-    keep_upstream: Annotated[bool, typer.Option("--keep-upstream", help="Keep the user's upstream threads and conversations.")] = False,
+    keep_upstream: Annotated[
+        bool, typer.Option("--keep-upstream", help="Keep the user's upstream threads and conversations.")
+    ] = False,
 ) -> None:
     """Erase a user (GDPR Art. 17): memories, state, pending jobs, and their upstream threads/conversations."""
     import asyncio
@@ -198,8 +227,10 @@ def forget(
     if report.kept_upstream:
         console.print("upstream threads and conversations kept (--keep-upstream)")
     for failure in report.failed:
-        console.print(f"[red]failed[/red] {failure.system} {failure.kind} {failure.id}: {failure.error} "
-                      f"({failure.attempts} attempts; run forget again to retry)")
+        console.print(
+            f"[red]failed[/red] {failure.system} {failure.kind} {failure.id}: {failure.error} "
+            f"({failure.attempts} attempts; run forget again to retry)"
+        )
     console.print(f"audit entry {report.audit_id}")
     if report.failed:
         raise typer.Exit(1)
@@ -245,9 +276,11 @@ def audit_verify(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> N
 @app.command()
 def migrate(
     user: UserOption,
-    thread: Annotated[Optional[list[str]], typer.Option("--thread", "-t", help="Thread or conversation id; repeat for more.")] = None,
+    thread: Annotated[
+        list[str] | None, typer.Option("--thread", "-t", help="Thread or conversation id; repeat for more.")
+    ] = None,
     threads_file: Annotated[
-        Optional[Path], typer.Option(exists=True, dir_okay=False, help="File with one thread id per line.")
+        Path | None, typer.Option(exists=True, dir_okay=False, help="File with one thread id per line.")
     ] = None,
     seen: Annotated[bool, typer.Option("--seen", help="Also every thread the proxy has seen for the user.")] = False,
     api_key: ApiKeyOption = None,
@@ -264,12 +297,19 @@ def migrate(
 
     wanted = list(thread or [])
     if threads_file is not None:
-        wanted += [line.strip() for line in threads_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        wanted += [
+            line.strip() for line in threads_file.read_text().splitlines() if line.strip() and not line.startswith("#")
+        ]
     settings = Settings()
     _configure_logging("warning")
     console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[messages]} messages, "
-               "{task.completed} chunks"), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[messages]} messages, {task.completed} chunks"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as bar:
         tasks: dict[str, int] = {}
 
@@ -279,15 +319,25 @@ def migrate(
             bar.update(tasks[thread_id], completed=chunks, messages=messages)
 
         try:
-            summary = asyncio.run(run_migrate(settings, user, wanted, seen=seen, tenant=tenant, api_key=api_key, progress=progress))
+            summary = asyncio.run(
+                run_migrate(settings, user, wanted, seen=seen, tenant=tenant, api_key=api_key, progress=progress)
+            )
         except ValueError as exc:
             raise _fail(str(exc)) from None
     table = Table(title=f"migration of {summary.subject_hash}")
     for name in ("thread", "status", "messages", "chunks", "skipped", "added", "unchanged", "error"):
         table.add_column(name, justify="right" if name not in ("thread", "status", "error") else "left")
     for result in summary.threads:
-        table.add_row(result.thread, result.status, str(result.messages), str(result.chunks), str(result.skipped_chunks),
-                      str(result.added), str(result.unchanged), result.error or "")
+        table.add_row(
+            result.thread,
+            result.status,
+            str(result.messages),
+            str(result.chunks),
+            str(result.skipped_chunks),
+            str(result.added),
+            str(result.unchanged),
+            result.error or "",
+        )
     Console().print(table)
     if not summary.ok:
         raise typer.Exit(1)

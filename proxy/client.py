@@ -12,7 +12,7 @@ clients cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx2
@@ -46,10 +46,22 @@ class _Calls:
     def __init__(self, subject: str) -> None:
         self.prefix = f"/memory/v1/users/{quote(subject, safe='')}"
 
-    def remember(self, text: str, *, kind: str = "fact", ttl_seconds: float | None = None,
-                 metadata: dict[str, Any] | None = None, assistant_id: str | None = None) -> Call:
-        payload = {"text": text, "kind": kind, "ttl_seconds": ttl_seconds, "metadata": metadata or {},
-                   "assistant_id": assistant_id}
+    def remember(
+        self,
+        text: str,
+        *,
+        kind: str = "fact",
+        ttl_seconds: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        assistant_id: str | None = None,
+    ) -> Call:
+        payload = {
+            "text": text,
+            "kind": kind,
+            "ttl_seconds": ttl_seconds,
+            "metadata": metadata or {},
+            "assistant_id": assistant_id,
+        }
         return Call("POST", self.prefix + "/memories", payload)
 
     def recall(self, query: str, *, top_k: int | None = None, min_confidence: float | None = None) -> Call:
@@ -136,7 +148,7 @@ class Memory:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> Memory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,7 +170,7 @@ class AsyncMemory:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncMemory:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

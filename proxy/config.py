@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     collection: str = Field("memproxy_memories", description="Qdrant collection name.")
 
     # --- embeddings ----------------------------------------------------------------------------
-    embedder: Literal["local", "upstream"] = Field("local", description="fastembed locally, or upstream /v1/embeddings.")
+    embedder: Literal["local", "upstream"] = Field(
+        "local", description="fastembed locally, or upstream /v1/embeddings."
+    )
     embed_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="Embedding model name.")
     embed_model_path: Path | None = Field(None, description="Local model directory: loads with no download.")
     upstream_embed_model: str = Field("text-embedding-3-small", description="Model for the upstream embedder.")
@@ -81,7 +83,8 @@ class Settings(BaseSettings):
         0.92, description="Cosine above which a new memory counts as a near-duplicate of an existing one."
     )
     memory_ttl_days: dict[str, float] = Field(
-        {"temporary": 7.0}, description='Default TTL in days per kind (JSON, e.g. {"temporary": 7}); others never expire.'
+        {"temporary": 7.0},
+        description='Default TTL in days per kind (JSON, e.g. {"temporary": 7}); others never expire.',
     )
     memory_max_chars: int = Field(2000, description="Longest memory text accepted.")
     memory_block_tokens: int = Field(1000, description="Token budget of the injected block (o200k tokenizer).")
@@ -91,13 +94,16 @@ class Settings(BaseSettings):
     memory_weight_frequency: float = Field(0.15, description="Confidence weight of access frequency.")
     memory_half_life_days: float = Field(30.0, description="Days after which the recency term halves.")
     memory_frequency_cap: int = Field(20, description="Access count at which the frequency term reaches 1.")
-    janitor_interval: float = Field(300.0, description="Seconds between two sweeps removing expired memories (audited).")
+    janitor_interval: float = Field(
+        300.0, description="Seconds between two sweeps removing expired memories (audited)."
+    )
     memory_access_flush_seconds: float = Field(2.0, description="How often recall's access counts are written back.")
 
     # --- hooks ---
     memory_user_header: str = Field("x-memory-user", description="Request header naming the end user (subject).")
     memory_user_keys: list[str] = Field(
-        ["user_id", "user", "end_user_id"], description="Metadata keys that name the end user, first match wins (JSON list)."
+        ["user_id", "user", "end_user_id"],
+        description="Metadata keys that name the end user, first match wins (JSON list).",
     )
     memory_recall_deadline_ms: float = Field(
         150.0, description="Recall budget per request; past it the request goes upstream without memory (degraded)."
@@ -115,11 +121,13 @@ class Settings(BaseSettings):
 
     # --- extraction ---
     extractor: Literal["llm", "verbatim"] = Field(
-        "llm", description="How finished turns become memories: an LLM call (llm) or the user's messages as said (verbatim)."
+        "llm",
+        description="How finished turns become memories: an LLM call (llm) or the user's messages as said (verbatim).",
     )
     extract_model: str = Field("gpt-4o-mini", description="Upstream chat model of the extraction call.")
     llm_api_key: SecretStr | None = Field(
-        None, description="API key for extraction calls; unset: the tenant's own key from its live requests (memory only)."
+        None,
+        description="API key for extraction calls; unset: the tenant's own key from its live requests (memory only).",
     )
     extract_timeout: float = Field(30.0, description="Seconds one extraction call may take.")
     extract_similar: int = Field(10, description="Existing memories shown to the extraction model for consolidation.")
@@ -132,12 +140,16 @@ class Settings(BaseSettings):
 
     # --- erasure and migration ---
     erasure_attempts: int = Field(
-        3, description="Tries of each upstream thread/conversation deletion during erasure before it is reported failed."
+        3,
+        description="Tries of each upstream thread/conversation deletion during erasure before it is reported failed.",
     )
-    erasure_backoff: float = Field(0.5, description="Seconds before the second try of a failed upstream deletion; doubles per try.")
+    erasure_backoff: float = Field(
+        0.5, description="Seconds before the second try of a failed upstream deletion; doubles per try."
+    )
     migrate_chunk_messages: int = Field(20, description="Messages per extraction chunk when migrating a thread.")
     migrate_message_chars: int = Field(
-        2000, description="Longer messages are split into parts of at most this many characters when migrating, never truncated."
+        2000,
+        description="Longer messages are split into parts of at most this many characters when migrating, never truncated.",
     )
 
     @property

@@ -99,7 +99,7 @@ async def known_upstream(runtime: Runtime, tenant: str, subject: str, memories: 
         _add(known, conversation)
     for prefix in ("thread:", "conversation:"):  # a thread or conversation that is its own subject
         if subject.startswith(prefix):
-            _add(known, subject[len(prefix):])
+            _add(known, subject[len(prefix) :])
     if memories is None and runtime.memory is not None:
         memories = await runtime.memory.export(tenant, subject)
     for memory in memories or []:
@@ -209,6 +209,7 @@ async def _delete_upstream(
 ) -> None:
     bridge = runtime.settings.assistants_mode == "bridge"
     for thread_id in sorted(known.threads):
+
         async def attempt(thread_id: str = thread_id) -> None:
             if bridge and await _bridge_delete(runtime, tenant, thread_id, headers):
                 return
@@ -219,8 +220,11 @@ async def _delete_upstream(
         await _settle(runtime, attempt, "thread", thread_id, report)
     for conversation in sorted(known.conversations):
         await _settle(
-            runtime, lambda c=conversation: _http_delete(runtime, f"/conversations/{c}", headers),
-            "conversation", conversation, report,
+            runtime,
+            lambda c=conversation: _http_delete(runtime, f"/conversations/{c}", headers),
+            "conversation",
+            conversation,
+            report,
         )
 
 
@@ -263,7 +267,9 @@ async def erase_subject(
         "upstream_conversations": len(report.deleted["conversations"]),
         "upstream_failed": len(report.failed),
     }
-    entry = await audit.append(state, tenant, "erase", subject_hash=hashed, counts=report.counts, outcome=report.outcome)
+    entry = await audit.append(
+        state, tenant, "erase", subject_hash=hashed, counts=report.counts, outcome=report.outcome
+    )
     report.audit_id = entry["id"]
     log.info("erasure of %s: %s (%s)", hashed, report.outcome, report.counts)
     return report

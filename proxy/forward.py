@@ -173,7 +173,6 @@ class Forwarder:
         finally:
             self.observer.upstream(time.perf_counter() - started)
 
-
     async def fetch_json(self, request: Request, path: str, params: dict[str, Any] | None = None) -> Any:
         """GET ``path`` (below the base) as the client, for a hook that needs one upstream fact.
 

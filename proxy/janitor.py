@@ -25,8 +25,9 @@ async def sweep(memory: MemoryService, state: State, secret: bytes, now: datetim
     removed = await memory.expire(now)
     per_subject = Counter((item.tenant, item.subject) for item in removed)
     for (tenant, subject), count in per_subject.items():
-        await audit.append(state, tenant, "expire", subject_hash=subject_hash(secret, tenant, subject),
-                           counts={"memories": count})
+        await audit.append(
+            state, tenant, "expire", subject_hash=subject_hash(secret, tenant, subject), counts={"memories": count}
+        )
     if removed:
         log.info("janitor removed %d expired memories of %d subjects", len(removed), len(per_subject))
     return len(removed)
@@ -37,7 +38,7 @@ async def run(memory: MemoryService, state: State, secret: bytes, interval: floa
     while True:
         try:
             await sweep(memory, state, secret)
-        except Exception:  # noqa: BLE001 - the next sweep retries; expired memories are never recalled meanwhile
+        except Exception:
             log.exception("janitor sweep failed")
         await asyncio.sleep(interval)
 

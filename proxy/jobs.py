@@ -191,7 +191,9 @@ class Worker:
             asyncio.get_running_loop().create_task(self._loop(), name=f"memproxy-worker-{index}")
             for index in range(self.concurrency)
         ]
-        log.info("extraction worker %s started: extractor %s, %d loops", self.consumer, self.extractor.name, self.concurrency)
+        log.info(
+            "extraction worker %s started: extractor %s, %d loops", self.consumer, self.extractor.name, self.concurrency
+        )
         return self
 
     def wake(self) -> None:
@@ -315,8 +317,12 @@ class Worker:
         queries = [m for m in turn.user if m.strip()][-SIMILAR_QUERIES:]
         for query in queries:
             found = await self.memory.similar(
-                turn.tenant, turn.subject, query, limit=self.settings.extract_similar,
-                assistant_id=assistant_id, api_key=key,
+                turn.tenant,
+                turn.subject,
+                query,
+                limit=self.settings.extract_similar,
+                assistant_id=assistant_id,
+                api_key=key,
             )
             for memory, score in found:
                 if not memory.deleted and (memory.id not in best or best[memory.id][0] < score):
@@ -337,29 +343,42 @@ class Worker:
         self.stats.skipped += counts["skipped"]
         log.debug(
             "job %s (attempt %d): add %d, update %d, delete %d, unchanged %d, skipped %d",
-            job.id, job.attempts, counts["add"], counts["update"], counts["delete"], counts["unchanged"],
+            job.id,
+            job.attempts,
+            counts["add"],
+            counts["update"],
+            counts["delete"],
+            counts["unchanged"],
             counts["skipped"] + extraction.dropped,
         )
 
-    async def _apply(
-        self, turn: Turn, op: MemoryOp, source: Source, metadata: dict[str, Any], key: str | None
-    ) -> str:
+    async def _apply(self, turn: Turn, op: MemoryOp, source: Source, metadata: dict[str, Any], key: str | None) -> str:
         """Apply one operation; what happened: add, update, delete, unchanged or skipped."""
         try:
             if op.op == "add":
                 assert op.text is not None
                 _, action = await self.memory.remember(
-                    turn.tenant, turn.subject, op.text, kind=op.kind,
+                    turn.tenant,
+                    turn.subject,
+                    op.text,
+                    kind=op.kind,
                     ttl=timedelta(days=op.ttl_days) if op.ttl_days else None,
-                    source=source, metadata=metadata, assistant_id=source.assistant_id, api_key=key,
+                    source=source,
+                    metadata=metadata,
+                    assistant_id=source.assistant_id,
+                    api_key=key,
                 )
                 return "add" if action == "created" else "unchanged"
             assert op.memory_id is not None
             if op.op == "update":
                 assert op.text is not None
                 await self.memory.update(
-                    turn.tenant, turn.subject, op.memory_id, op.text,
-                    reason=f"extracted from {turn.route} turn {turn.turn_id}", api_key=key,
+                    turn.tenant,
+                    turn.subject,
+                    op.memory_id,
+                    op.text,
+                    reason=f"extracted from {turn.route} turn {turn.turn_id}",
+                    api_key=key,
                 )
                 return "update"
             await self.memory.delete(turn.tenant, turn.subject, op.memory_id, reason=op.reason)
@@ -390,7 +409,10 @@ class Worker:
         else:
             log.warning(
                 "job %s failed (attempt %d of %d), retried later: %s",
-                job.id, job.attempts, self.state.policy.max_attempts, shown,
+                job.id,
+                job.attempts,
+                self.state.policy.max_attempts,
+                shown,
             )
 
 

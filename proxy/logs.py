@@ -36,7 +36,15 @@ class RequestInfo:
     """What one request's logs and metrics share; lives in :data:`current` while it is served."""
 
     __slots__ = (
-        "headers_at", "local_id", "request_id", "scope", "start", "status", "subject", "tenant", "upstream",
+        "headers_at",
+        "local_id",
+        "request_id",
+        "scope",
+        "start",
+        "status",
+        "subject",
+        "tenant",
+        "upstream",
     )
 
     def __init__(self, request_id: str, start: float, scope: Any = None) -> None:

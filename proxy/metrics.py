@@ -49,37 +49,57 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "memproxy_requests", "Requests served, by route template, method and status.",
-            ["route", "method", "status"], registry=r,
+            "memproxy_requests",
+            "Requests served, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.duration = Histogram(
-            "memproxy_request_duration_seconds", "Time from the request's arrival to its last response byte.",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+            "memproxy_request_duration_seconds",
+            "Time from the request's arrival to its last response byte.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.upstream = Histogram(
-            "memproxy_upstream_latency_seconds", "Time from sending a request upstream to the upstream's response headers.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+            "memproxy_upstream_latency_seconds",
+            "Time from sending a request upstream to the upstream's response headers.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.added = Histogram(
             "memproxy_added_latency_seconds",
             "Time the proxy adds before the response starts: time to response headers minus upstream latency "
             "(includes recall).",
-            ["route"], buckets=FAST_BUCKETS, registry=r,
+            ["route"],
+            buckets=FAST_BUCKETS,
+            registry=r,
         )
         self.recall = Histogram(
-            "memproxy_recall_duration_seconds", "Memory recall latency (hooks and memory API), by outcome.",
-            ["outcome"], buckets=FAST_BUCKETS, registry=r,
+            "memproxy_recall_duration_seconds",
+            "Memory recall latency (hooks and memory API), by outcome.",
+            ["outcome"],
+            buckets=FAST_BUCKETS,
+            registry=r,
         )
         self.extraction = Histogram(
-            "memproxy_extraction_duration_seconds", "LLM extraction of one job (in-process worker), by outcome.",
-            ["outcome"], buckets=LATENCY_BUCKETS, registry=r,
+            "memproxy_extraction_duration_seconds",
+            "LLM extraction of one job (in-process worker), by outcome.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.memory_status = Counter(
-            "memproxy_memory_requests", "Hooked requests by memory outcome (x-memory-status): ok, none, off, degraded.",
-            ["status"], registry=r,
+            "memproxy_memory_requests",
+            "Hooked requests by memory outcome (x-memory-status): ok, none, off, degraded.",
+            ["status"],
+            registry=r,
         )
         self.injected = Counter(
-            "memproxy_memories_injected", "Memories injected into upstream requests.", registry=r,
+            "memproxy_memories_injected",
+            "Memories injected into upstream requests.",
+            registry=r,
         )
         self.collector = RuntimeCollector()
         r.register(self.collector)
@@ -91,7 +111,9 @@ class Metrics:
 
     # --- hot path: cached children, no label resolution per request ----------------------------
 
-    def observe(self, route: str, method: str, info: logs.RequestInfo, end: float, memory: str | None, recalled: int) -> None:
+    def observe(
+        self, route: str, method: str, info: logs.RequestInfo, end: float, memory: str | None, recalled: int
+    ) -> None:
         key = (route, method, info.status)
         children = self._children.get(key)
         if children is None:
@@ -163,40 +185,65 @@ class RuntimeCollector:
         for cause, value in sorted(counts.items()):
             degraded.add_metric([cause], value)
         out += [degraded, events]
-        out.append(CounterMetricFamily(
-            "memproxy_turns_captured", "Finished turns queued for extraction.", value=runtime.counters.get("turns.captured", 0)
-        ))
-        out.append(GaugeMetricFamily(
-            "memproxy_open_upstream_responses", "Upstream responses being relayed now (open streams).",
-            value=runtime.forwarder.open_responses,
-        ))
-        out.append(GaugeMetricFamily(
-            "memproxy_memory_up", "1 when the memory layer is available, 0 when the proxy only forwards.",
-            value=1 if runtime.memory is not None else 0,
-        ))
+        out.append(
+            CounterMetricFamily(
+                "memproxy_turns_captured",
+                "Finished turns queued for extraction.",
+                value=runtime.counters.get("turns.captured", 0),
+            )
+        )
+        out.append(
+            GaugeMetricFamily(
+                "memproxy_open_upstream_responses",
+                "Upstream responses being relayed now (open streams).",
+                value=runtime.forwarder.open_responses,
+            )
+        )
+        out.append(
+            GaugeMetricFamily(
+                "memproxy_memory_up",
+                "1 when the memory layer is available, 0 when the proxy only forwards.",
+                value=1 if runtime.memory is not None else 0,
+            )
+        )
         if self.queue_depth is not None:
-            out.append(GaugeMetricFamily(
-                "memproxy_queue_depth", "Extraction jobs pending: waiting, leased or scheduled for a retry.",
-                value=self.queue_depth,
-            ))
+            out.append(
+                GaugeMetricFamily(
+                    "memproxy_queue_depth",
+                    "Extraction jobs pending: waiting, leased or scheduled for a retry.",
+                    value=self.queue_depth,
+                )
+            )
         if self.dead_letters is not None:
-            out.append(GaugeMetricFamily(
-                "memproxy_dead_letters", f"Jobs dead-lettered after their last attempt (counted up to {DEAD_LETTER_CAP}).",
-                value=self.dead_letters,
-            ))
+            out.append(
+                GaugeMetricFamily(
+                    "memproxy_dead_letters",
+                    f"Jobs dead-lettered after their last attempt (counted up to {DEAD_LETTER_CAP}).",
+                    value=self.dead_letters,
+                )
+            )
         worker = runtime.worker
-        out.append(GaugeMetricFamily(
-            "memproxy_worker_running", "1 when the in-process extraction worker runs.",
-            value=1 if worker is not None and worker.running else 0,
-        ))
+        out.append(
+            GaugeMetricFamily(
+                "memproxy_worker_running",
+                "1 when the in-process extraction worker runs.",
+                value=1 if worker is not None and worker.running else 0,
+            )
+        )
         if worker is not None:
             stats = worker.stats
-            jobs = CounterMetricFamily("memproxy_jobs", "Jobs handled by this process's worker, by outcome.", labels=["outcome"])
+            jobs = CounterMetricFamily(
+                "memproxy_jobs", "Jobs handled by this process's worker, by outcome.", labels=["outcome"]
+            )
             for outcome in JOB_OUTCOMES:
                 jobs.add_metric([outcome], getattr(stats, outcome, 0))
-            ops = CounterMetricFamily("memproxy_memory_operations", "Extracted memory operations, by result.", labels=["op"])
+            ops = CounterMetricFamily(
+                "memproxy_memory_operations", "Extracted memory operations, by result.", labels=["op"]
+            )
             for op in MEMORY_OPS:
-                ops.add_metric([op], stats.ops.get(op, 0) if op in ("add", "update", "delete") else getattr(stats, op, 0))
+                ops.add_metric(
+                    [op], stats.ops.get(op, 0) if op in ("add", "update", "delete") else getattr(stats, op, 0)
+                )
             out += [jobs, ops]
         return out
 
@@ -240,7 +287,7 @@ def route_of(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if path is None:
         return "unmatched"
-    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")):]
+    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
     return prefix + path if prefix else path
 
 
@@ -304,7 +351,9 @@ class Observe:
         level = logging.DEBUG if route in QUIET_ROUTES and info.status < 400 else logging.INFO
         if access.isEnabledFor(level):
             fields: dict[str, Any] = {
-                "method": scope["method"], "route": route, "status": info.status,
+                "method": scope["method"],
+                "route": route,
+                "status": info.status,
                 "duration_ms": round((end - info.start) * 1000, 3),
             }
             if info.local_id != info.request_id:

@@ -85,8 +85,13 @@ class Summary:
 
     def as_json(self) -> dict[str, Any]:
         totals = {name: sum(getattr(r, name) for r in self.threads) for name in ("messages", "chunks", "added")}
-        return {"object": "migration", "subject": self.subject_hash, "ok": self.ok, "totals": totals,
-                "threads": [result.as_json() for result in self.threads]}
+        return {
+            "object": "migration",
+            "subject": self.subject_hash,
+            "ok": self.ok,
+            "totals": totals,
+            "threads": [result.as_json() for result in self.threads],
+        }
 
 
 def split_text(text: str, limit: int) -> list[str]:
@@ -168,8 +173,14 @@ class Migration:
     """Migrates threads of one subject; one extractor (a worker's) for every chunk."""
 
     def __init__(
-        self, runtime: Runtime, tenant: str, subject: str, *, api_key: str | None = None,
-        headers: Mapping[str, str] | None = None, worker: Worker | None = None,
+        self,
+        runtime: Runtime,
+        tenant: str,
+        subject: str,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        worker: Worker | None = None,
     ) -> None:
         from proxy.jobs import build_worker
 
@@ -212,8 +223,9 @@ class Migration:
         source = ThreadReader(self.runtime, self.tenant, thread, self.headers)
         index = int(cursor["chunk"])
         try:
-            async for batch, units in chunks(source, cursor["after"], settings.migrate_chunk_messages,
-                                             settings.migrate_message_chars):
+            async for batch, units in chunks(
+                source, cursor["after"], settings.migrate_chunk_messages, settings.migrate_message_chars
+            ):
                 if budget is not None and result.chunks >= budget:
                     result.status = "stopped"
                     break
@@ -234,8 +246,15 @@ class Migration:
             result.status, result.error = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - one thread's failure must not stop the others
             result.status, result.error = "failed", type(exc).__name__
-        log.info("migration of %s for %s: %s, %d messages, %d chunks, %d added",
-                 thread, self.hash, result.status, result.messages, result.chunks, result.added)
+        log.info(
+            "migration of %s for %s: %s, %d messages, %d chunks, %d added",
+            thread,
+            self.hash,
+            result.status,
+            result.messages,
+            result.chunks,
+            result.added,
+        )
         return result
 
     async def _extract(
@@ -250,7 +269,7 @@ class Migration:
         stats = self.worker.stats
         added, unchanged = stats.ops["add"], stats.unchanged
         job = Job(id=turn_id, kind=JOB_KIND, payload={}, attempts=1)
-        await self.worker._extract_and_apply(job, turn, self.key)  # noqa: SLF001 - the worker's own apply path
+        await self.worker._extract_and_apply(job, turn, self.key)
         result.added += stats.ops["add"] - added
         result.unchanged += stats.unchanged - unchanged
 
@@ -262,8 +281,15 @@ async def seen_threads(runtime: Runtime, tenant: str, subject: str) -> list[str]
 
 
 async def run_migrate(
-    settings: Settings, user: str, threads: list[str], *, seen: bool, tenant: str | None, api_key: str | None,
-    progress: Progress | None = None, max_chunks: int | None = None,
+    settings: Settings,
+    user: str,
+    threads: list[str],
+    *,
+    seen: bool,
+    tenant: str | None,
+    api_key: str | None,
+    progress: Progress | None = None,
+    max_chunks: int | None = None,
 ) -> Summary:
     """``memproxy migrate``: the runtime's parts without HTTP serving, one migration."""
     from proxy.erasure import cli_tenant, offline, upstream_key

@@ -103,12 +103,14 @@ async def start_memory(runtime: Runtime, embedder: Embedder | None) -> None:
         if owned:  # loading a model blocks for a while: not on the event loop
             embedder = await asyncio.to_thread(make_embedder, settings, runtime.http)
         memory = await create_memory_service(settings, runtime.http, embedder=embedder, owns_embedder=owned)
-    except Exception as exc:  # fail open: forwarding never depends on the memory layer
+    except Exception as exc:  # noqa: BLE001 - fail open: forwarding never depends on the memory layer
         runtime.problems["memory"] = f"{type(exc).__name__}: {exc}"
         log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])
         return
     runtime.memory = memory
-    runtime.janitor = asyncio.ensure_future(janitor.run(memory, runtime.state, runtime.secret, settings.janitor_interval))
+    runtime.janitor = asyncio.ensure_future(
+        janitor.run(memory, runtime.state, runtime.secret, settings.janitor_interval)
+    )
     try:
         from proxy.jobs import start_worker
 

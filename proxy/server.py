@@ -9,8 +9,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -28,7 +27,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "ServerThread":
+    def start(self, timeout: float = 20.0) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -42,10 +41,10 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -163,7 +163,9 @@ def memory_model_dir() -> Path:
 
     path = Path(os.environ.get("MEMPROXY_EMBED_MODEL_PATH") or MODEL_DIR).expanduser()
     if not (path / "model.onnx").exists():
-        pytest.skip(f"offline embedding model not found at {path} (set MEMPROXY_EMBED_MODEL_PATH); no network to fetch it")
+        pytest.skip(
+            f"offline embedding model not found at {path} (set MEMPROXY_EMBED_MODEL_PATH); no network to fetch it"
+        )
     return path
 
 
@@ -321,8 +323,9 @@ def assistants_client():
             path = request.url.path.split("/v1", 1)[-1]
             if path.startswith(("/assistants", "/threads")):
                 sink = bytearray()
-                recorded.append((request.method, path, response.status_code,
-                                 response.headers.get("content-type", ""), sink))
+                recorded.append(
+                    (request.method, path, response.status_code, response.headers.get("content-type", ""), sink)
+                )
                 response.stream = Tee(response.stream, sink)
             return response
 
@@ -330,8 +333,9 @@ def assistants_client():
 
     def make(base_url: str, api_key: str | None = None) -> openai.OpenAI:
         http = httpx2.Client(transport=Recording(), timeout=20)
-        client = openai.OpenAI(base_url=base_url, api_key=api_key or f"sk-test-{uuid.uuid4().hex}",
-                               max_retries=0, http_client=http)
+        client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or f"sk-test-{uuid.uuid4().hex}", max_retries=0, http_client=http
+        )
         clients.append(client)
         return client
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from starlette.datastructures import Headers
 
 from proxy import audit
 from proxy.client import AsyncMemory, Memory, MemoryAPIError
 from proxy.identity import subject_hash, tenant_for
-from starlette.datastructures import Headers
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,11 @@ def test_assistant_crud_and_pagination(client) -> None:
 
     updated = client.beta.assistants.update(created.id, name="Renamed", metadata={"team": "b"})
     assert (updated.name, updated.metadata, updated.instructions, updated.temperature) == (
-        "Renamed", {"team": "b"}, "Be brief.", 0.5)
+        "Renamed",
+        {"team": "b"},
+        "Be brief.",
+        0.5,
+    )
 
     others = [client.beta.assistants.create(model=MODEL, name=f"n{i}").id for i in range(2)]
     ids = [created.id, *others]
@@ -102,8 +106,9 @@ def test_assistant_crud_and_pagination(client) -> None:
 
 
 def test_thread_crud(client) -> None:
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "Hi, I live in Oslo."}],
-                                        metadata={"user_id": "u1"})
+    thread = client.beta.threads.create(
+        messages=[{"role": "user", "content": "Hi, I live in Oslo."}], metadata={"user_id": "u1"}
+    )
     assert thread.id.startswith("thread_") and thread.metadata == {"user_id": "u1"}
     assert client.beta.threads.retrieve(thread.id).metadata == {"user_id": "u1"}
     assert texts(client, thread.id) == [("user", "Hi, I live in Oslo.")]
@@ -122,7 +127,12 @@ def test_messages_crud_and_pagination(client) -> None:
     first = client.beta.threads.messages.create(thread.id, role="user", content="one", metadata={"k": "v"})
     second = client.beta.threads.messages.create(thread.id, role="assistant", content=[{"type": "text", "text": "two"}])
     third = client.beta.threads.messages.create(thread.id, role="user", content="three")
-    assert (first.role, first.content[0].text.value, first.metadata, first.thread_id) == ("user", "one", {"k": "v"}, thread.id)
+    assert (first.role, first.content[0].text.value, first.metadata, first.thread_id) == (
+        "user",
+        "one",
+        {"k": "v"},
+        thread.id,
+    )
     assert (second.role, second.content[0].text.value) == ("assistant", "two")
 
     got = client.beta.threads.messages.retrieve(first.id, thread_id=thread.id)
@@ -152,31 +162,46 @@ def test_create_and_poll_uses_assistant_and_run_instructions(client) -> None:
     assistant = client.beta.assistants.create(model=MODEL, instructions="Answer briefly.")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "What is the capital of Norway?"}])
     run = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, additional_instructions="Mention fjords.",
-        metadata={"trace": "1"}, poll_interval_ms=POLL)
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        additional_instructions="Mention fjords.",
+        metadata={"trace": "1"},
+        poll_interval_ms=POLL,
+    )
     assert run.status == "completed" and run.instructions == "Answer briefly.\n\nMention fjords."
     assert run.usage.total_tokens > 0 and run.completed_at and run.metadata == {"trace": "1"}
     reply = texts(client, thread.id)[-1]
-    assert reply == ("assistant", 'You said: "What is the capital of Norway?". '
-                                  'Instructions: "Answer briefly.\n\nMention fjords.".')
+    assert reply == (
+        "assistant",
+        'You said: "What is the capital of Norway?". Instructions: "Answer briefly.\n\nMention fjords.".',
+    )
     message = client.beta.threads.messages.list(thread.id).data[0]
     assert (message.run_id, message.assistant_id) == (run.id, assistant.id)
 
     override_run = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, instructions="Only this.",
-        additional_messages=[{"role": "user", "content": "And Sweden?"}], poll_interval_ms=POLL)
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        instructions="Only this.",
+        additional_messages=[{"role": "user", "content": "And Sweden?"}],
+        poll_interval_ms=POLL,
+    )
     assert override_run.instructions == "Only this."
     assert texts(client, thread.id)[-2:] == [
-        ("user", "And Sweden?"), ("assistant", 'You said: "And Sweden?". Instructions: "Only this.".')]
+        ("user", "And Sweden?"),
+        ("assistant", 'You said: "And Sweden?". Instructions: "Only this.".'),
+    ]
     assert [m.id for m in client.beta.threads.messages.list(thread.id, run_id=override_run.id)] == [
-        client.beta.threads.messages.list(thread.id).data[0].id]
+        client.beta.threads.messages.list(thread.id).data[0].id
+    ]
 
 
 def test_runs_list_retrieve_update_and_steps(client) -> None:
     assistant = client.beta.assistants.create(model=MODEL)
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
-    runs = [client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id,
-                                                     poll_interval_ms=POLL) for _ in range(2)]
+    runs = [
+        client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL)
+        for _ in range(2)
+    ]
     listed = client.beta.threads.runs.list(thread.id, limit=1)
     assert [r.id for r in listed.data] == [runs[1].id] and listed.has_more
     assert [r.id for r in client.beta.threads.runs.list(thread.id, order="asc")] == [r.id for r in runs]
@@ -198,8 +223,12 @@ def test_stream_run_with_event_handler(client) -> None:
     assistant = client.beta.assistants.create(model=MODEL, instructions="Be kind.")
     thread = client.beta.threads.create()
     handler = Recorder()
-    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=assistant.id, event_handler=handler,
-                                         additional_messages=[{"role": "user", "content": "Stream please"}]) as stream:
+    with client.beta.threads.runs.stream(
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        event_handler=handler,
+        additional_messages=[{"role": "user", "content": "Stream please"}],
+    ) as stream:
         stream.until_done()
         final = stream.get_final_run()
     expected = 'You said: "Stream please". Instructions: "Be kind.".'
@@ -222,17 +251,23 @@ def _tool_thread(client):
 
 def test_function_tools_polled(client) -> None:
     assistant, thread = _tool_thread(client)
-    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL)
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL
+    )
     assert run.status == "requires_action"
     call = run.required_action.submit_tool_outputs.tool_calls[0]
     assert call.function.name == "get_weather" and "Oslo" in call.function.arguments
 
     with pytest.raises(openai.BadRequestError):
-        client.beta.threads.runs.submit_tool_outputs(run.id, thread_id=thread.id,
-                                                     tool_outputs=[{"tool_call_id": "call_wrong", "output": "x"}])
+        client.beta.threads.runs.submit_tool_outputs(
+            run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": "call_wrong", "output": "x"}]
+        )
     done = client.beta.threads.runs.submit_tool_outputs_and_poll(
-        run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": call.id, "output": "sunny"}],
-        poll_interval_ms=POLL)
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": call.id, "output": "sunny"}],
+        poll_interval_ms=POLL,
+    )
     assert done.status == "completed" and done.required_action is None
     assert 'Tool get_weather returned: "sunny".' in texts(client, thread.id)[-1][1]
 
@@ -250,12 +285,17 @@ def test_function_tools_streamed(client) -> None:
         run = stream.get_final_run()
     assert run.status == "requires_action" and first.events[-1] == "thread.run.requires_action"
     assert [c.function.name for c in first.tool_calls] == ["get_weather"]
-    assert first.tool_calls[0].function.arguments == run.required_action.submit_tool_outputs.tool_calls[0].function.arguments
+    assert (
+        first.tool_calls[0].function.arguments
+        == run.required_action.submit_tool_outputs.tool_calls[0].function.arguments
+    )
     call_id = run.required_action.submit_tool_outputs.tool_calls[0].id
 
     second = Recorder()
     with client.beta.threads.runs.submit_tool_outputs_stream(
-        run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": call_id, "output": "rainy"}],
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": call_id, "output": "rainy"}],
         event_handler=second,
     ) as stream:
         stream.until_done()
@@ -266,7 +306,9 @@ def test_function_tools_streamed(client) -> None:
 
 def test_cancel_run_waiting_for_tool_outputs(client) -> None:
     assistant, thread = _tool_thread(client)
-    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL)
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL
+    )
     cancelled = client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at
     step = client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).data[0]
@@ -288,15 +330,19 @@ def test_create_and_run_variants(client) -> None:
     assert run.status == "completed"
     assert client.beta.threads.retrieve(run.thread_id).metadata == {"user_id": "u9"}
 
-    polled = client.beta.threads.create_and_run_poll(assistant_id=assistant.id, thread=thread_param,
-                                                     instructions="Override.", poll_interval_ms=POLL)
+    polled = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id, thread=thread_param, instructions="Override.", poll_interval_ms=POLL
+    )
     assert polled.status == "completed" and polled.thread_id != run.thread_id
     assert texts(client, polled.thread_id) == [
-        ("user", "Hello there"), ("assistant", 'You said: "Hello there". Instructions: "Override.".')]
+        ("user", "Hello there"),
+        ("assistant", 'You said: "Hello there". Instructions: "Override.".'),
+    ]
 
     handler = Recorder()
-    with client.beta.threads.create_and_run_stream(assistant_id=assistant.id, thread=thread_param,
-                                                   event_handler=handler) as stream:
+    with client.beta.threads.create_and_run_stream(
+        assistant_id=assistant.id, thread=thread_param, event_handler=handler
+    ) as stream:
         stream.until_done()
         final = stream.get_final_run()
     assert handler.events[:2] == ["thread.created", "thread.run.created"] and final.status == "completed"
@@ -335,12 +381,16 @@ def test_unsupported_features_are_refused_by_name(client) -> None:
         client.beta.threads.create(tool_resources={"file_search": {"vector_store_ids": ["vs_1"]}})
     thread = client.beta.threads.create()
     with pytest.raises(openai.BadRequestError, match="attachments"):
-        client.beta.threads.messages.create(thread.id, role="user", content="x",
-                                            attachments=[{"file_id": "file-1", "tools": [{"type": "file_search"}]}])
+        client.beta.threads.messages.create(
+            thread.id, role="user", content="x", attachments=[{"file_id": "file-1", "tools": [{"type": "file_search"}]}]
+        )
     assistant = client.beta.assistants.create(model=MODEL)
     with pytest.raises(openai.BadRequestError, match="code_interpreter"):
-        client.beta.threads.create_and_run(assistant_id=assistant.id, thread={"messages": []},
-                                           tool_resources={"code_interpreter": {"file_ids": ["file-1"]}})
+        client.beta.threads.create_and_run(
+            assistant_id=assistant.id,
+            thread={"messages": []},
+            tool_resources={"code_interpreter": {"file_ids": ["file-1"]}},
+        )
     with pytest.raises(openai.BadRequestError, match="max_prompt_tokens"):
         client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id, max_prompt_tokens=500)
     assert client.beta.threads.runs.list(thread.id).data == []
@@ -359,7 +409,9 @@ def test_unknown_ids_answer_404(client) -> None:
 
 def test_a_thread_with_an_active_run_refuses_another(client) -> None:
     assistant, thread = _tool_thread(client)
-    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL)
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL
+    )
     assert run.status == "requires_action"
     with pytest.raises(openai.BadRequestError, match="active"):
         client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
@@ -369,15 +421,22 @@ def test_a_thread_with_an_active_run_refuses_another(client) -> None:
 
 def test_image_content_parts_round_trip(client) -> None:
     thread = client.beta.threads.create()
-    created = client.beta.threads.messages.create(thread.id, role="user", content=[
-        {"type": "text", "text": "What is this?"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
-        {"type": "image_file", "image_file": {"file_id": "file-abc"}},
-    ])
+    created = client.beta.threads.messages.create(
+        thread.id,
+        role="user",
+        content=[
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
+            {"type": "image_file", "image_file": {"file_id": "file-abc"}},
+        ],
+    )
     got = client.beta.threads.messages.retrieve(created.id, thread_id=thread.id)
     assert [block.type for block in got.content] == ["text", "image_url", "image_file"]
     assert (got.content[1].image_url.url, got.content[1].image_url.detail) == ("https://example.com/cat.png", "low")
     assert got.content[2].image_file.file_id == "file-abc"
     with pytest.raises(openai.BadRequestError, match="user messages"):
-        client.beta.threads.messages.create(thread.id, role="assistant", content=[
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}])
+        client.beta.threads.messages.create(
+            thread.id,
+            role="assistant",
+            content=[{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}],
+        )

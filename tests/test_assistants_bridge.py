@@ -10,7 +10,6 @@ import openai
 import pytest
 from test_assistants import MODEL, POLL, WEATHER, Recorder, texts
 
-
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -31,23 +30,49 @@ def response_bodies(emulator) -> list[dict]:
 def test_run_parameters_map_onto_the_responses_request(client, emulator) -> None:
     schema = {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}, "strict": True}
     assistant = client.beta.assistants.create(
-        model=MODEL, instructions="Base.", tools=[WEATHER], temperature=0.3, top_p=0.9,
-        response_format={"type": "json_schema", "json_schema": schema})
+        model=MODEL,
+        instructions="Base.",
+        tools=[WEATHER],
+        temperature=0.3,
+        top_p=0.9,
+        response_format={"type": "json_schema", "json_schema": schema},
+    )
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
     run = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, model="gpt-4o", additional_instructions="More.",
-        max_completion_tokens=300, tool_choice="none", parallel_tool_calls=False, poll_interval_ms=POLL)
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        model="gpt-4o",
+        additional_instructions="More.",
+        max_completion_tokens=300,
+        tool_choice="none",
+        parallel_tool_calls=False,
+        poll_interval_ms=POLL,
+    )
     assert run.status == "completed" and run.model == "gpt-4o"
 
     [body] = response_bodies(emulator)
     conversation = emulator.requests("/v1/conversations")[0]
     assert body["conversation"].startswith("conv_") and conversation["method"] == "POST"
     assert body["background"] is True and "input" not in body and "stream" not in body
-    assert (body["model"], body["instructions"], body["temperature"], body["top_p"]) == ("gpt-4o", "Base.\n\nMore.", 0.3, 0.9)
+    assert (body["model"], body["instructions"], body["temperature"], body["top_p"]) == (
+        "gpt-4o",
+        "Base.\n\nMore.",
+        0.3,
+        0.9,
+    )
     assert (body["max_output_tokens"], body["tool_choice"], body["parallel_tool_calls"]) == (300, "none", False)
-    assert body["tools"] == [{"type": "function", "name": "get_weather", "description": "Weather of a city.",
-                              "parameters": WEATHER["function"]["parameters"], "strict": False}]
-    assert body["text"] == {"format": {"type": "json_schema", "name": "answer", "schema": schema["schema"], "strict": True}}
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "Weather of a city.",
+            "parameters": WEATHER["function"]["parameters"],
+            "strict": False,
+        }
+    ]
+    assert body["text"] == {
+        "format": {"type": "json_schema", "name": "answer", "schema": schema["schema"], "strict": True}
+    }
     assert all(r["has_authorization"] for r in emulator.requests("/v1"))
 
 
@@ -55,11 +80,18 @@ def test_tool_outputs_go_upstream_as_function_call_outputs(client, emulator) -> 
     assistant = client.beta.assistants.create(model=MODEL, tools=[WEATHER])
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "Please call get_weather for Rome."}])
     run = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        poll_interval_ms=POLL)
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        poll_interval_ms=POLL,
+    )
     call = run.required_action.submit_tool_outputs.tool_calls[0]
     client.beta.threads.runs.submit_tool_outputs_and_poll(
-        run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": call.id, "output": "warm"}], poll_interval_ms=POLL)
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": call.id, "output": "warm"}],
+        poll_interval_ms=POLL,
+    )
     first, second = response_bodies(emulator)
     assert first["tool_choice"] == {"type": "function", "name": "get_weather"}
     assert second["input"] == [{"type": "function_call_output", "call_id": call.id, "output": "warm"}]
@@ -125,8 +157,11 @@ def test_memory_reaches_bridge_runs_and_each_finished_run_is_captured_once(bridg
     assistant = client.beta.assistants.create(model=MODEL, instructions="Base.")
     thread = client.beta.threads.create(metadata={"user_id": "u1"})
     run = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL,
-        additional_messages=[{"role": "user", "content": "Which tea do I like?"}])
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        poll_interval_ms=POLL,
+        additional_messages=[{"role": "user", "content": "Which tea do I like?"}],
+    )
     client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)  # seen finished twice, captured once
     instructions = response_bodies(emulator)[0]["instructions"]
     assert instructions.startswith("Base.\n\n<memories>") and '"Likes green tea"' in instructions
@@ -142,8 +177,11 @@ def test_a_polled_run_survives_a_proxy_restart(make_proxy, emulator, assistants_
     first = make_proxy(assistants="bridge", data_dir=tmp_path)
     client = assistants_client(first.url + "/v1", api_key=key)
     assistant, thread = client.beta.assistants.create(model=MODEL), client.beta.threads.create()
-    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id,
-                                          additional_messages=[{"role": "user", "content": "still there?"}])
+    run = client.beta.threads.runs.create(
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        additional_messages=[{"role": "user", "content": "still there?"}],
+    )
     assert run.status == "queued"
     first.stop()
 
@@ -155,8 +193,12 @@ def test_a_polled_run_survives_a_proxy_restart(make_proxy, emulator, assistants_
 
 
 def test_two_replicas_share_threads_and_runs(make_proxy, emulator, assistants_client, redis_server_url) -> None:
-    shared = {"assistants": "bridge", "redis_url": redis_server_url, "secret": "s",
-              "redis_prefix": f"t-{uuid.uuid4().hex[:8]}"}
+    shared = {
+        "assistants": "bridge",
+        "redis_url": redis_server_url,
+        "secret": "s",
+        "redis_prefix": f"t-{uuid.uuid4().hex[:8]}",
+    }
     key = f"sk-replicas-{uuid.uuid4().hex}"
     a = assistants_client(make_proxy(**shared).url + "/v1", api_key=key)
     b = assistants_client(make_proxy(**shared).url + "/v1", api_key=key)
@@ -169,14 +211,18 @@ def test_two_replicas_share_threads_and_runs(make_proxy, emulator, assistants_cl
     call = waiting.required_action.submit_tool_outputs.tool_calls[0]
     handler = Recorder()
     with b.beta.threads.runs.submit_tool_outputs_stream(
-        run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": call.id, "output": "foggy"}],
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": call.id, "output": "foggy"}],
         event_handler=handler,
     ) as stream:
         stream.until_done()
     assert a.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "completed"
     assert texts(a, thread.id)[-1][1] == handler.text and "foggy" in handler.text
     assert [s.type for s in a.beta.threads.runs.steps.list(run.id, thread_id=thread.id, order="asc")] == [
-        "tool_calls", "message_creation"]
+        "tool_calls",
+        "message_creation",
+    ]
     assert a.beta.assistants.list().data == b.beta.assistants.list().data
 
 

@@ -41,13 +41,26 @@ class Scripted(InProcessUpstream):
             yield {"type": "response.created", "response": self.response("queued")}
             yield {"type": "response.in_progress", "response": self.response("in_progress")}
             for index, item in enumerate(self.output):
-                yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "status": "in_progress"}}
+                yield {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": {**item, "status": "in_progress"},
+                }
                 if item["type"] == "message":
-                    yield {"type": "response.output_text.delta", "item_id": item["id"], "output_index": index,
-                           "content_index": 0, "delta": "partial"}
+                    yield {
+                        "type": "response.output_text.delta",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "content_index": 0,
+                        "delta": "partial",
+                    }
                 else:
-                    yield {"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                           "output_index": index, "delta": item["arguments"]}
+                    yield {
+                        "type": "response.function_call_arguments.delta",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "delta": item["arguments"],
+                    }
                     yield {"type": "response.output_item.done", "output_index": index, "item": item}
             yield {"type": f"response.{self.final['status']}", "response": self.final}
 
@@ -62,8 +75,13 @@ class Once(RunHooks):
         self.calls.append(run["status"])
 
 
-MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "status": "incomplete",
-           "content": [{"type": "output_text", "text": "partial", "annotations": []}]}
+MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "status": "incomplete",
+    "content": [{"type": "output_text", "text": "partial", "annotations": []}],
+}
 
 
 def call(n: int) -> dict[str, Any]:
@@ -76,7 +94,9 @@ async def setup():
 
     upstream = Scripted()
     engine = Engine(MemoryRecords(), upstream, "t", Once())
-    assistant = await assistants.create(engine, {"model": "m", "tools": [{"type": "function", "function": {"name": "f"}}]})
+    assistant = await assistants.create(
+        engine, {"model": "m", "tools": [{"type": "function", "function": {"name": "f"}}]}
+    )
     thread = await threads.create(engine, {"messages": [{"role": "user", "content": "hi"}]})
     return engine, upstream, assistant["id"], thread["id"]
 
@@ -84,7 +104,9 @@ async def setup():
 async def stream(engine: Engine, thread_id: str, assistant_id: str) -> list[tuple[str, Any]]:
     """Stream a run; every event is checked against the spec; answers (event, data) pairs."""
     run = await runs.prepare_create(engine, thread_id, {"assistant_id": assistant_id})
-    body = b"".join([chunk async for chunk in RunStream(engine, run, await engine.upstream.stream_response({}), []).body()])
+    body = b"".join(
+        [chunk async for chunk in RunStream(engine, run, await engine.upstream.stream_response({}), []).body()]
+    )
     validate_assistants_exchange("POST", f"/threads/{thread_id}/runs", 200, "text/event-stream", body)
     from conftest import sse_events
 
@@ -109,7 +131,9 @@ async def test_parallel_calls_stream_as_indexed_tool_call_deltas(setup) -> None:
     upstream.output = [call(0), call(1)]
     upstream.final = upstream.response("completed")
     events = await stream(engine, thread_id, assistant_id)
-    deltas = [data["delta"]["step_details"]["tool_calls"][0] for name, data in events if name == "thread.run.step.delta"]
+    deltas = [
+        data["delta"]["step_details"]["tool_calls"][0] for name, data in events if name == "thread.run.step.delta"
+    ]
     assert [(d["index"], d.get("id")) for d in deltas] == [(0, "call_0"), (0, None), (1, "call_1"), (1, None)]
     run = events[-2][1]
     assert events[-2][0] == "thread.run.requires_action"
@@ -139,8 +163,11 @@ async def test_a_run_waiting_too_long_for_tool_outputs_expires(setup) -> None:
     await engine.put(f"runs:{thread_id}", {**record, "expires_at": record["created_at"] - 1})
     expired = await runs.retrieve(engine, thread_id, run["id"])
     assert expired["status"] == "expired" and expired["required_action"] is None
-    [step] = (await runs.list_steps(engine, thread_id, run["id"], {"limit": 20, "order": "asc", "after": None,
-                                                                     "before": None}))["data"]
+    [step] = (
+        await runs.list_steps(
+            engine, thread_id, run["id"], {"limit": 20, "order": "asc", "after": None, "before": None}
+        )
+    )["data"]
     assert (step["status"], step["expired_at"] is not None) == ("expired", True)
     assert engine.hooks.calls == ["expired"]
 
@@ -152,8 +179,10 @@ async def test_a_run_whose_upstream_response_vanished_fails(setup) -> None:
     async def gone(response_id: str) -> dict[str, Any]:
         from proxy.assistants.upstream import UpstreamError
 
-        raise UpstreamError(404, {"error": {"message": "No response found.", "type": "invalid_request_error",
-                                            "param": None, "code": None}})
+        raise UpstreamError(
+            404,
+            {"error": {"message": "No response found.", "type": "invalid_request_error", "param": None, "code": None}},
+        )
 
     upstream.retrieve_response = gone
     failed = await runs.retrieve(engine, thread_id, run["id"])

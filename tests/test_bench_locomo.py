@@ -30,8 +30,13 @@ def _turn(speaker: str, dia_id: str, text: str, **extra) -> dict:
 
 SESSION_1 = [
     _turn("Caroline", "D1:1", "Hey Mel! How have you been lately?"),
-    _turn("Caroline", "D1:2", "I adopted an axolotl last week, her name is Zephyrine!",
-          blip_caption="a pink axolotl in an aquarium", img_url=["https://example.invalid/a.jpg"]),
+    _turn(
+        "Caroline",
+        "D1:2",
+        "I adopted an axolotl last week, her name is Zephyrine!",
+        blip_caption="a pink axolotl in an aquarium",
+        img_url=["https://example.invalid/a.jpg"],
+    ),
     _turn("Melanie", "D1:3", "That is so cute. The kids would love to see her."),
     _turn("Melanie", "D1:4", "I started pottery classes at the community centre on Tuesdays."),
 ]
@@ -43,8 +48,12 @@ SESSION_2 = [
 ]
 QA = [
     {"question": "What is the name of Caroline's axolotl?", "answer": "Zephyrine", "evidence": ["D1:2"], "category": 4},
-    {"question": "What did Melanie's family do at the lake?", "answer": "camping, marshmallows",
-     "evidence": ["D2:1; D2:3"], "category": 1},  # malformed: two ids in one string
+    {
+        "question": "What did Melanie's family do at the lake?",
+        "answer": "camping, marshmallows",
+        "evidence": ["D2:1; D2:3"],
+        "category": 1,
+    },  # malformed: two ids in one string
     {"question": "Which classes did Melanie start?", "answer": "pottery", "evidence": ["D:1:4"], "category": 2},
     {"question": "Did Caroline adopt a dog?", "evidence": ["D1:2"], "category": 5, "adversarial_answer": "yes"},
     {"question": "What is Caroline's favourite film?", "answer": "?", "evidence": ["D9:99", "D"], "category": 3},
@@ -164,8 +173,17 @@ def test_the_command_runs_on_any_file_in_the_format(tiny_locomo, memory_model_di
     from proxy.cli import app
 
     result = CliRunner().invoke(
-        app, ["bench", "locomo", "--data", str(tiny_locomo), "--model-path", str(memory_model_dir),
-              "--cache-dir", str(tmp_path / "cache")],
+        app,
+        [
+            "bench",
+            "locomo",
+            "--data",
+            str(tiny_locomo),
+            "--model-path",
+            str(memory_model_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "hybrid (RRF)" in result.output and "truncation" in result.output

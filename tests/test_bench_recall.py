@@ -76,11 +76,24 @@ async def test_bulk_load_spreads_jittered_pool_vectors_that_recall_finds(backend
 
 async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, tmp_path, capsys):
     cells, pool = await measure(
-        sizes=[120], backends=["edge", "qdrant-local"], subjects=6, worst_case=True, pool_size=30,
-        max_queries=6, max_seconds=5, max_writes=3, embedder=local_embedder, settings=bench_settings(tmp_path),
+        sizes=[120],
+        backends=["edge", "qdrant-local"],
+        subjects=6,
+        worst_case=True,
+        pool_size=30,
+        max_queries=6,
+        max_seconds=5,
+        max_writes=3,
+        embedder=local_embedder,
+        settings=bench_settings(tmp_path),
         workdir=tmp_path,
     )
-    assert [(c.backend, c.layout.subjects) for c in cells] == [("edge", 6), ("edge", 1), ("qdrant-local", 6), ("qdrant-local", 1)]
+    assert [(c.backend, c.layout.subjects) for c in cells] == [
+        ("edge", 6),
+        ("edge", 1),
+        ("qdrant-local", 6),
+        ("qdrant-local", 1),
+    ]
     for cell in cells:
         phases = ["as loaded", "optimized"] if cell.backend == "edge" else ["as loaded"]
         assert list(cell.latency) == phases
@@ -107,16 +120,36 @@ def test_the_command_prints_its_tables(memory_model_dir):
 
     result = CliRunner().invoke(
         app,
-        ["bench", "recall", "--sizes", "60", "--backends", "edge", "--subjects", "3", "--no-worst-case",
-         "--pool", "20", "--queries", "5", "--seconds", "2", "--writes", "2", "--model-path", str(memory_model_dir)],
+        [
+            "bench",
+            "recall",
+            "--sizes",
+            "60",
+            "--backends",
+            "edge",
+            "--subjects",
+            "3",
+            "--no-worst-case",
+            "--pool",
+            "20",
+            "--queries",
+            "5",
+            "--seconds",
+            "2",
+            "--writes",
+            "2",
+            "--model-path",
+            str(memory_model_dir),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "recall path latency" in result.output and "3 subjects" in result.output
     assert "1 subject │" not in result.output  # --no-worst-case: no one-subject rows
     bad = CliRunner().invoke(app, ["bench", "recall", "--sizes", "ten"])
     assert bad.exit_code != 0 and "--sizes" in bad.output
-    unknown = CliRunner().invoke(app, ["bench", "recall", "--sizes", "10", "--backends", "nope", "--model-path",
-                                       str(memory_model_dir)])
+    unknown = CliRunner().invoke(
+        app, ["bench", "recall", "--sizes", "10", "--backends", "nope", "--model-path", str(memory_model_dir)]
+    )
     assert unknown.exit_code != 0 and "unknown backend" in unknown.output
 
 
@@ -125,7 +158,16 @@ async def test_local_mode_is_measured_in_one_layout_past_its_own_limit(local_emb
 
     monkeypatch.setattr(recall, "LOCAL_MODE_LIMIT", 40)
     cells, _ = await measure(
-        sizes=[30, 50], backends=["qdrant-local"], subjects=5, worst_case=True, pool_size=20, max_queries=3,
-        max_seconds=2, max_writes=1, embedder=local_embedder, settings=bench_settings(tmp_path), workdir=tmp_path,
+        sizes=[30, 50],
+        backends=["qdrant-local"],
+        subjects=5,
+        worst_case=True,
+        pool_size=20,
+        max_queries=3,
+        max_seconds=2,
+        max_writes=1,
+        embedder=local_embedder,
+        settings=bench_settings(tmp_path),
+        workdir=tmp_path,
     )
     assert [(c.size, c.layout.subjects) for c in cells] == [(30, 5), (30, 1), (50, 5)]

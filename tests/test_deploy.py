@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -548,7 +548,7 @@ class RenderFailed(Exception):
     """The chart itself refused to render (``fail`` / ``required``), as `helm template` would."""
 
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
+_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
 _TOKEN = re.compile(
     r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+)|(?P<field>\$?(?:\.[A-Za-z_]\w*)+|\.|\$)'
     r"|(?P<ident>[A-Za-z_]\w*)|(?P<op>[()|]))"
@@ -681,7 +681,7 @@ def _to_yaml(value: Any) -> str:
 
 
 class Renderer:
-    FUNCTIONS = {
+    FUNCTIONS: ClassVar[dict[str, Any]] = {
         "quote": lambda v: "" if v is None else json.dumps(_to_text(v), ensure_ascii=False),
         "default": lambda d, v=None: v if _truthy(v) else d,
         "toYaml": _to_yaml,
@@ -969,8 +969,11 @@ def test_chart_backends_and_secret_refs() -> None:
 def test_chart_created_secret_holds_what_values_give() -> None:
     overrides = deep_merge(VALID_SECRET, {"secret": {"adminToken": "tok", "llmApiKey": "sk-extraction"}})
     secret = chart_objects(overrides)[("Secret", "demo-memproxy")]
-    expected = {"MEMPROXY_SECRET": VALID_SECRET["secret"]["serverSecret"], "MEMPROXY_ADMIN_TOKEN": "tok",
-                "MEMPROXY_LLM_API_KEY": "sk-extraction"}
+    expected = {
+        "MEMPROXY_SECRET": VALID_SECRET["secret"]["serverSecret"],
+        "MEMPROXY_ADMIN_TOKEN": "tok",
+        "MEMPROXY_LLM_API_KEY": "sk-extraction",
+    }
     assert secret["stringData"] == expected, "only the values given, no empty keys"
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import openai
 import pytest
 
-
 ID = re.compile(r"^(chatcmpl|resp|msg|conv|file|call|fc|rs|req|item|cmpl|ws)[-_][A-Za-z0-9_-]+$")
 VOLATILE_KEYS = {"created", "created_at", "completed_at", "expires_at"}
 # Headers that legitimately differ between two runs or two routes to the same upstream.
@@ -25,7 +24,9 @@ VOLATILE_HEADERS = {"host", "x-stainless-retry-count", "x-stainless-read-timeout
 
 def normalize(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: (0 if k in VOLATILE_KEYS and isinstance(v, (int, float)) else normalize(v)) for k, v in value.items()}
+        return {
+            k: (0 if k in VOLATILE_KEYS and isinstance(v, (int, float)) else normalize(v)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [normalize(item) for item in value]
     if isinstance(value, str) and ID.match(value):
@@ -120,7 +121,9 @@ def conversations(client: openai.OpenAI) -> Any:
 
 def embeddings(client: openai.OpenAI) -> Any:
     default = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])
-    floats = client.embeddings.create(model="text-embedding-3-small", input="gamma", encoding_format="float", dimensions=8)
+    floats = client.embeddings.create(
+        model="text-embedding-3-small", input="gamma", encoding_format="float", dimensions=8
+    )
     return [default, floats]
 
 
@@ -177,9 +180,9 @@ def received(emulator) -> list[dict[str, Any]]:
             "method": entry["method"],
             "path": "/".join(normalize(segment) for segment in entry["path"].split("/")),
             "query": re.sub(r"=(\w+_[A-Za-z0-9]+)", lambda m: "=" + normalize(m.group(1)), entry["query"]),
-            "body": normalize(entry["body"]) if not isinstance(entry["body"], str) else re.sub(
-                r"boundary=?[-\w]+|-{2,}[-\w]+", "<boundary>", entry["body"]
-            ),
+            "body": normalize(entry["body"])
+            if not isinstance(entry["body"], str)
+            else re.sub(r"boundary=?[-\w]+|-{2,}[-\w]+", "<boundary>", entry["body"]),
             "headers": {k: v for k, v in entry["headers"].items() if k not in VOLATILE_HEADERS and "boundary" not in v},
         }
         for entry in emulator.requests()

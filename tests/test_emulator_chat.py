@@ -70,8 +70,12 @@ def test_content_parts_are_read(emulator_openai) -> None:
 
 
 def test_stream_sends_role_words_finish_usage_done(emulator) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "one two three"}], "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "one two three"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = _raw_chunks(emulator, body)
     for chunk in chunks:
         validate(chunk, "CreateChatCompletionStreamResponse")
@@ -130,8 +134,10 @@ def test_json_schema_with_sdk_parse(emulator_openai) -> None:
 def test_json_schema_validates_against_the_given_schema(emulator_openai) -> None:
     schema = {
         "type": "object",
-        "properties": {"items": {"type": "array", "items": {"type": "integer", "minimum": 3}, "minItems": 1},
-                       "label": {"type": "string", "enum": ["a", "b"]}},
+        "properties": {
+            "items": {"type": "array", "items": {"type": "integer", "minimum": 3}, "minItems": 1},
+            "label": {"type": "string", "enum": ["a", "b"]},
+        },
         "required": ["items", "label"],
         "additionalProperties": False,
     }
@@ -172,8 +178,12 @@ def test_tool_call_round_trip(emulator_openai) -> None:
 
 
 def test_tool_call_streamed_as_deltas(emulator, emulator_openai) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "call get_weather for Oslo"}],
-            "tools": [WEATHER_TOOL], "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "call get_weather for Oslo"}],
+        "tools": [WEATHER_TOOL],
+        "stream": True,
+    }
     chunks = _raw_chunks(emulator, body)
     for chunk in chunks:
         validate(chunk, "CreateChatCompletionStreamResponse")
@@ -208,8 +218,10 @@ def test_tool_choice_forces_a_call(emulator_openai) -> None:
         ({"model": MODEL, "messages": []}, "messages"),
         ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"model": MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
-         "stream_options"),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
         (
             {"model": MODEL, "messages": [{"role": "tool", "tool_call_id": "call_x", "content": "x"}]},
             "messages.[0].role",

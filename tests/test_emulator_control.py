@@ -26,15 +26,20 @@ def _stream_chat(client: openai.OpenAI, **extra) -> list[str]:
 def test_unknown_route_is_openai_shaped_404(emulator, emulator_openai) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         emulator_openai.get("/does/not/exist", cast_to=object)
-    assert info.value.body == {"message": "Invalid URL (GET /v1/does/not/exist)", "type": "invalid_request_error",
-                               "param": None, "code": None}
+    assert info.value.body == {
+        "message": "Invalid URL (GET /v1/does/not/exist)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     assert httpx.get(emulator.url + "/elsewhere").json()["error"]["message"] == "Invalid URL (GET /elsewhere)"
 
 
 def test_bad_json_is_400_with_openai_message(emulator) -> None:
     for body in (b'{"model": ', b"[1, 2]"):
-        response = httpx.post(emulator.base_url + "/chat/completions", content=body,
-                              headers={"content-type": "application/json"})
+        response = httpx.post(
+            emulator.base_url + "/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 400
         error = response.json()["error"]
         assert error["message"].startswith("We could not parse the JSON body of your request.")
@@ -110,8 +115,9 @@ def test_bad_json_is_recorded_as_text(emulator) -> None:
 
 
 def test_status_fault_applies_once_then_clears(emulator, emulator_openai) -> None:
-    emulator.fault(method="POST", path="/chat/completions", status=503, message="overloaded",
-                   headers={"x-request-id": "req_fixed"})
+    emulator.fault(
+        method="POST", path="/chat/completions", status=503, message="overloaded", headers={"x-request-id": "req_fixed"}
+    )
     with pytest.raises(openai.InternalServerError) as info:
         emulator_openai.chat.completions.create(**CHAT)
     assert info.value.status_code == 503 and info.value.message.endswith("overloaded")
@@ -174,8 +180,7 @@ def test_drop_mid_stream_makes_the_sdk_raise(emulator, emulator_openai) -> None:
     emulator.fault(path="/chat/completions", drop_after=3)
     received = []
     with pytest.raises(openai.APIConnectionError):
-        for chunk in emulator_openai.chat.completions.create(**CHAT, stream=True):
-            received.append(chunk)
+        received.extend(emulator_openai.chat.completions.create(**CHAT, stream=True))
     assert len(received) == 3
     assert _stream_chat(emulator_openai)  # the next request is fine
 

@@ -16,8 +16,11 @@ def _raw(call, *args, **kwargs) -> dict:
 
 def test_create_retrieve_update_delete(emulator_openai) -> None:
     conversations = emulator_openai.conversations
-    created = _raw(conversations.with_raw_response.create, metadata={"user_id": "u1"},
-                   items=[{"type": "message", "role": "user", "content": "hello"}])
+    created = _raw(
+        conversations.with_raw_response.create,
+        metadata={"user_id": "u1"},
+        items=[{"type": "message", "role": "user", "content": "hello"}],
+    )
     validate(created, "ConversationResource")
     assert created["id"].startswith("conv_") and created["metadata"] == {"user_id": "u1"}
 
@@ -38,12 +41,16 @@ def test_create_retrieve_update_delete(emulator_openai) -> None:
 def test_items_create_list_retrieve_delete(emulator_openai) -> None:
     conversation = emulator_openai.conversations.create()
     items_api = emulator_openai.conversations.items
-    added = _raw(items_api.with_raw_response.create, conversation.id, items=[
-        {"type": "message", "role": "user", "content": "I like jazz."},
-        {"role": "assistant", "content": [{"type": "output_text", "text": "Noted."}]},
-        {"type": "function_call", "call_id": "call_1", "name": "save", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "call_1", "output": "ok"},
-    ])
+    added = _raw(
+        items_api.with_raw_response.create,
+        conversation.id,
+        items=[
+            {"type": "message", "role": "user", "content": "I like jazz."},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Noted."}]},
+            {"type": "function_call", "call_id": "call_1", "name": "save", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "ok"},
+        ],
+    )
     validate(added, "ConversationItemList")
     ids = [item["id"] for item in added["data"]]
     assert ids[0].startswith("msg_") and added["first_id"] == ids[0] and added["last_id"] == ids[-1]
@@ -51,8 +58,14 @@ def test_items_create_list_retrieve_delete(emulator_openai) -> None:
     listed = _raw(items_api.with_raw_response.list, conversation.id, order="asc")
     validate(listed, "ConversationItemList")
     assert [item["id"] for item in listed["data"]] == ids
-    assert listed["data"][2] == {"id": ids[2], "type": "function_call", "status": "completed", "call_id": "call_1",
-                                 "name": "save", "arguments": "{}"}
+    assert listed["data"][2] == {
+        "id": ids[2],
+        "type": "function_call",
+        "status": "completed",
+        "call_id": "call_1",
+        "name": "save",
+        "arguments": "{}",
+    }
 
     item = _raw(items_api.with_raw_response.retrieve, ids[1], conversation_id=conversation.id)
     validate(item, "ConversationItem")

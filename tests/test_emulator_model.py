@@ -89,9 +89,7 @@ def test_tool_results_end_the_loop_and_are_reported() -> None:
 
 def test_first_person_statements() -> None:
     text = (
-        "user: I live in Oslo. The sky is blue. Do I like tea?\n"
-        "assistant: I can help.\n"
-        "Our cat is Tom! my kids love it"
+        "user: I live in Oslo. The sky is blue. Do I like tea?\nassistant: I can help.\nOur cat is Tom! my kids love it"
     )
     assert first_person_statements([Turn("user", text), Turn("assistant", "I am a bot.")]) == [
         "I live in Oslo.",

@@ -134,8 +134,13 @@ def test_stream_with_sdk_helper_and_stored_result(emulator_openai) -> None:
 
 def test_previous_response_id_chains_context(emulator_openai) -> None:
     first = _create(emulator_openai, model=MODEL, input="I am Ann.", instructions="first only")
-    second = _create(emulator_openai, model=MODEL, input="Who am I?", previous_response_id=first.id,
-                     text={"format": {"type": "json_object"}})
+    second = _create(
+        emulator_openai,
+        model=MODEL,
+        input="Who am I?",
+        previous_response_id=first.id,
+        text={"format": {"type": "json_object"}},
+    )
     assert second.previous_response_id == first.id
     body = json.loads(second.output_text)
     assert body["facts"] == ["I am Ann."]
@@ -154,8 +159,9 @@ def test_conversation_context_and_append(emulator_openai) -> None:
     conversation = emulator_openai.conversations.create(
         items=[{"type": "message", "role": "user", "content": "My name is Bo."}]
     )
-    first = _create(emulator_openai, model=MODEL, input="Hi", conversation=conversation.id,
-                    text={"format": {"type": "json_object"}})
+    first = _create(
+        emulator_openai, model=MODEL, input="Hi", conversation=conversation.id, text={"format": {"type": "json_object"}}
+    )
     assert first.conversation.id == conversation.id
     assert json.loads(first.output_text)["facts"] == ["My name is Bo."]
     second = _create(emulator_openai, model=MODEL, input="Bye", conversation={"id": conversation.id})

@@ -65,12 +65,24 @@ def _client_chat(emulator) -> dict:
 
 
 MODES = [
-    Mode("assistants-passthrough", "passthrough", _run_turn,
-         lambda emulator: _last_post(emulator, "/runs").get("additional_instructions", "")),
-    Mode("assistants-bridge", "bridge", _run_turn,
-         lambda emulator: _last_post(emulator, "/v1/responses").get("instructions", "")),
-    Mode("responses", "passthrough", _responses_turn,
-         lambda emulator: _last_post(emulator, "/v1/responses").get("instructions", "")),
+    Mode(
+        "assistants-passthrough",
+        "passthrough",
+        _run_turn,
+        lambda emulator: _last_post(emulator, "/runs").get("additional_instructions", ""),
+    ),
+    Mode(
+        "assistants-bridge",
+        "bridge",
+        _run_turn,
+        lambda emulator: _last_post(emulator, "/v1/responses").get("instructions", ""),
+    ),
+    Mode(
+        "responses",
+        "passthrough",
+        _responses_turn,
+        lambda emulator: _last_post(emulator, "/v1/responses").get("instructions", ""),
+    ),
     Mode("chat", "passthrough", _chat_turn, lambda emulator: _client_chat(emulator)["messages"][0]["content"]),
 ]
 
@@ -88,7 +100,9 @@ def wait_for_memories(proxy, key: str, user: str, count: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def proxies(make_proxy):
-    started = {kind: make_proxy(assistants=kind, extractor="llm", worker_in_proxy=True) for kind in ("passthrough", "bridge")}
+    started = {
+        kind: make_proxy(assistants=kind, extractor="llm", worker_in_proxy=True) for kind in ("passthrough", "bridge")
+    }
     yield started
     for proxy in started.values():  # their workers must not call the shared emulator during later tests
         proxy.stop()
@@ -120,8 +134,10 @@ def test_a_contradiction_updates_the_memory_and_keeps_its_history(mode: Mode, pr
     mode.say(client, user, SAID, False)
     [original] = wait_for_memories(proxy, key, user, 1)
 
-    decision = '{"operations": [{"op": "update", "id": "m1", "text": "Acme Corp moved from Kubernetes to Nomad", ' \
-               '"kind": "fact", "ttl_days": null, "reason": "the user said they moved"}]}'
+    decision = (
+        '{"operations": [{"op": "update", "id": "m1", "text": "Acme Corp moved from Kubernetes to Nomad", '
+        '"kind": "fact", "ttl_days": null, "reason": "the user said they moved"}]}'
+    )
     emulator.fault(method="POST", path="/v1/chat/completions", status=200, body=_completion(decision))
     mode.say(client, user, "We moved from Kubernetes to Nomad last month.", False)
     with Memory(proxy.url, api_key=key) as memory:
@@ -138,8 +154,17 @@ def test_a_contradiction_updates_the_memory_and_keeps_its_history(mode: Mode, pr
 
 def _completion(content: str) -> dict:
     return {
-        "id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": content, "refusal": None}}],
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+            }
+        ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }

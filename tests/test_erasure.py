@@ -11,9 +11,9 @@ import sqlite3
 import uuid
 
 import httpx
-import redis
 import openai
 import pytest
+import redis
 
 from proxy.client import Memory
 from proxy.identity import digest, subject_hash
@@ -44,8 +44,9 @@ def client(proxy):
 
 
 def api(proxy, method: str, path: str, **kwargs) -> httpx.Response:
-    return httpx.request(method, proxy.url + "/memory/v1" + path, headers={"authorization": f"Bearer {KEY}"},
-                         timeout=30, **kwargs)
+    return httpx.request(
+        method, proxy.url + "/memory/v1" + path, headers={"authorization": f"Bearer {KEY}"}, timeout=30, **kwargs
+    )
 
 
 def seen_everywhere(proxy, client, user: str) -> tuple[str, str]:
@@ -72,8 +73,14 @@ def state_dump(proxy) -> str:
 
 def redis_dump(url: str, prefix: str) -> str:
     client = redis.Redis.from_url(url, decode_responses=True)
-    read = {"string": client.get, "list": lambda k: client.lrange(k, 0, -1), "set": client.smembers,
-            "hash": client.hgetall, "zset": lambda k: client.zrange(k, 0, -1), "stream": lambda k: client.xrange(k)}
+    read = {
+        "string": client.get,
+        "list": lambda k: client.lrange(k, 0, -1),
+        "set": client.smembers,
+        "hash": client.hgetall,
+        "zset": lambda k: client.zrange(k, 0, -1),
+        "stream": lambda k: client.xrange(k),
+    }
     try:
         return "\n".join(f"{key} {read[client.type(key)](key)}" for key in client.scan_iter(f"{prefix}*"))
     finally:
@@ -100,9 +107,16 @@ def test_erasure_leaves_nothing_of_the_user_here_or_upstream(proxy, client, emul
     assert erased["deleted"]["upstream_threads"] == 1 and erased["deleted"]["upstream_conversations"] == 1
     assert erased["upstream"]["threads"] == [thread_id] and erased["upstream"]["conversations"] == [conversation_id]
     # upstream: gone
-    assert httpx.get(f"{emulator.base_url}/threads/{thread_id}", headers={"authorization": f"Bearer {KEY}"}).status_code == 404
-    assert httpx.get(f"{emulator.base_url}/conversations/{conversation_id}",
-                     headers={"authorization": f"Bearer {KEY}"}).status_code == 404
+    assert (
+        httpx.get(f"{emulator.base_url}/threads/{thread_id}", headers={"authorization": f"Bearer {KEY}"}).status_code
+        == 404
+    )
+    assert (
+        httpx.get(
+            f"{emulator.base_url}/conversations/{conversation_id}", headers={"authorization": f"Bearer {KEY}"}
+        ).status_code
+        == 404
+    )
     # memory API: nothing
     assert api(proxy, "GET", f"/users/{user}/memories?include_deleted=true").json()["data"] == []
     assert api(proxy, "POST", f"/users/{user}/recall", json={"query": "bees Lisbon"}).json()["data"] == []
@@ -119,14 +133,15 @@ def test_erasure_leaves_nothing_of_the_user_here_or_upstream(proxy, client, emul
 
 
 def test_a_failing_upstream_delete_is_partial_reported_and_retried_later(proxy, client, emulator, user) -> None:
-    thread_id, conversation_id = seen_everywhere(proxy, client, user)
+    thread_id, _conversation_id = seen_everywhere(proxy, client, user)
     emulator.fault(method="DELETE", path="/v1/threads", status=500, times=0)
 
     erased = api(proxy, "DELETE", f"/users/{user}").json()
 
     assert erased["outcome"] == "partial"
-    assert erased["failed"] == [{"system": "upstream", "kind": "thread", "id": thread_id,
-                                 "error": "upstream answered 500", "attempts": 3}]
+    assert erased["failed"] == [
+        {"system": "upstream", "kind": "thread", "id": thread_id, "error": "upstream answered 500", "attempts": 3}
+    ]
     assert erased["deleted"]["memories"] == 2 and erased["deleted"]["upstream_conversations"] == 1
     assert len([r for r in emulator.requests() if r["method"] == "DELETE" and thread_id in r["path"]]) == 3
     entry = next(e for e in api(proxy, "GET", "/audit").json()["data"] if e["id"] == erased["audit_id"])
@@ -136,11 +151,14 @@ def test_a_failing_upstream_delete_is_partial_reported_and_retried_later(proxy, 
     emulator.clear_faults()
     again = api(proxy, "DELETE", f"/users/{user}").json()
     assert again["outcome"] == "ok" and again["upstream"]["threads"] == [thread_id]
-    assert httpx.get(f"{emulator.base_url}/threads/{thread_id}", headers={"authorization": f"Bearer {KEY}"}).status_code == 404
+    assert (
+        httpx.get(f"{emulator.base_url}/threads/{thread_id}", headers={"authorization": f"Bearer {KEY}"}).status_code
+        == 404
+    )
 
 
 def test_keep_upstream_erases_memories_but_leaves_the_threads(proxy, client, emulator, user) -> None:
-    thread_id, conversation_id = seen_everywhere(proxy, client, user)
+    thread_id, _conversation_id = seen_everywhere(proxy, client, user)
     erased = api(proxy, "DELETE", f"/users/{user}?keep_upstream=true").json()
     assert erased["outcome"] == "ok" and erased["upstream"]["kept"] is True
     assert erased["deleted"]["memories"] == 2 and erased["deleted"]["upstream_threads"] == 0
@@ -154,7 +172,9 @@ def test_erasure_deletes_the_users_bridge_threads_even_without_memories(make_pro
         assistant = client.beta.assistants.create(model="gpt-4o-mini")
         thread = client.beta.threads.create(metadata={"user_id": user})
         client.beta.threads.runs.create_and_poll(
-            thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=20,
+            thread_id=thread.id,
+            assistant_id=assistant.id,
+            poll_interval_ms=20,
             additional_messages=[{"role": "user", "content": "What time is it?"}],
         )
         erased = api(bridge, "DELETE", f"/users/{user}").json()

@@ -18,9 +18,12 @@ USER = "carol@example.com"
 @pytest.fixture
 def env(tmp_path, emulator, memory_model_dir, monkeypatch):
     for name, value in {
-        "MEMPROXY_DATA_DIR": str(tmp_path), "MEMPROXY_UPSTREAM_URL": emulator.base_url,
-        "MEMPROXY_EMBED_MODEL_PATH": str(memory_model_dir), "MEMPROXY_EXTRACTOR": "verbatim",
-        "MEMPROXY_ASSISTANTS": "passthrough", "MEMPROXY_ERASURE_BACKOFF": "0.01",
+        "MEMPROXY_DATA_DIR": str(tmp_path),
+        "MEMPROXY_UPSTREAM_URL": emulator.base_url,
+        "MEMPROXY_EMBED_MODEL_PATH": str(memory_model_dir),
+        "MEMPROXY_EXTRACTOR": "verbatim",
+        "MEMPROXY_ASSISTANTS": "passthrough",
+        "MEMPROXY_ERASURE_BACKOFF": "0.01",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MEMPROXY_TENANT", raising=False)
@@ -34,11 +37,17 @@ def run(*args: str):
 
 def test_migrate_export_forget_and_verify_from_the_command_line(env, emulator) -> None:
     headers = {"authorization": f"Bearer {KEY}"}
-    thread = httpx.post(f"{emulator.base_url}/threads", headers=headers, json={"messages": [
-        {"role": "user", "content": "I run a bakery in Porto"},
-        {"role": "assistant", "content": "Nice!"},
-        {"role": "user", "content": "My daughter plays the violin"},
-    ]}).json()["id"]
+    thread = httpx.post(
+        f"{emulator.base_url}/threads",
+        headers=headers,
+        json={
+            "messages": [
+                {"role": "user", "content": "I run a bakery in Porto"},
+                {"role": "assistant", "content": "Nice!"},
+                {"role": "user", "content": "My daughter plays the violin"},
+            ]
+        },
+    ).json()["id"]
     threads_file = env / "threads.txt"
     threads_file.write_text(f"# to migrate\n{thread}\n")
 
@@ -62,7 +71,9 @@ def test_migrate_export_forget_and_verify_from_the_command_line(env, emulator) -
     assert verified.exit_code == 0 and "OK, 3 entries" in verified.output  # export, erase, export
 
     with sqlite3.connect(env / "state.sqlite3") as db:  # someone edits the erasure's counts
-        body, entry_id = db.execute("SELECT body, id FROM records WHERE collection = 'audit' AND body LIKE '%erase%'").fetchone()
+        body, entry_id = db.execute(
+            "SELECT body, id FROM records WHERE collection = 'audit' AND body LIKE '%erase%'"
+        ).fetchone()
         entry = json.loads(body)
         entry["counts"]["memories"] = 0
         db.execute("UPDATE records SET body = ? WHERE collection = 'audit' AND id = ?", (json.dumps(entry), entry_id))
@@ -72,8 +83,11 @@ def test_migrate_export_forget_and_verify_from_the_command_line(env, emulator) -
 
 def test_forget_reports_a_failed_upstream_delete_and_exits_1(env, emulator) -> None:
     headers = {"authorization": f"Bearer {KEY}"}
-    thread = httpx.post(f"{emulator.base_url}/threads", headers=headers,
-                        json={"messages": [{"role": "user", "content": "I live in Oslo"}]}).json()["id"]
+    thread = httpx.post(
+        f"{emulator.base_url}/threads",
+        headers=headers,
+        json={"messages": [{"role": "user", "content": "I live in Oslo"}]},
+    ).json()["id"]
     assert run("migrate", "-u", USER, "-t", thread, "--api-key", KEY).exit_code == 0
     emulator.fault(method="DELETE", path="/v1/threads", status=503, times=0)
     forgot = run("forget", "--user", USER, "--api-key", KEY)

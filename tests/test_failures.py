@@ -13,8 +13,8 @@ import time
 import httpx
 import openai
 import pytest
-
 from conftest import redis_server
+
 from proxy.client import Memory
 
 ASK = {"model": "gpt-4o-mini", "instructions": "Be brief.", "input": "What do we run in production?"}

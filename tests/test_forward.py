@@ -133,7 +133,7 @@ def test_silent_streams_get_keepalive_comments_between_events(proxy, emulator):
     assert ": keepalive" in text
     events = [block for block in text.split("\n\n") if block.strip()]
     # A comment never lands inside an event: every block is either a comment or a whole event.
-    assert all(block.startswith(": keepalive") or block.startswith("data: ") for block in events)
+    assert all(block.startswith((": keepalive", "data: ")) for block in events)
     assert events[-1] == "data: [DONE]"
 
 
@@ -149,7 +149,9 @@ def test_client_disconnect_closes_the_upstream_stream(make_proxy, emulator):
     server = make_proxy()
     forwarder = server.app.state.runtime.forwarder
     slow = {"x-emulator-fault": "event_delay=1.0"}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=slow) as response:
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=slow
+    ) as response:
         lines = response.iter_lines()  # held: a dropped generator would close the response itself
         next(lines)
         time.sleep(0.3)
@@ -159,7 +161,9 @@ def test_client_disconnect_closes_the_upstream_stream(make_proxy, emulator):
     while forwarder.open_responses and time.monotonic() < deadline:
         time.sleep(0.05)
     assert forwarder.open_responses == 0
-    assert all(connection.is_idle() or connection.is_closed() for connection in forwarder.client._transport._pool.connections)
+    assert all(
+        connection.is_idle() or connection.is_closed() for connection in forwarder.client._transport._pool.connections
+    )
 
 
 def test_multipart_upload_passes_with_its_boundary_intact(proxy, emulator):

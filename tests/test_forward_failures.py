@@ -9,7 +9,6 @@ import openai
 import pytest
 
 
-
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -41,7 +41,10 @@ def upstream_body(emulator, path: str) -> dict:
 
 def test_responses_instructions_carry_the_users_memories(proxy, emulator, remembered) -> None:
     raw = sdk(proxy).responses.with_raw_response.create(
-        model="gpt-4o-mini", instructions="Be concise.", input="What do we run in production?", safety_identifier=remembered
+        model="gpt-4o-mini",
+        instructions="Be concise.",
+        input="What do we run in production?",
+        safety_identifier=remembered,
     )
     sent = upstream_body(emulator, "/v1/responses")["instructions"]
     assert sent.startswith("Be concise.\n\n<memories>")
@@ -54,7 +57,10 @@ def test_responses_instructions_carry_the_users_memories(proxy, emulator, rememb
 def test_chat_system_message_carries_the_users_memories(proxy, emulator, remembered) -> None:
     sdk(proxy).chat.completions.create(
         model="gpt-4o-mini",
-        messages=[{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "What do we run in production?"}],
+        messages=[
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": "What do we run in production?"},
+        ],
         user=remembered,
     )
     messages = upstream_body(emulator, "/v1/chat")["messages"]
@@ -126,7 +132,9 @@ def test_each_finished_turn_is_captured(make_proxy, emulator, user, stream) -> N
     proxy = make_proxy()
     runtime = proxy.app.state.runtime
     client = sdk(proxy)
-    answer = client.responses.create(model="gpt-4o-mini", input="I moved to Lyon.", safety_identifier=user, stream=stream)
+    answer = client.responses.create(
+        model="gpt-4o-mini", input="I moved to Lyon.", safety_identifier=user, stream=stream
+    )
     chat = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "My dog is Rex."}], user=user, stream=stream
     )
@@ -141,7 +149,10 @@ def test_an_abandoned_stream_is_not_captured_as_a_finished_turn(make_proxy, emul
     proxy = make_proxy()
     slow = sdk(proxy, **{"x-emulator-fault": "event_delay=0.5"})
     stream = slow.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "My dog is Rex and I live in Lyon."}], user=user, stream=True
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "My dog is Rex and I live in Lyon."}],
+        user=user,
+        stream=True,
     )
     next(iter(stream))
     stream.close()
@@ -172,7 +183,9 @@ async def test_a_background_response_is_captured_when_a_poll_sees_it_finish(make
     proxy = make_proxy()
     runtime = proxy.app.state.runtime
     client = sdk(proxy)
-    response = client.responses.create(model="gpt-4o-mini", input="I work night shifts.", safety_identifier=user, background=True)
+    response = client.responses.create(
+        model="gpt-4o-mini", input="I work night shifts.", safety_identifier=user, background=True
+    )
     assert response.status == "queued"
     while response.status != "completed":
         await asyncio.sleep(0.02)

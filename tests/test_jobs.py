@@ -50,13 +50,18 @@ async def parts(tmp_path, emulator, local_embedder, memory_model_dir):
 
     async def make(state, keys: KeyRing | None = None, **overrides) -> Worker:
         settings = Settings(
-            upstream_url=emulator.base_url, data_dir=tmp_path, embed_model_path=memory_model_dir,
-            memory_access_flush_seconds=3600, worker_poll_interval=0.02, **overrides,
+            upstream_url=emulator.base_url,
+            data_dir=tmp_path,
+            embed_model_path=memory_model_dir,
+            memory_access_flush_seconds=3600,
+            worker_poll_interval=0.02,
+            **overrides,
         )
         if "memory" not in made:
             made["memory"] = await create_memory_service(settings, http, embedder=local_embedder)
-        worker = Worker(state, made["memory"], make_extractor(settings, http), settings,
-                        keys=keys if keys is not None else ring())
+        worker = Worker(
+            state, made["memory"], make_extractor(settings, http), settings, keys=keys if keys is not None else ring()
+        )
         workers.append(worker)
         return worker
 
@@ -76,10 +81,19 @@ def ring(tenant: str = "tenant-a", key: str = KEY) -> KeyRing:
 
 def a_turn(*user: str, tenant: str = "tenant-a", subject: str = "alice", **source) -> Turn:
     return Turn(
-        tenant=tenant, subject=subject, route="assistants", turn_id=f"run_{uuid.uuid4().hex[:10]}",
-        user=list(user), assistant=["Lyon is a lovely city!"],
-        source={"thread_id": "thread_abc", "run_id": "run_xyz", "message_ids": ["msg_1"],
-                "assistant_id": "asst_1", **source},
+        tenant=tenant,
+        subject=subject,
+        route="assistants",
+        turn_id=f"run_{uuid.uuid4().hex[:10]}",
+        user=list(user),
+        assistant=["Lyon is a lovely city!"],
+        source={
+            "thread_id": "thread_abc",
+            "run_id": "run_xyz",
+            "message_ids": ["msg_1"],
+            "assistant_id": "asst_1",
+            **source,
+        },
         model="gpt-4o",
     )
 
@@ -115,8 +129,14 @@ async def test_a_finished_turn_becomes_memories_of_its_tenant_and_subject(parts,
     assert await texts(worker, "tenant-a", "bob") == [] and await texts(worker, "tenant-b", "alice") == []
     assert await sqlite_state.pending_count() == 0
     assert worker.stats.snapshot() == {
-        "claimed": 1, "processed": 1, "failed": 0, "dead_lettered": 0, "lost": 0,
-        "ops": {"add": 2, "update": 0, "delete": 0}, "unchanged": 0, "skipped": 0,
+        "claimed": 1,
+        "processed": 1,
+        "failed": 0,
+        "dead_lettered": 0,
+        "lost": 0,
+        "ops": {"add": 2, "update": 0, "delete": 0},
+        "unchanged": 0,
+        "skipped": 0,
     }
     assert len(emulator.requests("/v1/chat/completions")) == 1
 
@@ -205,7 +225,9 @@ async def test_an_upstream_5xx_is_retried_and_the_turn_still_becomes_memories(pa
     assert worker.stats.processed == 1
 
 
-async def test_a_worker_dying_before_its_ack_leaves_the_job_to_be_replayed_once(parts, state_factory, monkeypatch) -> None:
+async def test_a_worker_dying_before_its_ack_leaves_the_job_to_be_replayed_once(
+    parts, state_factory, monkeypatch
+) -> None:
     state = await state_factory()
     first = await parts(state)
     original_ack = state.ack
@@ -306,8 +328,13 @@ async def test_keys_never_reach_the_state_store_or_the_logs(parts, tmp_path, sql
     caplog.set_level(logging.DEBUG)
     worker = await parts(sqlite_state)
     # the upstream echoes the key in its error, as OpenAI does for a wrong key
-    emulator.fault(path="/chat/completions", status=401, code="invalid_api_key",
-                   message=f"Incorrect API key provided: {KEY}.", times=3)
+    emulator.fault(
+        path="/chat/completions",
+        status=401,
+        code="invalid_api_key",
+        message=f"Incorrect API key provided: {KEY}.",
+        times=3,
+    )
     await enqueue_turn(sqlite_state, a_turn("I live in Lyon. My secret hobby is falconry."))
     for _ in range(4):
         await worker.drain()
@@ -381,21 +408,34 @@ async def test_verbatim_worker_stores_user_messages_without_calling_the_llm(part
 
 async def test_ids_of_responses_and_chat_turns_are_kept_with_the_memory(parts, sqlite_state) -> None:
     worker = await parts(sqlite_state, extractor="verbatim")
-    chat = Turn("tenant-a", "alice", "chat", "chatcmpl-1", ["I speak Italian."], ["Bene!"],
-                {"completion_id": "chatcmpl-1", "conversation_id": None}, "gpt-4o")
+    chat = Turn(
+        "tenant-a",
+        "alice",
+        "chat",
+        "chatcmpl-1",
+        ["I speak Italian."],
+        ["Bene!"],
+        {"completion_id": "chatcmpl-1", "conversation_id": None},
+        "gpt-4o",
+    )
     await enqueue_turn(sqlite_state, chat)
     await worker.drain()
     (memory,) = (await worker.memory.list("tenant-a", "alice")).memories
-    assert memory.metadata == {"route": "chat", "turn_id": "chatcmpl-1", "extractor": "verbatim",
-                               "source": {"completion_id": "chatcmpl-1"}}
+    assert memory.metadata == {
+        "route": "chat",
+        "turn_id": "chatcmpl-1",
+        "extractor": "verbatim",
+        "source": {"completion_id": "chatcmpl-1"},
+    }
 
 
 # --- memproxy worker, and the worker inside memproxy serve -----------------------------------------
 
 
 async def test_memproxy_worker_drains_the_shared_queue(tmp_path, emulator, local_embedder, memory_model_dir) -> None:
-    settings = Settings(upstream_url=emulator.base_url, data_dir=tmp_path, embed_model_path=memory_model_dir,
-                        llm_api_key=CONFIGURED)
+    settings = Settings(
+        upstream_url=emulator.base_url, data_dir=tmp_path, embed_model_path=memory_model_dir, llm_api_key=CONFIGURED
+    )
     async with await SqliteState.open(tmp_path / "state.sqlite3") as state:  # a proxy queued it
         await enqueue_turn(state, a_turn("I live in Lyon."))
 

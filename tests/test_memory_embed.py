@@ -86,7 +86,12 @@ async def test_upstream_embedder_posts_with_the_per_call_key(emulator, caplog):
     assert query == vectors[0]  # the emulator's vectors are a pure function of the text
     assert [entry["body"]["input"] for entry in seen] == [["a", "b"], ["c"], ["a"]]
     assert [entry["headers"]["authorization"] for entry in seen] == ["Bearer sk-secret-1"] * 2 + ["Bearer sk-secret-2"]
-    assert seen[0]["body"] == {"model": "text-embedding-3-small", "input": ["a", "b"], "encoding_format": "float", "dimensions": 8}
+    assert seen[0]["body"] == {
+        "model": "text-embedding-3-small",
+        "input": ["a", "b"],
+        "encoding_format": "float",
+        "dimensions": 8,
+    }
     assert "sk-secret" not in repr(vars(embedder)) and "sk-secret" not in caplog.text
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import CLOSE, HEADER, OPEN, render_block
@@ -10,8 +10,10 @@ from proxy.memory.tokens import count_tokens
 
 
 def scored(text: str, day: int = 20) -> ScoredMemory:
-    memory = Memory(tenant="t", subject="s", text=text, updated_at=datetime(2026, 11, day, tzinfo=timezone.utc))
-    return ScoredMemory(memory=memory, confidence=0.9, similarity=0.9, semantic=0.9, lexical=0.5, recency=1.0, frequency=0.0, rank=0)
+    memory = Memory(tenant="t", subject="s", text=text, updated_at=datetime(2026, 11, day, tzinfo=UTC))
+    return ScoredMemory(
+        memory=memory, confidence=0.9, similarity=0.9, semantic=0.9, lexical=0.5, recency=1.0, frequency=0.0, rank=0
+    )
 
 
 def test_block_lists_memories_in_rank_order_with_their_dates() -> None:

@@ -85,7 +85,7 @@ def test_confidence_reports_each_term_and_their_weighted_mean():
 
 
 def test_weights_are_normalized_so_thresholds_keep_their_meaning():
-    args = dict(semantic_cosine=0.5, lexical=0.0, last_touched_at=NOW, access_count=0, now=NOW)
+    args = {"semantic_cosine": 0.5, "lexical": 0.0, "last_touched_at": NOW, "access_count": 0, "now": NOW}
     base = confidence(weights=ScoringWeights(0.6, 0.25, 0.15), **args).confidence
     doubled = confidence(weights=ScoringWeights(1.2, 0.5, 0.3), **args).confidence
     assert doubled == pytest.approx(base)
@@ -104,14 +104,24 @@ def test_ordering_responds_to_recency_and_frequency():
     only_sim = ScoringWeights(similarity=1, recency=0, frequency=0)
     a = confidence(semantic_cosine=0.6, lexical=0, last_touched_at=NOW, access_count=15, now=NOW, weights=only_sim)
     b = confidence(
-        semantic_cosine=0.65, lexical=0, last_touched_at=NOW - timedelta(days=120), access_count=0, now=NOW, weights=only_sim
+        semantic_cosine=0.65,
+        lexical=0,
+        last_touched_at=NOW - timedelta(days=120),
+        access_count=0,
+        now=NOW,
+        weights=only_sim,
     )
     assert b.confidence > a.confidence
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(similarity=-0.1), dict(similarity=0, recency=0, frequency=0), dict(half_life_days=0), dict(frequency_cap=0)],
+    [
+        {"similarity": -0.1},
+        {"similarity": 0, "recency": 0, "frequency": 0},
+        {"half_life_days": 0},
+        {"frequency_cap": 0},
+    ],
 )
 def test_invalid_weights_are_refused(kwargs):
     with pytest.raises(ValueError):

@@ -198,7 +198,7 @@ async def test_recency_lowers_confidence_but_never_the_relevance_order(make_serv
     results = await svc.recall(TEN, SUB, q, min_confidence=0)
     assert texts(results) == ["User plays tennis on Saturdays", "User practises judo"]
     old, fresh = results
-    assert old.recency < 0.05 < 0.99 < fresh.recency
+    assert old.recency < 0.05 and fresh.recency > 0.99
     assert old.similarity > fresh.similarity and old.confidence < fresh.confidence
     floor = (old.confidence + fresh.confidence) / 2
     assert texts(await svc.recall(TEN, SUB, q, min_confidence=floor)) == ["User practises judo"]
@@ -337,7 +337,9 @@ async def test_another_tenant_or_subject_cannot_reach_a_memory_even_with_its_id(
     assert await svc.get(t, s, secret.id, include_deleted=True) is None
     assert secret.id not in [m.id for m in (await svc.list(t, s, include_deleted=True)).memories]
     assert secret.id not in [m.id for m in await svc.export(t, s)]
-    assert secret.id not in [r.memory.id for r in await svc.recall(t, s, "bank PIN hint cat birthday", min_confidence=0)]
+    assert secret.id not in [
+        r.memory.id for r in await svc.recall(t, s, "bank PIN hint cat birthday", min_confidence=0)
+    ]
     with pytest.raises(MemoryNotFound):
         await svc.delete(t, s, secret.id, reason="attack")
     with pytest.raises(MemoryNotFound):
@@ -374,9 +376,7 @@ async def test_per_assistant_restriction(make_service):
     # without an assistant (e.g. chat completions) nothing is restricted
     assert len(await svc.recall(TEN, SUB, "favourite pizza", min_confidence=0)) == 3
     # the same sentence told to another assistant is its own memory when restricted
-    _, action = await svc.remember(
-        TEN, SUB, "User's favourite pizza is margherita", assistant_id="asst_travel"
-    )
+    _, action = await svc.remember(TEN, SUB, "User's favourite pizza is margherita", assistant_id="asst_travel")
     assert action == "created"
 
 
@@ -406,4 +406,3 @@ async def test_factory_service_persists_across_restarts(tmp_path, local_embedder
         assert (tmp_path / "qdrant" / settings.collection).is_dir()
     finally:
         await svc.aclose()
-

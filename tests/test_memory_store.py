@@ -188,7 +188,9 @@ async def test_hybrid_finds_a_keyword_match_the_dense_vector_misses(store):
     target = mem(A, "Replacement part ZQX-7781 was ordered")
     distractors = [mem(A, f"Unrelated note number {i} about gardening") for i in range(6)]
     # the dense query points at the distractors' axis; only BM25 knows about ZQX-7781
-    await store.upsert(A, [point(target, axis=5)] + [point(d, axis=0, wobble=0.1 * i) for i, d in enumerate(distractors)])
+    await store.upsert(
+        A, [point(target, axis=5)] + [point(d, axis=0, wobble=0.1 * i) for i, d in enumerate(distractors)]
+    )
     dense_only = await store.dense_query(A, vec(0), limit=3, now=T0)
     assert target.id not in [h.memory.id for h in dense_only]
     hits = await store.hybrid_query(A, vec(0), BM25.query("ZQX-7781"), limit=3, now=T0)

@@ -58,7 +58,10 @@ def test_requests_are_counted_by_route_template_and_status(proxy, emulator, requ
     assert delta("memproxy_requests_total", route="/v1/{path:path}", method="GET", status="200") == 1
     assert delta("memproxy_requests_total", route="/v1/{path:path}", method="GET", status="429") == 1
     # mounted memory API routes keep their full template, the user id never becomes a label
-    assert delta("memproxy_requests_total", route="/memory/v1/users/{subject:path}/memories", method="POST", status="201") == 1
+    assert (
+        delta("memproxy_requests_total", route="/memory/v1/users/{subject:path}/memories", method="POST", status="201")
+        == 1
+    )
     assert not any(request.node.name in str(labels) for _, labels in after)
     assert delta("memproxy_request_duration_seconds_count", route="/v1/chat/completions", method="POST") == 1
     assert delta("memproxy_upstream_latency_seconds_count", route="/v1/chat/completions") == 1
@@ -97,8 +100,14 @@ def test_recall_and_injected_memories_are_measured(proxy, emulator, request) -> 
     after = scrape(proxy)
     recalled = int(raw.headers["x-memory-recalled"])
     assert raw.headers["x-memory-status"] == "ok" and recalled >= 1
-    assert value(after, "memproxy_memories_injected_total") - value(before, "memproxy_memories_injected_total") == recalled
-    assert value(after, "memproxy_memory_requests_total", status="ok") - value(before, "memproxy_memory_requests_total", status="ok") == 1
+    assert (
+        value(after, "memproxy_memories_injected_total") - value(before, "memproxy_memories_injected_total") == recalled
+    )
+    assert (
+        value(after, "memproxy_memory_requests_total", status="ok")
+        - value(before, "memproxy_memory_requests_total", status="ok")
+        == 1
+    )
     assert value(after, "memproxy_recall_duration_seconds_count", outcome="ok") > value(
         before, "memproxy_recall_duration_seconds_count", outcome="ok"
     )
@@ -111,7 +120,9 @@ def test_queue_depth_reflects_pending_extraction_jobs(proxy, emulator, request) 
         model="gpt-4o-mini", input="I live in Lisbon and I love sardines", safety_identifier=f"user-{request.node.name}"
     )
     deadline = time.monotonic() + 5
-    while (samples := scrape(proxy)) and value(samples, "memproxy_queue_depth") == depth and time.monotonic() < deadline:
+    while (
+        (samples := scrape(proxy)) and value(samples, "memproxy_queue_depth") == depth and time.monotonic() < deadline
+    ):
         time.sleep(0.05)  # the turn is enqueued just after the response, off the request path
     assert value(samples, "memproxy_queue_depth") == depth + 1
     assert value(samples, "memproxy_turns_captured_total") >= 1

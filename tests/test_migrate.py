@@ -13,9 +13,15 @@ from proxy.runtime import open_runtime
 
 KEY = "sk-migrate"
 TOPICS = [
-    "I grow tomatoes on my balcony", "My sister lives in Toronto", "I am learning to play the cello",
-    "I drive a blue Volvo", "My favourite novel is Dune", "I swim every Tuesday morning",
-    "I work as a structural engineer", "My dog is called Pepper", "I am vegetarian since 2015",
+    "I grow tomatoes on my balcony",
+    "My sister lives in Toronto",
+    "I am learning to play the cello",
+    "I drive a blue Volvo",
+    "My favourite novel is Dune",
+    "I swim every Tuesday morning",
+    "I work as a structural engineer",
+    "My dog is called Pepper",
+    "I am vegetarian since 2015",
     "I collect vintage cameras",
 ]
 LAST = "I am allergic to penicillin and always carry an epipen"
@@ -45,17 +51,25 @@ def long_thread(emulator_server):
                 text = "".join(segment * 8 for segment in LONG_SEGMENTS)  # ~6000 characters
             else:
                 text = user_text(i)
-            ids.append(http.post(f"/threads/{thread}/messages",
-                                 json={"role": "assistant" if i % 2 else "user", "content": text}).json()["id"])
+            ids.append(
+                http.post(
+                    f"/threads/{thread}/messages", json={"role": "assistant" if i % 2 else "user", "content": text}
+                ).json()["id"]
+            )
     return thread, ids
 
 
 @pytest.fixture
 def settings(tmp_path, emulator_server, memory_model_dir):
     return Settings(
-        upstream_url=emulator_server.url + "/v1", data_dir=tmp_path, embed_model_path=memory_model_dir,
-        assistants="passthrough", extractor="verbatim", worker_in_proxy=False,
-        migrate_chunk_messages=20, migrate_message_chars=2000,
+        upstream_url=emulator_server.url + "/v1",
+        data_dir=tmp_path,
+        embed_model_path=memory_model_dir,
+        assistants="passthrough",
+        extractor="verbatim",
+        worker_in_proxy=False,
+        migrate_chunk_messages=20,
+        migrate_message_chars=2000,
     )
 
 
@@ -97,7 +111,10 @@ async def test_a_500_message_thread_migrates_resumes_after_a_kill_and_never_twic
         texts = [memory.text for memory in memories]
         last = next(memory for memory in memories if memory.text == LAST)
         assert last.source.thread_id == thread and ids[498] in last.source.message_ids
-        assert last.metadata["route"] == "migration" and last.metadata["turn_id"] in (f"migrate:{thread}:24", f"migrate:{thread}:25")
+        assert last.metadata["route"] == "migration" and last.metadata["turn_id"] in (
+            f"migrate:{thread}:24",
+            f"migrate:{thread}:25",
+        )
         assert any("born in Reykjavik during a snowstorm" in text for text in texts)  # split, not truncated
         assert any("grandmother's farm" in text for text in texts)
         assert all(len(text) <= 2000 for text in texts)
@@ -123,11 +140,17 @@ async def test_an_unknown_thread_fails_alone_and_is_reported(settings, local_emb
 def test_the_migrate_endpoint_mines_a_thread_once(make_proxy, emulator) -> None:
     proxy = make_proxy(assistants="passthrough", extractor="verbatim")
     headers = {"authorization": f"Bearer {KEY}"}
-    thread = httpx.post(f"{emulator.base_url}/threads", headers=headers, json={"messages": [
-        {"role": "user", "content": "I teach chemistry at a high school"},
-        {"role": "assistant", "content": "Great."},
-        {"role": "user", "content": "My bike is a green Brompton"},
-    ]}).json()["id"]
+    thread = httpx.post(
+        f"{emulator.base_url}/threads",
+        headers=headers,
+        json={
+            "messages": [
+                {"role": "user", "content": "I teach chemistry at a high school"},
+                {"role": "assistant", "content": "Great."},
+                {"role": "user", "content": "My bike is a green Brompton"},
+            ]
+        },
+    ).json()["id"]
     url = proxy.url + "/memory/v1/users/dana/migrate"
     first = httpx.post(url, headers=headers, json={"threads": [thread]}, timeout=30).json()
     assert first["ok"] and first["totals"] == {"messages": 3, "chunks": 1, "added": 2}

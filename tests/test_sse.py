@@ -8,7 +8,7 @@ from proxy.sse import Event, SSEParser
 
 STREAM = (
     b": keepalive\n\n"
-    b"event: thread.run.created\ndata: {\"id\": \"run_1\"}\n\n"
+    b'event: thread.run.created\ndata: {"id": "run_1"}\n\n'
     b"data: line one\r\ndata: line two\r\n\r\n"
     b"event: done\ndata: [DONE]\n\n"
 )

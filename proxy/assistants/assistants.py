@@ -47,9 +47,20 @@ def reasoning_effort(value: Any) -> Any:
 async def create(engine: Engine, body: dict[str, Any]) -> dict[str, Any]:
     require(body, "model")
     assistant = {
-        "id": new_id("asst_"), "object": "assistant", "created_at": now(), "name": None, "description": None,
-        "model": body["model"], "instructions": None, "tools": [], "tool_resources": {}, "metadata": {},
-        "temperature": 1.0, "top_p": 1.0, "response_format": "auto", "reasoning_effort": None,
+        "id": new_id("asst_"),
+        "object": "assistant",
+        "created_at": now(),
+        "name": None,
+        "description": None,
+        "model": body["model"],
+        "instructions": None,
+        "tools": [],
+        "tool_resources": {},
+        "metadata": {},
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "response_format": "auto",
+        "reasoning_effort": None,
     }
     assistant.update({key: value for key, value in _fields(body).items() if value is not None})
     await engine.put(ASSISTANTS, assistant)

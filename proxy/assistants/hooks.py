@@ -33,4 +33,4 @@ class RunHooks:
 
     async def after_run(self, ctx: RunContext, run: dict[str, Any], messages: list[dict[str, Any]]) -> None:
         """Called once per run that reached a terminal status, with the messages it created."""
-        return None
+        return

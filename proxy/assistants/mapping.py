@@ -18,8 +18,12 @@ def join_instructions(*parts: str | None) -> str | None:
 
 def function_tool(tool: dict[str, Any]) -> dict[str, Any]:
     function = tool["function"]
-    tool = {"type": "function", "name": function["name"], "parameters": function.get("parameters"),
-            "strict": bool(function.get("strict"))}
+    tool = {
+        "type": "function",
+        "name": function["name"],
+        "parameters": function.get("parameters"),
+        "strict": bool(function.get("strict")),
+    }
     return {**tool, "description": function["description"]} if function.get("description") else tool
 
 
@@ -35,8 +39,13 @@ def text_format(response_format: Any) -> dict[str, Any] | None:
     if response_format["type"] != "json_schema":
         return {"format": {"type": response_format["type"]}}
     schema = response_format["json_schema"]
-    fmt = {"type": "json_schema", "name": schema.get("name", "response"), "schema": schema.get("schema") or {},
-           "strict": bool(schema.get("strict")), **({"description": schema["description"]} if schema.get("description") else {})}
+    fmt = {
+        "type": "json_schema",
+        "name": schema.get("name", "response"),
+        "schema": schema.get("schema") or {},
+        "strict": bool(schema.get("strict")),
+        **({"description": schema["description"]} if schema.get("description") else {}),
+    }
     return {"format": fmt}
 
 

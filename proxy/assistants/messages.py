@@ -22,15 +22,23 @@ def to_item(body: Any, param: str) -> tuple[dict[str, Any], dict[str, str]]:
     body = check_object(body, param)
     for name in ("role", "content"):
         if body.get(name) is None:
-            raise AssistantsError(400, f"Missing required parameter: '{_join(param, name)}'.",
-                                  code="missing_required_parameter", param=_join(param, name))
+            raise AssistantsError(
+                400,
+                f"Missing required parameter: '{_join(param, name)}'.",
+                code="missing_required_parameter",
+                param=_join(param, name),
+            )
     role = body["role"]
     if role not in ("user", "assistant"):
         raise invalid(_join(param, "role"), f"expected one of 'user' or 'assistant', but got {role!r}.")
     if body.get("attachments"):
         raise unsupported(_join(param, "attachments"), "attaching files to messages")
     metadata = check_metadata(body.get("metadata"), _join(param, "metadata"))
-    return {"type": "message", "role": role, "content": _parts(body["content"], role, _join(param, "content"))}, metadata
+    return {
+        "type": "message",
+        "role": role,
+        "content": _parts(body["content"], role, _join(param, "content")),
+    }, metadata
 
 
 def _join(param: str, name: str) -> str:
@@ -62,7 +70,12 @@ def _part(part: Any, text_type: str, role: str, param: str) -> dict[str, Any]:
 
 
 async def add(
-    engine: Engine, thread: dict[str, Any], bodies: list[Any], param: str, *, run_id: str | None = None,
+    engine: Engine,
+    thread: dict[str, Any],
+    bodies: list[Any],
+    param: str,
+    *,
+    run_id: str | None = None,
     assistant_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Validate and append messages to the thread's conversation; answers them as message objects."""
@@ -72,8 +85,13 @@ async def add(
         chunk = prepared[start : start + ITEMS_PER_CALL]
         items = await engine.upstream.create_items(thread["conversation_id"], [item for item, _ in chunk])
         for item, (_, metadata) in zip(items, chunk, strict=True):
-            record = {"id": item["id"], "created_at": now(), "metadata": metadata, "run_id": run_id,
-                      "assistant_id": assistant_id}
+            record = {
+                "id": item["id"],
+                "created_at": now(),
+                "metadata": metadata,
+                "run_id": run_id,
+                "assistant_id": assistant_id,
+            }
             await engine.put(messages_of(thread["id"]), record)
             created.append(message_object(item, thread["id"], record))
     return created
@@ -129,9 +147,7 @@ async def delete(engine: Engine, thread_id: str, message_id: str) -> dict[str, A
     return {"id": message_id, "object": "thread.message.deleted", "deleted": True}
 
 
-async def list_all(
-    engine: Engine, thread_id: str, params: dict[str, Any], run_id: str | None = None
-) -> dict[str, Any]:
+async def list_all(engine: Engine, thread_id: str, params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """Messages in ``order``, paginated with ``after``/``before``, optionally only one run's.
 
     Conversations list only forwards (``after``); ``before=X`` scans from X the other way and
@@ -143,8 +159,9 @@ async def list_all(
     found: list[dict[str, Any]] = []
     cursor, more = params["after"] or before, True
     while more and len(found) <= limit:
-        page = await engine.upstream.list_items(thread["conversation_id"], limit=UPSTREAM_PAGE, order=order,
-                                                after=cursor)
+        page = await engine.upstream.list_items(
+            thread["conversation_id"], limit=UPSTREAM_PAGE, order=order, after=cursor
+        )
         for item in filter(is_message_item, page["data"]):
             record = await _record(engine, thread_id, item["id"])
             if run_id is None or (record or {}).get("run_id") == run_id:

@@ -39,8 +39,13 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_page(data: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {"object": "list", "data": list(data), "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return {
+        "object": "list",
+        "data": list(data),
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
 
 
 def deleted(object_id: str, kind: str) -> dict[str, Any]:
@@ -48,8 +53,13 @@ def deleted(object_id: str, kind: str) -> dict[str, Any]:
 
 
 def thread_object(record: dict[str, Any], metadata: dict[str, str]) -> dict[str, Any]:
-    return {"id": record["id"], "object": "thread", "created_at": record["created_at"], "tool_resources": {},
-            "metadata": metadata}
+    return {
+        "id": record["id"],
+        "object": "thread",
+        "created_at": record["created_at"],
+        "tool_resources": {},
+        "metadata": metadata,
+    }
 
 
 # --- messages ------------------------------------------------------------------------------------
@@ -69,7 +79,10 @@ def _content(part: Any) -> dict[str, Any] | None:
     if kind == "refusal":
         return {"type": "refusal", "refusal": part.get("refusal", "")}
     if kind == "input_image" and part.get("file_id"):
-        return {"type": "image_file", "image_file": {"file_id": part["file_id"], "detail": part.get("detail") or "auto"}}
+        return {
+            "type": "image_file",
+            "image_file": {"file_id": part["file_id"], "detail": part.get("detail") or "auto"},
+        }
     if kind == "input_image" and part.get("image_url"):
         return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail") or "auto"}}
     return None
@@ -94,7 +107,9 @@ def message_object(item: dict[str, Any], thread_id: str, record: dict[str, Any] 
         "created_at": created_at,
         "thread_id": thread_id,
         "status": status,
-        "incomplete_details": {"reason": record.get("incomplete_reason", "max_tokens")} if status == "incomplete" else None,
+        "incomplete_details": {"reason": record.get("incomplete_reason", "max_tokens")}
+        if status == "incomplete"
+        else None,
         "completed_at": record.get("completed_at", created_at) if done else None,
         "incomplete_at": created_at if status == "incomplete" else None,
         "role": item["role"],
@@ -115,15 +130,31 @@ def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
 
 
 def step_object(
-    run: dict[str, Any], step_id: str, details: dict[str, Any], *, status: str = "in_progress",
+    run: dict[str, Any],
+    step_id: str,
+    details: dict[str, Any],
+    *,
+    status: str = "in_progress",
     created_at: int | None = None,
 ) -> dict[str, Any]:
     stamp = created_at or now()
     return {
-        "id": step_id, "object": "thread.run.step", "created_at": stamp, "assistant_id": run["assistant_id"],
-        "thread_id": run["thread_id"], "run_id": run["id"], "type": details["type"], "status": status,
-        "step_details": details, "last_error": None, "expired_at": None, "cancelled_at": None, "failed_at": None,
-        "completed_at": None, "metadata": {}, "usage": None,
+        "id": step_id,
+        "object": "thread.run.step",
+        "created_at": stamp,
+        "assistant_id": run["assistant_id"],
+        "thread_id": run["thread_id"],
+        "run_id": run["id"],
+        "type": details["type"],
+        "status": status,
+        "step_details": details,
+        "last_error": None,
+        "expired_at": None,
+        "cancelled_at": None,
+        "failed_at": None,
+        "completed_at": None,
+        "metadata": {},
+        "usage": None,
     }
 
 

@@ -86,21 +86,35 @@ def message_step(run: dict[str, Any], message_id: str) -> dict[str, Any]:
 
 
 def tool_step(run: dict[str, Any], response_id: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-    details = {"type": "tool_calls", "tool_calls": [
-        {"id": c["call_id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"], "output": None}}
-        for c in calls]}
+    details = {
+        "type": "tool_calls",
+        "tool_calls": [
+            {
+                "id": c["call_id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": c["arguments"], "output": None},
+            }
+            for c in calls
+        ],
+    }
     return step_object(run, derived_id("step_", run["id"], response_id), details)
 
 
-async def save_step(engine: Engine, run: dict[str, Any], step: dict[str, Any], status: str | None = None) -> dict[str, Any]:
+async def save_step(
+    engine: Engine, run: dict[str, Any], step: dict[str, Any], status: str | None = None
+) -> dict[str, Any]:
     """Store a step, keeping the creation time of an earlier version; ``status`` stamps its time field."""
     old = await engine.records.get_record(engine.tenant, steps_of(run["id"]), step["id"])
     if old is not None:
         step["created_at"] = old["created_at"]
     if status is not None:
         step["status"] = status
-        stamp = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at",
-                 "failed": "failed_at"}.get(status)
+        stamp = {
+            "completed": "completed_at",
+            "cancelled": "cancelled_at",
+            "expired": "expired_at",
+            "failed": "failed_at",
+        }.get(status)
         if stamp:
             step[stamp] = step[stamp] or now()
     await engine.put(steps_of(run["id"]), step)
@@ -111,8 +125,10 @@ async def _require_action(engine: Engine, run: dict[str, Any], response_id: str,
     step = await save_step(engine, run, tool_step(run, response_id, calls))
     run["_tool_step"] = step["id"]
     run["status"] = "requires_action"
-    run["required_action"] = {"type": "submit_tool_outputs", "submit_tool_outputs": {
-        "tool_calls": [tool_call(c["call_id"], c["name"], c["arguments"]) for c in calls]}}
+    run["required_action"] = {
+        "type": "submit_tool_outputs",
+        "submit_tool_outputs": {"tool_calls": [tool_call(c["call_id"], c["name"], c["arguments"]) for c in calls]},
+    }
 
 
 def finish(run: dict[str, Any], status: str, response: dict[str, Any]) -> None:
@@ -125,11 +141,15 @@ def finish(run: dict[str, Any], status: str, response: dict[str, Any]) -> None:
         run[stamp] = run[stamp] or now()
     if run["status"] == "failed":
         error = response.get("error") or {}
-        run["last_error"] = {"code": ERROR_CODES.get(error.get("code") or "", "server_error"),
-                             "message": error.get("message") or "The run failed."}
+        run["last_error"] = {
+            "code": ERROR_CODES.get(error.get("code") or "", "server_error"),
+            "message": error.get("message") or "The run failed.",
+        }
     if run["status"] == "incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
-        run["incomplete_details"] = {"reason": "max_completion_tokens" if reason == "max_output_tokens" else "max_prompt_tokens"}
+        run["incomplete_details"] = {
+            "reason": "max_completion_tokens" if reason == "max_output_tokens" else "max_prompt_tokens"
+        }
 
 
 async def after_run(engine: Engine, run: dict[str, Any], written: list[dict[str, Any]]) -> None:
@@ -138,8 +158,9 @@ async def after_run(engine: Engine, run: dict[str, Any], written: list[dict[str,
         return
     if not await engine.records.set_add(AFTER_RUN_NS, engine.tenant, run["id"]):
         return
-    ctx = RunContext(engine.tenant, run["thread_id"], run.get("_thread_metadata") or {}, run["assistant_id"],
-                     run["metadata"])
+    ctx = RunContext(
+        engine.tenant, run["thread_id"], run.get("_thread_metadata") or {}, run["assistant_id"], run["metadata"]
+    )
     try:
         await engine.hooks.after_run(ctx, public(run), written)
     except Exception:
@@ -157,8 +178,11 @@ async def refresh(engine: Engine, run: dict[str, Any]) -> dict[str, Any]:
     except UpstreamError as exc:
         if exc.status != 404:
             raise
-        response = {"id": run["_response_id"], "status": "failed",
-                    "error": {"message": "The run's upstream response no longer exists."}}
+        response = {
+            "id": run["_response_id"],
+            "status": "failed",
+            "error": {"message": "The run's upstream response no longer exists."},
+        }
     await apply_response(engine, run, response)
     return run
 
@@ -170,7 +194,9 @@ async def expire(engine: Engine, run: dict[str, Any]) -> None:
     await after_run(engine, run, [])
 
 
-async def close_tool_step(engine: Engine, run: dict[str, Any], status: str, outputs: dict[str, str] | None = None) -> None:
+async def close_tool_step(
+    engine: Engine, run: dict[str, Any], status: str, outputs: dict[str, str] | None = None
+) -> None:
     step = await engine.records.get_record(engine.tenant, steps_of(run["id"]), run["_tool_step"] or "")
     if step is None:
         return

@@ -20,8 +20,14 @@ class Records(Protocol):
     async def delete_record(self, tenant: str, collection: str, id: str) -> bool: ...
 
     async def list_records(
-        self, tenant: str, collection: str, *, limit: int = 20, order: Literal["asc", "desc"] = "desc",
-        after: str | None = None, before: str | None = None,
+        self,
+        tenant: str,
+        collection: str,
+        *,
+        limit: int = 20,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+        before: str | None = None,
     ) -> RecordPage: ...
 
     async def set_add(self, ns: str, key: str, *members: str) -> int:
@@ -51,8 +57,14 @@ class MemoryRecords:
         return self._records.get((tenant, collection), {}).pop(id, None) is not None
 
     async def list_records(
-        self, tenant: str, collection: str, *, limit: int = 20, order: Literal["asc", "desc"] = "desc",
-        after: str | None = None, before: str | None = None,
+        self,
+        tenant: str,
+        collection: str,
+        *,
+        limit: int = 20,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+        before: str | None = None,
     ) -> RecordPage:
         records = self._records.get((tenant, collection), {})
         ids = list(records) if (order == "asc") == (before is None) else list(records)[::-1]

@@ -27,10 +27,14 @@ log = logging.getLogger("memproxy.assistants")
 
 EngineFactory = Callable[[Request], Awaitable[Engine]]
 Handler = Callable[[Engine, Request, dict[str, Any]], Awaitable[Any]]
-BAD_JSON = ("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-            "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)")
-NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
-          "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+    "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
+)
+NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -46,7 +50,9 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _endpoint(factory: EngineFactory, handler: Handler, poll_after_ms: int | None) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    factory: EngineFactory, handler: Handler, poll_after_ms: int | None
+) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a handler: engine, JSON body, errors as OpenAI envelopes, JSON or SSE out."""
 
     async def endpoint(request: Request) -> Response:
@@ -60,7 +66,11 @@ def _endpoint(factory: EngineFactory, handler: Handler, poll_after_ms: int | Non
         if isinstance(result, RunStream):
             headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
             return StreamingResponse(result.body(), media_type="text/event-stream; charset=utf-8", headers=headers)
-        headers = {"openai-poll-after-ms": str(poll_after_ms)} if poll_after_ms and result.get("object") == "thread.run" else None
+        headers = (
+            {"openai-poll-after-ms": str(poll_after_ms)}
+            if poll_after_ms and result.get("object") == "thread.run"
+            else None
+        )
         return JSONResponse(result, headers=headers)
 
     return endpoint
@@ -120,33 +130,63 @@ def _table() -> list[tuple[str, str, Handler]]:
         ("POST", "/threads/{thread_id}", lambda e, q, b: t.update(e, _p(q, "thread_id"), b)),
         ("DELETE", "/threads/{thread_id}", lambda e, q, b: t.delete(e, _p(q, "thread_id"))),
         ("POST", "/threads/{thread_id}/messages", lambda e, q, b: m.create(e, _p(q, "thread_id"), b)),
-        ("GET", "/threads/{thread_id}/messages",
-         lambda e, q, b: m.list_all(e, _p(q, "thread_id"), _list(q), q.query_params.get("run_id"))),
-        ("GET", "/threads/{thread_id}/messages/{message_id}",
-         lambda e, q, b: m.retrieve(e, _p(q, "thread_id"), _p(q, "message_id"))),
-        ("POST", "/threads/{thread_id}/messages/{message_id}",
-         lambda e, q, b: m.update(e, _p(q, "thread_id"), _p(q, "message_id"), b)),
-        ("DELETE", "/threads/{thread_id}/messages/{message_id}",
-         lambda e, q, b: m.delete(e, _p(q, "thread_id"), _p(q, "message_id"))),
+        (
+            "GET",
+            "/threads/{thread_id}/messages",
+            lambda e, q, b: m.list_all(e, _p(q, "thread_id"), _list(q), q.query_params.get("run_id")),
+        ),
+        (
+            "GET",
+            "/threads/{thread_id}/messages/{message_id}",
+            lambda e, q, b: m.retrieve(e, _p(q, "thread_id"), _p(q, "message_id")),
+        ),
+        (
+            "POST",
+            "/threads/{thread_id}/messages/{message_id}",
+            lambda e, q, b: m.update(e, _p(q, "thread_id"), _p(q, "message_id"), b),
+        ),
+        (
+            "DELETE",
+            "/threads/{thread_id}/messages/{message_id}",
+            lambda e, q, b: m.delete(e, _p(q, "thread_id"), _p(q, "message_id")),
+        ),
         ("POST", "/threads/{thread_id}/runs", _create_run),
         ("GET", "/threads/{thread_id}/runs", lambda e, q, b: r.list_all(e, _p(q, "thread_id"), _list(q))),
-        ("GET", "/threads/{thread_id}/runs/{run_id}", lambda e, q, b: r.retrieve(e, _p(q, "thread_id"), _p(q, "run_id"))),
-        ("POST", "/threads/{thread_id}/runs/{run_id}",
-         lambda e, q, b: r.update(e, _p(q, "thread_id"), _p(q, "run_id"), b)),
-        ("POST", "/threads/{thread_id}/runs/{run_id}/cancel",
-         lambda e, q, b: r.cancel(e, _p(q, "thread_id"), _p(q, "run_id"))),
+        (
+            "GET",
+            "/threads/{thread_id}/runs/{run_id}",
+            lambda e, q, b: r.retrieve(e, _p(q, "thread_id"), _p(q, "run_id")),
+        ),
+        (
+            "POST",
+            "/threads/{thread_id}/runs/{run_id}",
+            lambda e, q, b: r.update(e, _p(q, "thread_id"), _p(q, "run_id"), b),
+        ),
+        (
+            "POST",
+            "/threads/{thread_id}/runs/{run_id}/cancel",
+            lambda e, q, b: r.cancel(e, _p(q, "thread_id"), _p(q, "run_id")),
+        ),
         ("POST", "/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", _submit),
-        ("GET", "/threads/{thread_id}/runs/{run_id}/steps",
-         lambda e, q, b: r.list_steps(e, _p(q, "thread_id"), _p(q, "run_id"), _list(q))),
-        ("GET", "/threads/{thread_id}/runs/{run_id}/steps/{step_id}",
-         lambda e, q, b: r.retrieve_step(e, _p(q, "thread_id"), _p(q, "run_id"), _p(q, "step_id"))),
+        (
+            "GET",
+            "/threads/{thread_id}/runs/{run_id}/steps",
+            lambda e, q, b: r.list_steps(e, _p(q, "thread_id"), _p(q, "run_id"), _list(q)),
+        ),
+        (
+            "GET",
+            "/threads/{thread_id}/runs/{run_id}/steps/{step_id}",
+            lambda e, q, b: r.retrieve_step(e, _p(q, "thread_id"), _p(q, "run_id"), _p(q, "step_id")),
+        ),
     ]
 
 
 def assistants_routes(factory: EngineFactory, *, poll_after_ms: int | None = None) -> list[BaseRoute]:
     """The Assistants v2 routes under ``/v1``; ``poll_after_ms`` is sent as ``openai-poll-after-ms`` on runs."""
-    return [Route("/v1" + path, _endpoint(factory, handler, poll_after_ms), methods=[method])
-            for method, path, handler in _table()]
+    return [
+        Route("/v1" + path, _endpoint(factory, handler, poll_after_ms), methods=[method])
+        for method, path, handler in _table()
+    ]
 
 
 async def bridge_engine(request: Request) -> Engine:

@@ -82,29 +82,58 @@ def _pick(body: dict[str, Any], assistant: dict[str, Any], name: str, default: A
 
 
 async def build(
-    engine: Engine, request: RunRequest, thread: dict[str, Any], thread_metadata: dict[str, str],
+    engine: Engine,
+    request: RunRequest,
+    thread: dict[str, Any],
+    thread_metadata: dict[str, str],
     new_messages: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The run record (status ``queued``), with the memory hook's instructions appended."""
     body, assistant = request.body, request.assistant
     instructions = join_instructions(_pick(body, assistant, "instructions"), body.get("additional_instructions"))
-    ctx = RunContext(engine.tenant, thread["id"], thread_metadata, assistant["id"], request.metadata,
-                     [m for m in new_messages if m["role"] == "user"])
+    ctx = RunContext(
+        engine.tenant,
+        thread["id"],
+        thread_metadata,
+        assistant["id"],
+        request.metadata,
+        [m for m in new_messages if m["role"] == "user"],
+    )
     instructions = join_instructions(instructions, await engine.hooks.before_run(ctx))
     created = now()
     run = {
-        "id": new_id("run_"), "object": "thread.run", "created_at": created, "thread_id": thread["id"],
-        "assistant_id": assistant["id"], "status": "queued", "required_action": None, "last_error": None,
-        "expires_at": created + EXPIRES_AFTER, "started_at": None, "cancelled_at": None, "failed_at": None,
-        "completed_at": None, "incomplete_details": None, "model": _pick(body, assistant, "model"),
-        "instructions": instructions or "", "tools": request.tools, "metadata": request.metadata, "usage": None,
-        "temperature": _pick(body, assistant, "temperature", 1.0), "top_p": _pick(body, assistant, "top_p", 1.0),
-        "max_prompt_tokens": None, "max_completion_tokens": body.get("max_completion_tokens"),
+        "id": new_id("run_"),
+        "object": "thread.run",
+        "created_at": created,
+        "thread_id": thread["id"],
+        "assistant_id": assistant["id"],
+        "status": "queued",
+        "required_action": None,
+        "last_error": None,
+        "expires_at": created + EXPIRES_AFTER,
+        "started_at": None,
+        "cancelled_at": None,
+        "failed_at": None,
+        "completed_at": None,
+        "incomplete_details": None,
+        "model": _pick(body, assistant, "model"),
+        "instructions": instructions or "",
+        "tools": request.tools,
+        "metadata": request.metadata,
+        "usage": None,
+        "temperature": _pick(body, assistant, "temperature", 1.0),
+        "top_p": _pick(body, assistant, "top_p", 1.0),
+        "max_prompt_tokens": None,
+        "max_completion_tokens": body.get("max_completion_tokens"),
         "truncation_strategy": {"type": "auto", "last_messages": None},
-        "tool_choice": body.get("tool_choice") or "auto", "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "tool_choice": body.get("tool_choice") or "auto",
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "response_format": _pick(body, assistant, "response_format", "auto"),
         "reasoning_effort": _pick(body, assistant, "reasoning_effort"),
-        "_response_id": None, "_usage": None, "_tool_step": None, "_thread_metadata": thread_metadata,
+        "_response_id": None,
+        "_usage": None,
+        "_tool_step": None,
+        "_thread_metadata": thread_metadata,
     }
     run["_body"] = response_body(run, thread["conversation_id"])
     return run
@@ -113,6 +142,7 @@ async def build(
 async def get(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
     await engine.thread(thread_id)
     return await engine.get(runs_of(thread_id), run_id, "run")
+
 
 async def ensure_idle(engine: Engine, thread_id: str, action: str) -> None:
     """400 while the thread's latest run is still active, as OpenAI refuses then."""
@@ -217,8 +247,10 @@ class Submission:
 
     @property
     def items(self) -> list[dict[str, Any]]:
-        return [{"type": "function_call_output", "call_id": call_id, "output": output}
-                for call_id, output in self.outputs.items()]
+        return [
+            {"type": "function_call_output", "call_id": call_id, "output": output}
+            for call_id, output in self.outputs.items()
+        ]
 
     async def close_step(self, engine: Engine) -> dict[str, Any] | None:
         """Mark the tool step completed with its outputs, once the upstream took them."""

@@ -23,8 +23,11 @@ log = logging.getLogger("memproxy.assistants")
 Event = tuple[str, Any]
 DONE = b"event: done\ndata: [DONE]\n\n"
 FINAL_EVENTS = {
-    "requires_action": "thread.run.requires_action", "completed": "thread.run.completed",
-    "incomplete": "thread.run.incomplete", "failed": "thread.run.failed", "cancelled": "thread.run.cancelled",
+    "requires_action": "thread.run.requires_action",
+    "completed": "thread.run.completed",
+    "incomplete": "thread.run.incomplete",
+    "failed": "thread.run.failed",
+    "cancelled": "thread.run.cancelled",
     "expired": "thread.run.expired",
 }
 
@@ -36,8 +39,15 @@ def encode(event: str, data: Any) -> bytes:
 class RunStream:
     """Translates the upstream events of one response of ``run`` (a new run, or one resumed after tool outputs)."""
 
-    def __init__(self, engine: Engine, run: dict[str, Any], upstream: AsyncIterator[dict[str, Any]],
-                 prelude: list[Event], *, resumed: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        run: dict[str, Any],
+        upstream: AsyncIterator[dict[str, Any]],
+        prelude: list[Event],
+        *,
+        resumed: bool = False,
+    ) -> None:
         self.engine, self.run, self.upstream, self.prelude, self.resumed = engine, run, upstream, prelude, resumed
         self.response_id = ""
         self.tool_step: dict[str, Any] | None = None
@@ -115,14 +125,23 @@ class RunStream:
         return []
 
     async def _message_started(self, item: dict[str, Any]) -> list[Event]:
-        record = {"id": item["id"], "created_at": now(), "metadata": {}, "run_id": self.run["id"],
-                  "assistant_id": self.run["assistant_id"]}
+        record = {
+            "id": item["id"],
+            "created_at": now(),
+            "metadata": {},
+            "run_id": self.run["id"],
+            "assistant_id": self.run["assistant_id"],
+        }
         await self.engine.put(messages_of(self.run["thread_id"]), record)
         step = await reconcile.save_step(self.engine, self.run, reconcile.message_step(self.run, item["id"]))
         message = message_object({**item, "content": [], "status": "in_progress"}, self.run["thread_id"], record)
         self.open_messages.add(item["id"])
-        return [("thread.run.step.created", step), ("thread.run.step.in_progress", step),
-                ("thread.message.created", message), ("thread.message.in_progress", message)]
+        return [
+            ("thread.run.step.created", step),
+            ("thread.run.step.in_progress", step),
+            ("thread.message.created", message),
+            ("thread.message.in_progress", message),
+        ]
 
     async def _call_started(self, item: dict[str, Any]) -> list[Event]:
         events: list[Event] = []
@@ -131,8 +150,12 @@ class RunStream:
             await reconcile.save_step(self.engine, self.run, self.tool_step)
             events += [("thread.run.step.created", self.tool_step), ("thread.run.step.in_progress", self.tool_step)]
         index = self.call_index[item["id"]] = len(self.call_index)
-        call = {"index": index, "id": item["call_id"], "type": "function",
-                "function": {"name": item["name"], "arguments": item.get("arguments") or "", "output": None}}
+        call = {
+            "index": index,
+            "id": item["call_id"],
+            "type": "function",
+            "function": {"name": item["name"], "arguments": item.get("arguments") or "", "output": None},
+        }
         return [*events, self._step_delta(call)]
 
     def _step_delta(self, call: dict[str, Any]) -> Event:
@@ -148,8 +171,12 @@ class RunStream:
 
     async def _on_output_text_delta(self, event: dict[str, Any]) -> list[Event]:
         block = {"index": event.get("content_index", 0), **text_content(event["delta"])}
-        return [("thread.message.delta", {"id": event["item_id"], "object": "thread.message.delta",
-                                          "delta": {"content": [block]}})]
+        return [
+            (
+                "thread.message.delta",
+                {"id": event["item_id"], "object": "thread.message.delta", "delta": {"content": [block]}},
+            )
+        ]
 
     async def _on_output_item_done(self, event: dict[str, Any]) -> list[Event]:
         item = event["item"]
@@ -160,7 +187,10 @@ class RunStream:
         record = await self.engine.records.get_record(self.engine.tenant, collection, item["id"]) or {}
         record["completed_at"] = now()
         await self.engine.put(collection, {"id": item["id"], **record})
-        step = await reconcile.save_step(self.engine, self.run, reconcile.message_step(self.run, item["id"]), "completed")
-        return [("thread.message.completed", message_object(item, self.run["thread_id"], record)),
-                ("thread.run.step.completed", step)]
-
+        step = await reconcile.save_step(
+            self.engine, self.run, reconcile.message_step(self.run, item["id"]), "completed"
+        )
+        return [
+            ("thread.message.completed", message_object(item, self.run["thread_id"], record)),
+            ("thread.run.step.completed", step),
+        ]

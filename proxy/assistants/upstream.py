@@ -81,7 +81,9 @@ class HttpUpstream:
         self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         try:
-            response = await self.client.request(method, self.base + path, json=body, params=params, headers=self.headers)
+            response = await self.client.request(
+                method, self.base + path, json=body, params=params, headers=self.headers
+            )
         except httpx2.HTTPError as exc:
             log.warning("upstream %s %s failed: %s", method, path.split("/")[1], type(exc).__name__)
             raise UpstreamError(502, error_body("The upstream API could not be reached.", "upstream_error")) from None
@@ -93,8 +95,9 @@ class HttpUpstream:
         return await self._call("POST", "/responses", body)
 
     async def stream_response(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request = self.client.build_request("POST", self.base + "/responses", json={**body, "stream": True},
-                                            headers=self.headers)
+        request = self.client.build_request(
+            "POST", self.base + "/responses", json={**body, "stream": True}, headers=self.headers
+        )
         try:
             response = await self.client.send(request, stream=True)
         except httpx2.HTTPError:

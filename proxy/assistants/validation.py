@@ -20,7 +20,12 @@ class AssistantsError(Exception):
     """An error the Assistants API answers with (status + OpenAI error fields)."""
 
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
         param: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -34,8 +39,10 @@ def invalid(param: str, message: str, code: str = "invalid_value") -> Assistants
 
 def unsupported(param: str, what: str) -> AssistantsError:
     """400 naming a feature this implementation cannot map onto the Responses API."""
-    message = (f"Unsupported parameter '{param}': {what} is not supported by this Assistants API "
-               "implementation, which runs on the Responses API.")
+    message = (
+        f"Unsupported parameter '{param}': {what} is not supported by this Assistants API "
+        "implementation, which runs on the Responses API."
+    )
     return AssistantsError(400, message, code="unsupported_parameter", param=param)
 
 
@@ -47,8 +54,9 @@ def not_found(kind: str, object_id: str) -> AssistantsError:
 def require(body: Mapping[str, Any], *fields: str) -> None:
     for name in fields:
         if body.get(name) is None:
-            raise AssistantsError(400, f"Missing required parameter: '{name}'.", code="missing_required_parameter",
-                                  param=name)
+            raise AssistantsError(
+                400, f"Missing required parameter: '{name}'.", code="missing_required_parameter", param=name
+            )
 
 
 def check_object(body: Any, param: str = "body") -> dict[str, Any]:
@@ -64,8 +72,12 @@ def check_string(body: Mapping[str, Any], name: str, max_length: int | None = No
     if not isinstance(value, str):
         raise invalid(name, f"expected a string, but got {type(value).__name__} instead.", "invalid_type")
     if max_length is not None and len(value) > max_length:
-        raise invalid(name, f"string too long. Expected a string with maximum length {max_length}, but got a "
-                      f"string with length {len(value)} instead.", "string_above_max_length")
+        raise invalid(
+            name,
+            f"string too long. Expected a string with maximum length {max_length}, but got a "
+            f"string with length {len(value)} instead.",
+            "string_above_max_length",
+        )
     return value
 
 
@@ -98,17 +110,27 @@ def check_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise invalid(param, "expected an object with string values.", "invalid_type")
     if len(value) > METADATA_MAX_KEYS:
-        raise invalid(param, f"too many properties. Expected an object with at most {METADATA_MAX_KEYS} "
-                      f"properties, but got an object with {len(value)} properties instead.",
-                      "object_above_max_properties")
+        raise invalid(
+            param,
+            f"too many properties. Expected an object with at most {METADATA_MAX_KEYS} "
+            f"properties, but got an object with {len(value)} properties instead.",
+            "object_above_max_properties",
+        )
     for key, item in value.items():
         if len(key) > METADATA_MAX_KEY:
-            raise invalid(f"{param}.{key[:METADATA_MAX_KEY]}", f"key too long. Expected a key with maximum length "
-                          f"{METADATA_MAX_KEY}, but got a key with length {len(key)} instead.", "string_above_max_length")
+            raise invalid(
+                f"{param}.{key[:METADATA_MAX_KEY]}",
+                f"key too long. Expected a key with maximum length "
+                f"{METADATA_MAX_KEY}, but got a key with length {len(key)} instead.",
+                "string_above_max_length",
+            )
         if len(item) > METADATA_MAX_VALUE:
-            raise invalid(f"{param}.{key}", f"string too long. Expected a string with maximum length "
-                          f"{METADATA_MAX_VALUE}, but got a string with length {len(item)} instead.",
-                          "string_above_max_length")
+            raise invalid(
+                f"{param}.{key}",
+                f"string too long. Expected a string with maximum length "
+                f"{METADATA_MAX_VALUE}, but got a string with length {len(item)} instead.",
+                "string_above_max_length",
+            )
     return dict(value)
 
 
@@ -130,15 +152,24 @@ def _tool(tool: Any, param: str) -> dict[str, Any]:
     if kind in ("file_search", "code_interpreter"):
         raise unsupported(f"{param}.type", f"the '{kind}' tool")
     if kind != "function":
-        raise invalid(f"{param}.type", f"expected one of 'code_interpreter', 'file_search', 'function', but got {kind!r}.")
+        raise invalid(
+            f"{param}.type", f"expected one of 'code_interpreter', 'file_search', 'function', but got {kind!r}."
+        )
     function = tool.get("function")
     if not isinstance(function, dict) or function.get("name") is None:
-        raise AssistantsError(400, f"Missing required parameter: '{param}.function.name'.",
-                              code="missing_required_parameter", param=f"{param}.function.name")
+        raise AssistantsError(
+            400,
+            f"Missing required parameter: '{param}.function.name'.",
+            code="missing_required_parameter",
+            param=f"{param}.function.name",
+        )
     if not isinstance(function["name"], str) or not FUNCTION_NAME.match(function["name"]):
         raise invalid(f"{param}.function.name", "must match ^[a-zA-Z0-9_-]{1,64}$.")
-    normalized = {"name": function["name"], "parameters": function.get("parameters") or {"type": "object", "properties": {}},
-                  "strict": bool(function.get("strict", False))}
+    normalized = {
+        "name": function["name"],
+        "parameters": function.get("parameters") or {"type": "object", "properties": {}},
+        "strict": bool(function.get("strict", False)),
+    }
     if isinstance(function.get("description"), str):
         normalized["description"] = function["description"]
     return {"type": "function", "function": normalized}
@@ -162,8 +193,12 @@ def check_response_format(value: Any, param: str = "response_format") -> Any:
     if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
         raise invalid(param, "expected 'auto' or an object with type 'text', 'json_object' or 'json_schema'.")
     if value["type"] == "json_schema" and not isinstance(value.get("json_schema"), dict):
-        raise AssistantsError(400, f"Missing required parameter: '{param}.json_schema'.",
-                              code="missing_required_parameter", param=f"{param}.json_schema")
+        raise AssistantsError(
+            400,
+            f"Missing required parameter: '{param}.json_schema'.",
+            code="missing_required_parameter",
+            param=f"{param}.json_schema",
+        )
     return value
 
 
@@ -173,8 +208,12 @@ def check_tool_choice(value: Any, param: str = "tool_choice") -> Any:
     if isinstance(value, dict) and value.get("type") == "function":
         name = (value.get("function") or {}).get("name")
         if not isinstance(name, str):
-            raise AssistantsError(400, f"Missing required parameter: '{param}.function.name'.",
-                                  code="missing_required_parameter", param=f"{param}.function.name")
+            raise AssistantsError(
+                400,
+                f"Missing required parameter: '{param}.function.name'.",
+                code="missing_required_parameter",
+                param=f"{param}.function.name",
+            )
         return value
     if isinstance(value, dict) and value.get("type") in ("file_search", "code_interpreter"):
         raise unsupported(f"{param}.type", f"the '{value['type']}' tool")

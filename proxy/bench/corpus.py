@@ -15,10 +15,18 @@ def _words(text: str) -> list[str]:
 
 
 VOCAB: dict[str, list[str]] = {
-    "name": _words("Mia, Noah, Ava, Liam, Zoe, Omar, Lena, Yuki, Ines, Mateo, Priya, Jonas, Sara, Felix, Aisha, Tom, Nora, Karim, Elif, Hugo"),
-    "relation": _words("sister, brother, mother, father, daughter, son, partner, cousin, colleague, neighbour, friend, manager"),
-    "city": _words("Berlin, Lyon, Porto, Oslo, Kyoto, Austin, Denver, Lisbon, Vienna, Seoul, Dublin, Quito, Nairobi, Perth, Turin, Ghent"),
-    "country": _words("Japan, Portugal, Norway, Kenya, Chile, Canada, Iceland, Vietnam, Morocco, Greece, Peru, Finland"),
+    "name": _words(
+        "Mia, Noah, Ava, Liam, Zoe, Omar, Lena, Yuki, Ines, Mateo, Priya, Jonas, Sara, Felix, Aisha, Tom, Nora, Karim, Elif, Hugo"
+    ),
+    "relation": _words(
+        "sister, brother, mother, father, daughter, son, partner, cousin, colleague, neighbour, friend, manager"
+    ),
+    "city": _words(
+        "Berlin, Lyon, Porto, Oslo, Kyoto, Austin, Denver, Lisbon, Vienna, Seoul, Dublin, Quito, Nairobi, Perth, Turin, Ghent"
+    ),
+    "country": _words(
+        "Japan, Portugal, Norway, Kenya, Chile, Canada, Iceland, Vietnam, Morocco, Greece, Peru, Finland"
+    ),
     "allergen": _words("peanuts, shellfish, penicillin, gluten, lactose, pollen, cats, latex, sesame, kiwi"),
     "drink": _words("green tea, espresso, oat lattes, matcha, black coffee, rooibos, kombucha, hot chocolate"),
     "job": _words("nurse, architect, data engineer, teacher, pharmacist, carpenter, pilot, lawyer, chef, designer"),
@@ -35,7 +43,9 @@ VOCAB: dict[str, list[str]] = {
     "car": _words("hatchback, estate car, pickup, van, scooter, convertible"),
     "team": _words("Benfica, Ajax, Celtic, Napoli, Boca Juniors, Galatasaray, Rapid Wien"),
     "sport": _words("football, rugby, cricket, hockey, tennis, handball"),
-    "topic": _words("sleep science, stoicism, urban gardening, sourdough baking, astronomy, chess openings, bird watching"),
+    "topic": _words(
+        "sleep science, stoicism, urban gardening, sourdough baking, astronomy, chess openings, bird watching"
+    ),
     "place": _words("river, canal, beach, park, harbour, lake"),
     "distance": _words("5k, 10k, half-marathon, 3-mile loop, 8 km route"),
     "condition": _words("migraines, asthma, back pain, insomnia, hay fever"),

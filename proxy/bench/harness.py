@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx2
 from rich.console import Console
@@ -38,7 +39,7 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the child has used: what it costs, whatever else the machine runs."""
-        fields = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -41,8 +41,10 @@ async def fill(data_dir: Path, settings: Settings, memories: int) -> str:
     await store.optimize()
     await store.close()
     embedder.close()
-    return (f"{memories:,} memories over {SUBJECTS:,} users: loaded in {stats.upsert_seconds:.0f} s, "
-            f"optimized in {time.perf_counter() - started:.0f} s")
+    return (
+        f"{memories:,} memories over {SUBJECTS:,} users: loaded in {stats.upsert_seconds:.0f} s, "
+        f"optimized in {time.perf_counter() - started:.0f} s"
+    )
 
 
 def responses_call(base: str) -> Call:
@@ -65,8 +67,10 @@ async def make_threads(base: str, count: int) -> tuple[str, list[str]]:
         assistant = (await client.post(base + "/v1/assistants", json={"model": MODEL})).json()["id"]
         threads = []
         for index in range(count):
-            body = {"metadata": {"user_id": subject_name(index % SUBJECTS)},
-                    "messages": [{"role": "user", "content": next(asks)}]}
+            body = {
+                "metadata": {"user_id": subject_name(index % SUBJECTS)},
+                "messages": [{"role": "user", "content": next(asks)}],
+            }
             threads.append((await client.post(base + "/v1/threads", json=body)).json()["id"])
     return assistant, threads
 
@@ -111,8 +115,11 @@ def run(memories: int, requests: int, levels: list[int], row) -> tuple[list[list
     summary = asyncio.run(fill(settings.data_dir, settings, memories))
     emulator_port, proxy_port = free_port(), free_port()
     env = {
-        "MEMPROXY_DATA_DIR": str(settings.data_dir), "MEMPROXY_TENANT": TENANT, "MEMPROXY_LOG_LEVEL": "warning",
-        "MEMPROXY_WORKER_IN_PROXY": "false", "MEMPROXY_ASSISTANTS": "passthrough",
+        "MEMPROXY_DATA_DIR": str(settings.data_dir),
+        "MEMPROXY_TENANT": TENANT,
+        "MEMPROXY_LOG_LEVEL": "warning",
+        "MEMPROXY_WORKER_IN_PROXY": "false",
+        "MEMPROXY_ASSISTANTS": "passthrough",
     }
     with child_server(["emulator", "--port", str(emulator_port)], emulator_port) as emulator:
         args = ["serve", "--port", str(proxy_port), "--upstream", f"{emulator.url}/v1"]

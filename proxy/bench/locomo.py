@@ -177,7 +177,9 @@ def load_locomo(path: Path | str) -> Dataset:
     for index, sample in enumerate(raw):
         sample_id = str(sample.get("sample_id") or f"sample-{index}")
         conv = sample.get("conversation") or {}
-        sessions = sorted((int(m[1]), value) for key, value in conv.items() if (m := _SESSION.match(key)) and isinstance(value, list))
+        sessions = sorted(
+            (int(m[1]), value) for key, value in conv.items() if (m := _SESSION.match(key)) and isinstance(value, list)
+        )
         turns: list[Turn] = []
         dates: dict[int, str] = {}
         previous = datetime(2000, 1, 1, tzinfo=UTC)
@@ -185,7 +187,9 @@ def load_locomo(path: Path | str) -> Dataset:
             raw_date = str(conv.get(f"session_{number}_date_time") or "")
             at = parse_date(raw_date) if raw_date else None
             if at is None:
-                dataset.notes.append(f"{sample_id} session {number}: date {raw_date!r} unreadable, the previous session's used")
+                dataset.notes.append(
+                    f"{sample_id} session {number}: date {raw_date!r} unreadable, the previous session's used"
+                )
                 at = previous
             previous = at
             dates[number] = raw_date or at.date().isoformat()
@@ -216,7 +220,9 @@ def load_locomo(path: Path | str) -> Dataset:
                 )
             evidence = [e for e in evidence if e in known]
             if not evidence:
-                dataset.notes.append(f"{sample_id}: question {str(qa.get('question'))[:60]!r} has no usable evidence; skipped")
+                dataset.notes.append(
+                    f"{sample_id}: question {str(qa.get('question'))[:60]!r} has no usable evidence; skipped"
+                )
                 continue
             questions.append(Question(str(qa.get("question") or ""), int(category), tuple(evidence)))
         if turns:
@@ -253,7 +259,9 @@ def truncate_transcript(lines: Sequence[tuple[str, str | None]], budget: int) ->
     return kept
 
 
-def rrf(rankings: Sequence[Sequence[str]], *, k: int = RRF_K, limit: int, weights: Sequence[float] | None = None) -> list[str]:
+def rrf(
+    rankings: Sequence[Sequence[str]], *, k: int = RRF_K, limit: int, weights: Sequence[float] | None = None
+) -> list[str]:
     """Reciprocal rank fusion of ranked id lists, each cut at ``limit`` (what a prefetch returns)."""
     scores: dict[str, float] = {}
     order: dict[str, int] = {}
@@ -442,10 +450,15 @@ async def evaluate(
                 by_similarity = await similarity_only.recall(
                     TENANT, conv.sample_id, q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now
                 )
-                everything = [mine[i][1] for i in await _ranking(store, scope, dense=dense, sparse=query_sparse, limit=size, now=now)]
+                everything = [
+                    mine[i][1]
+                    for i in await _ranking(store, scope, dense=dense, sparse=query_sparse, limit=size, now=now)
+                ]
                 kept = {}
                 for budget in budgets:
-                    block = render_block(_scored(everything), budget_tokens=budget, max_chars=settings.memory_line_chars)
+                    block = render_block(
+                        _scored(everything), budget_tokens=budget, max_chars=settings.memory_line_chars
+                    )
                     kept[budget] = set(dia(m.id for m in everything[: block.count]))
                 results.append(
                     QuestionResult(
@@ -472,7 +485,8 @@ async def evaluate(
         await service.aclose()
     w = service.weights
     block_tokens = [
-        count_tokens(memory_line(item, settings.memory_line_chars) + "\n") for item in _scored([m for _, _, m in memories])
+        count_tokens(memory_line(item, settings.memory_line_chars) + "\n")
+        for item in _scored([m for _, _, m in memories])
     ]
     transcript_tokens = [count_tokens(t.transcript_line() + "\n") for _, t, _ in memories]
     return Evaluation(
@@ -507,7 +521,18 @@ def recall_rows(ev: Evaluation, ks: Sequence[int] = KS) -> list[list[str]]:
             rows.append([label, str(k), *cells, published])
     for k in ks:
         if k in PUBLISHED_DRAGON:
-            rows.append(["published: DRAGON (LoCoMo paper), all categories", str(k), "", "", "", "", "", pct(PUBLISHED_DRAGON[k])])
+            rows.append(
+                [
+                    "published: DRAGON (LoCoMo paper), all categories",
+                    str(k),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    pct(PUBLISHED_DRAGON[k]),
+                ]
+            )
     return rows
 
 
@@ -519,7 +544,9 @@ def budget_rows(ev: Evaluation, budgets: Sequence[int] = BUDGETS) -> list[list[s
         trunc = pct(_mean(kept_share(r.truncation[budget], r.evidence) for r in ev.results))
         lines = _mean(len(r.kept[budget]) for r in ev.results)
         published = pct(PUBLISHED_TRUNCATION[budget]) if budget in PUBLISHED_TRUNCATION else "-"
-        rows.append([f"{budget // 1000}k" if budget % 1000 == 0 else str(budget), *block, f"{lines:.0f}", trunc, published])
+        rows.append(
+            [f"{budget // 1000}k" if budget % 1000 == 0 else str(budget), *block, f"{lines:.0f}", trunc, published]
+        )
     return rows
 
 
@@ -540,7 +567,9 @@ def fusion_rows(ev: Evaluation, ks: Sequence[int] = KS) -> list[list[str]]:
     for label, options in FUSION_VARIANTS:
 
         def fused(r: QuestionResult, options: dict[str, Any] = options) -> list[str]:
-            return rrf([r.dense_full, r.sparse_full], k=options["k"], limit=options["limit"], weights=options.get("weights"))
+            return rrf(
+                [r.dense_full, r.sparse_full], k=options["k"], limit=options["limit"], weights=options.get("weights")
+            )
 
         rows.append([label, *[pct(mean_recall(ev.results, fused, k)) for k in ks]])
     union = _mean(
@@ -559,7 +588,9 @@ def recency_rows(ev: Evaluation) -> list[list[str]]:
         last_session[r.sample_id] = max(last_session.get(r.sample_id, 0), *r.evidence_sessions)
     for r in ev.results:
         position = max(r.evidence_sessions) / max(1, last_session[r.sample_id])  # newest evidence turn
-        name = "oldest third of sessions" if position <= 1 / 3 else "middle third" if position <= 2 / 3 else "newest third"
+        name = (
+            "oldest third of sessions" if position <= 1 / 3 else "middle third" if position <= 2 / 3 else "newest third"
+        )
         buckets[name].append(r)
     rows = []
     for name, group in buckets.items():
@@ -580,7 +611,9 @@ def _mean(values: Iterable[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def report(dataset: Dataset, ev: Evaluation, data: Path | str, *, ks: Sequence[int] = KS, budgets: Sequence[int] = BUDGETS) -> None:
+def report(
+    dataset: Dataset, ev: Evaluation, data: Path | str, *, ks: Sequence[int] = KS, budgets: Sequence[int] = BUDGETS
+) -> None:
     groups = by_category(ev.results)
     counts = " ".join(f"{CATEGORIES[c]} {len(groups[c])}" for c in CATEGORIES)
     cat_columns = [f"{CATEGORIES[c]} ({c})" for c in CATEGORIES]
@@ -594,8 +627,14 @@ def report(dataset: Dataset, ev: Evaluation, data: Path | str, *, ks: Sequence[i
     print_table(
         "evidence kept within a token budget, % (block = memproxy's injected block, hybrid rank order; "
         "truncation = last N tokens of the transcript)",
-        ["budget", *[f"block {CATEGORIES[c]}" for c in CATEGORIES], "block cats 1-4", "turns in block",
-         "truncation cats 1-4", "published truncation"],
+        [
+            "budget",
+            *[f"block {CATEGORIES[c]}" for c in CATEGORIES],
+            "block cats 1-4",
+            "turns in block",
+            "truncation cats 1-4",
+            "published truncation",
+        ],
         budget_rows(ev, budgets),
         caption=f"target: block keeps >= {pct(TARGET_KEPT_AT_4K)} % of the evidence at 4k tokens",
     )
@@ -665,7 +704,9 @@ def run(data: Path, *, model_path: Path | None = None, cache_dir: Path | None = 
         embedder = load_embedder(settings, model_path, cache_size=64)
         try:
             ev = asyncio.run(
-                evaluate(dataset, embedder, settings, Path(tmp), cache_dir=cache_dir, progress=lambda m: print(m, flush=True))
+                evaluate(
+                    dataset, embedder, settings, Path(tmp), cache_dir=cache_dir, progress=lambda m: print(m, flush=True)
+                )
             )
         finally:
             embedder.close()

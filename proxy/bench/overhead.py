@@ -14,8 +14,8 @@ import time
 import httpx2
 
 from proxy.bench.harness import (
-    Call,
     WARMUP,
+    Call,
     Child,
     Sample,
     child_server,
@@ -69,8 +69,16 @@ def _row(name: str, concurrency: int, direct: Run, proxied: Run, proxy_cpu: floa
     firsts = [[s.first_event for s in samples if s.first_event is not None] for samples, _ in (direct, proxied)]
     ttfe = ms(percentile(firsts[1], 50) - percentile(firsts[0], 50)) if all(firsts) else "-"
     cpu = ms(proxy_cpu / (len(proxied[0]) + WARMUP))  # the CPU reading spans the warm-up too
-    return [name, str(concurrency), ms(percentile(direct_total, 50)), ms(percentile(proxied_total, 50)), *added, ttfe,
-            *rps, cpu]
+    return [
+        name,
+        str(concurrency),
+        ms(percentile(direct_total, 50)),
+        ms(percentile(proxied_total, 50)),
+        *added,
+        ttfe,
+        *rps,
+        cpu,
+    ]
 
 
 async def _measure(emulator: Child, proxy: Child, requests: int, levels: list[int]) -> list[list[str]]:
@@ -84,8 +92,19 @@ async def _measure(emulator: Child, proxy: Child, requests: int, levels: list[in
     return rows
 
 
-COLUMNS = ["scenario", "conc", "direct p50", "proxied p50", "added p50", "added p95", "added p99",
-           "added TTFE p50", "direct rps", "proxied rps", "proxy CPU/req"]
+COLUMNS = [
+    "scenario",
+    "conc",
+    "direct p50",
+    "proxied p50",
+    "added p50",
+    "added p95",
+    "added p99",
+    "added TTFE p50",
+    "direct rps",
+    "proxied rps",
+    "proxy CPU/req",
+]
 
 
 def run(requests: int, concurrency: int, memories: int = 0) -> None:

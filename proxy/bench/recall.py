@@ -98,7 +98,9 @@ class LoadStats:
         return self.memories / self.upsert_seconds if self.upsert_seconds > 0 else float("nan")
 
 
-async def bulk_load(store: Any, pool: Pool, total: int, layout: Layout, *, seed: int = 1, batch: int = 512) -> LoadStats:
+async def bulk_load(
+    store: Any, pool: Pool, total: int, layout: Layout, *, seed: int = 1, batch: int = 512
+) -> LoadStats:
     """Upsert ``total`` memories spread over ``layout.subjects`` subjects, straight through the store.
 
     Subject s takes consecutive pool sentences from a subject-specific offset (so a subject holds
@@ -288,8 +290,14 @@ async def measure_cell(
                 load.optimize_seconds = time.perf_counter() - started
             say(f"{backend}: recall, {phase} ...")
             latency[phase] = await measure_recall(
-                service, timed_embedder, store, query_texts, layout.subjects,
-                max_queries=max_queries, max_seconds=max_seconds, passes=2 if backend == "edge" else 1,
+                service,
+                timed_embedder,
+                store,
+                query_texts,
+                layout.subjects,
+                max_queries=max_queries,
+                max_seconds=max_seconds,
+                passes=2 if backend == "edge" else 1,
             )
         say(f"{backend}: remember ...")
         writes = await measure_remember(
@@ -375,8 +383,23 @@ def verdict(cells: Sequence[Cell]) -> list[str]:
 def report(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float) -> None:
     print_table(
         "memproxy bench recall: recall path latency, ms (embed query + hybrid search + scoring + render the block)",
-        ["backend", "memories", "layout", "index", "n", "p50 1st", "p50", "p95", "p99", "embed p50", "search p50",
-         "rest p50", "embed %", "in block", "load"],
+        [
+            "backend",
+            "memories",
+            "layout",
+            "index",
+            "n",
+            "p50 1st",
+            "p50",
+            "p95",
+            "p99",
+            "embed p50",
+            "search p50",
+            "rest p50",
+            "embed %",
+            "in block",
+            "load",
+        ],
         latency_rows(cells),
         caption="* qdrant local = qdrant-client's local mode (location=':memory:'): the server backend's code path, but "
         "search runs in Python, brute force. It is NOT a Qdrant server; its figures say nothing about one. "
@@ -384,8 +407,18 @@ def report(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float
     )
     print_table(
         "writes",
-        ["backend", "memories", "layout", "bulk load mem/s", "bulk load s", "optimize s", "remember/s", "n",
-         "remember p50 ms", "remember outcome"],
+        [
+            "backend",
+            "memories",
+            "layout",
+            "bulk load mem/s",
+            "bulk load s",
+            "optimize s",
+            "remember/s",
+            "n",
+            "remember p50 ms",
+            "remember outcome",
+        ],
         write_rows(cells),
         caption="bulk load = store.upsert of precomputed vectors (no embedding); remember = MemoryService.remember, one at a "
         "time: exact-dedupe lookup, embed the text, near-duplicate query, upsert.",
@@ -499,8 +532,19 @@ async def measure(
                 layout_here = layout if n == layout.subjects else Layout(f"{n:,} subjects", n)
                 cells.append(
                     await measure_cell(
-                        backend, size, layout_here, pool, embedder, settings, workdir, asked, write_texts,
-                        max_queries=max_queries, max_seconds=max_seconds, max_writes=max_writes, say=say,
+                        backend,
+                        size,
+                        layout_here,
+                        pool,
+                        embedder,
+                        settings,
+                        workdir,
+                        asked,
+                        write_texts,
+                        max_queries=max_queries,
+                        max_seconds=max_seconds,
+                        max_writes=max_writes,
+                        say=say,
                     )
                 )
     return cells, pool
@@ -532,9 +576,19 @@ def run(
         try:
             cells, pool = asyncio.run(
                 measure(
-                    sizes=sizes, backends=backends, subjects=subjects, worst_case=worst_case, pool_size=pool_size,
-                    max_queries=max_queries, max_seconds=max_seconds, max_writes=max_writes, embedder=embedder,
-                    settings=settings, workdir=Path(tmp), data=data, cache_dir=cache_dir,
+                    sizes=sizes,
+                    backends=backends,
+                    subjects=subjects,
+                    worst_case=worst_case,
+                    pool_size=pool_size,
+                    max_queries=max_queries,
+                    max_seconds=max_seconds,
+                    max_writes=max_writes,
+                    embedder=embedder,
+                    settings=settings,
+                    workdir=Path(tmp),
+                    data=data,
+                    cache_dir=cache_dir,
                     say=lambda m: print(m, flush=True),
                 )
             )

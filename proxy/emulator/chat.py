@@ -29,8 +29,11 @@ def messages_to_turns(messages: Any) -> list[model.Turn]:
     if not isinstance(messages, list):
         raise invalid("messages", "expected an array of messages.", "invalid_type")
     if not messages:
-        raise invalid("messages", "empty array. Expected an array with minimum length 1, but got an empty array "
-                      "instead.", "empty_array")
+        raise invalid(
+            "messages",
+            "empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            "empty_array",
+        )
     turns: list[model.Turn] = []
     for index, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
@@ -55,8 +58,12 @@ def _message_turns(message: dict[str, Any], index: int, earlier: list[model.Turn
     call_id = message.get("tool_call_id")
     require_value(call_id, f"messages[{index}].tool_call_id")
     if not any(turn.role == "tool_call" and turn.call_id == call_id for turn in earlier):
-        raise ApiError(400, "Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
-                       "with 'tool_calls'.", param=f"messages.[{index}].role")
+        raise ApiError(
+            400,
+            "Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+            "with 'tool_calls'.",
+            param=f"messages.[{index}].role",
+        )
     return [model.Turn("tool", text, call_id=call_id)]
 
 
@@ -98,14 +105,20 @@ def usage(prompt: model.Prompt, completion: model.Completion) -> dict[str, Any]:
         "completion_tokens": tokens_out,
         "total_tokens": tokens_in + tokens_out,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
-                                      "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
 def _tool_calls(completion: model.Completion) -> list[dict[str, Any]]:
-    return [{"id": new_id("call"), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-            for call in completion.calls]
+    return [
+        {"id": new_id("call"), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        for call in completion.calls
+    ]
 
 
 def completion_object(body: dict[str, Any], prompt: model.Prompt, completion: model.Completion) -> dict[str, Any]:
@@ -119,8 +132,14 @@ def completion_object(body: dict[str, Any], prompt: model.Prompt, completion: mo
 
 
 def _header(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    return {"id": new_id("chat"), "object": kind, "created": now(), "model": body["model"],
-            "service_tier": "default", "system_fingerprint": "fp_emulator"}
+    return {
+        "id": new_id("chat"),
+        "object": kind,
+        "created": now(),
+        "model": body["model"],
+        "service_tier": "default",
+        "system_fingerprint": "fp_emulator",
+    }
 
 
 def stream_chunks(body: dict[str, Any], prompt: model.Prompt, completion: model.Completion) -> Iterator[dict[str, Any]]:
@@ -143,8 +162,18 @@ def stream_chunks(body: dict[str, Any], prompt: model.Prompt, completion: model.
         yield chunk({"content": piece})
     for index, call in enumerate(_tool_calls(completion)):
         function = call["function"]
-        yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                     "function": {"name": function["name"], "arguments": ""}}]})
+        yield chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": function["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
         for piece in model.chunk_text(function["arguments"]):
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
     yield chunk({}, "tool_calls" if completion.calls else "stop")

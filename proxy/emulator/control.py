@@ -51,8 +51,21 @@ from proxy.emulator.common import BAD_JSON, ApiError
 
 FAULT_HEADER = "x-emulator-fault"
 
-_FIELDS = {"method", "path", "times", "status", "message", "type", "code", "body", "delay", "event_delay",
-           "drop_after", "gzip", "headers"}
+_FIELDS = {
+    "method",
+    "path",
+    "times",
+    "status",
+    "message",
+    "type",
+    "code",
+    "body",
+    "delay",
+    "event_delay",
+    "drop_after",
+    "gzip",
+    "headers",
+}
 
 
 @dataclass
@@ -78,7 +91,7 @@ class Fault:
         if self.method and self.method.upper() != method.upper():
             return False
         prefix = self.path if self.path.startswith("/") else "/" + self.path
-        return path.startswith(prefix) or path.startswith("/v1" + prefix)
+        return path.startswith((prefix, "/v1" + prefix))
 
     def error_body(self) -> Any:
         """The body answered with ``status``: ``body`` as given, else an OpenAI error envelope."""
@@ -106,7 +119,7 @@ def fault_from_json(data: Any) -> Fault:
         raise ApiError(400, "A fault must be a JSON object.")
     unknown = set(data) - _FIELDS
     if unknown:
-        raise ApiError(400, f"Unknown fault option(s): {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
+        raise ApiError(400, f"Unknown fault option(s): {', '.join(sorted(unknown))}.", param=min(unknown))
     try:
         fault = Fault(**{key: value for key, value in data.items() if value is not None})
         fault.times = int(fault.times)

@@ -90,11 +90,17 @@ async def create(request: Request) -> Response:
     data = []
     for index, (text, _) in enumerate(inputs):
         vector = embed(text, model, dimensions)
-        data.append({"object": "embedding", "index": index,
-                     "embedding": encode_base64(vector) if encoding == "base64" else vector})
+        data.append(
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encode_base64(vector) if encoding == "base64" else vector,
+            }
+        )
     tokens = sum(count for _, count in inputs)
-    return JSONResponse({"object": "list", "data": data, "model": model,
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return JSONResponse(
+        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )
 
 
 ROUTES = [Route("/v1/embeddings", create, methods=["POST"])]

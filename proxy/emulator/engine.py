@@ -60,9 +60,13 @@ class ResponsesEngine:
         require(body, "model")
         check_metadata(body.get("metadata"))
         if body.get("previous_response_id") and body.get("conversation"):
-            raise ApiError(400, "Mutually exclusive parameters: Ensure you are only providing one of: "
-                           "'previous_response_id' or 'conversation'.", param="previous_response_id",
-                           code="mutually_exclusive_parameters")
+            raise ApiError(
+                400,
+                "Mutually exclusive parameters: Ensure you are only providing one of: "
+                "'previous_response_id' or 'conversation'.",
+                param="previous_response_id",
+                code="mutually_exclusive_parameters",
+            )
         if body.get("background") and body.get("store") is False:
             raise invalid("background", "background mode requires store=true.")
         input_items = normalize_input(body["input"]) if body.get("input") is not None else []
@@ -82,8 +86,12 @@ class ResponsesEngine:
     def finish(self, run: Run, response: dict[str, Any] | None = None) -> dict[str, Any]:
         """Complete ``run``: fill in output and usage, store it, append to its conversation."""
         response = response if response is not None else self.skeleton(run, "in_progress")
-        response.update(status="completed", completed_at=now(), output=output_items(run.completion),
-                        usage=usage(run.prompt, run.completion))
+        response.update(
+            status="completed",
+            completed_at=now(),
+            output=output_items(run.completion),
+            usage=usage(run.prompt, run.completion),
+        )
         if run.conversation is not None:
             run.conversation.items.extend([*run.input_items, *response["output"]])
         if run.store:
@@ -169,8 +177,12 @@ class ResponsesEngine:
             return []
         stored = self.state.responses.get(previous_id)
         if stored is None:
-            raise ApiError(400, f"Previous response with id '{previous_id}' not found.",
-                           param="previous_response_id", code="previous_response_not_found")
+            raise ApiError(
+                400,
+                f"Previous response with id '{previous_id}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         return list(stored.history)
 
     # --- reading -------------------------------------------------------------------------------
@@ -229,8 +241,13 @@ def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """A function tool as responses echo it: ``strict`` and ``parameters`` always present."""
     if tool.get("type") != "function":
         return tool
-    return {"type": "function", "name": tool["name"], "description": tool.get("description"),
-            "parameters": tool.get("parameters"), "strict": tool.get("strict", True)}
+    return {
+        "type": "function",
+        "name": tool["name"],
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict", True),
+    }
 
 
 def _check_call_outputs(context: list[dict[str, Any]], input_items: list[dict[str, Any]]) -> None:
@@ -245,9 +262,17 @@ def output_items(completion: model.Completion) -> list[dict[str, Any]]:
     """The response's ``output``: one assistant message, or one function_call item per call."""
     if completion.text is not None:
         return [message_item("assistant", completion.text)]
-    return [{"id": new_id("function_call"), "type": "function_call", "status": "completed",
-             "call_id": new_id("call"), "name": call.name, "arguments": call.arguments}
-            for call in completion.calls]
+    return [
+        {
+            "id": new_id("function_call"),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": new_id("call"),
+            "name": call.name,
+            "arguments": call.arguments,
+        }
+        for call in completion.calls
+    ]
 
 
 def usage(prompt: model.Prompt, completion: model.Completion) -> dict[str, Any]:

@@ -65,8 +65,15 @@ async def upload(request: Request) -> Response:
     if purpose not in PURPOSES:
         raise invalid("purpose", f"expected one of {', '.join(map(repr, PURPOSES))}, but got '{purpose}'.")
     upload = parts["file"]
-    obj = {"id": new_id("file"), "object": "file", "bytes": len(upload.data), "created_at": now(),
-           "filename": upload.filename or "upload", "purpose": purpose, "status": "processed"}
+    obj = {
+        "id": new_id("file"),
+        "object": "file",
+        "bytes": len(upload.data),
+        "created_at": now(),
+        "filename": upload.filename or "upload",
+        "purpose": purpose,
+        "status": "processed",
+    }
     request.app.state.emulator.files[obj["id"]] = StoredFile(obj, upload.data)
     return JSONResponse(obj)
 

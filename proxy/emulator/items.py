@@ -27,8 +27,13 @@ def output_text_part(text: str) -> dict[str, Any]:
 def message_item(role: str, text: str, item_id: str | None = None) -> dict[str, Any]:
     """A completed message item with one text part (``output_text`` for the assistant)."""
     part = output_text_part(text) if role == "assistant" else {"type": "input_text", "text": text}
-    return {"id": item_id or new_id("message"), "type": "message", "status": "completed", "role": role,
-            "content": [part]}
+    return {
+        "id": item_id or new_id("message"),
+        "type": "message",
+        "status": "completed",
+        "role": role,
+        "content": [part],
+    }
 
 
 def normalize_input(value: Any, param: str = "input") -> list[dict[str, Any]]:
@@ -49,17 +54,32 @@ def normalize_item(item: Any, param: str) -> dict[str, Any]:
         return _message(item, param)
     if kind == "function_call":
         _require(item, param, "call_id", "name", "arguments")
-        return {"id": item.get("id") or new_id("function_call"), "type": "function_call", "status": "completed",
-                "call_id": item["call_id"], "name": item["name"], "arguments": item["arguments"]}
+        return {
+            "id": item.get("id") or new_id("function_call"),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": item["call_id"],
+            "name": item["name"],
+            "arguments": item["arguments"],
+        }
     if kind == "function_call_output":
         _require(item, param, "call_id", "output")
-        return {"id": item.get("id") or new_id("function_call_output"), "type": "function_call_output",
-                "status": "completed", "call_id": item["call_id"], "output": item["output"]}
+        return {
+            "id": item.get("id") or new_id("function_call_output"),
+            "type": "function_call_output",
+            "status": "completed",
+            "call_id": item["call_id"],
+            "output": item["output"],
+        }
     if kind == "item_reference":
         raise ApiError(400, f"Item references are not supported by the emulator ('{param}').", param=param)
     if not isinstance(kind, str):
-        raise ApiError(400, f"Missing required parameter: '{param}.type'.", code="missing_required_parameter",
-                       param=f"{param}.type")
+        raise ApiError(
+            400,
+            f"Missing required parameter: '{param}.type'.",
+            code="missing_required_parameter",
+            param=f"{param}.type",
+        )
     return {**item, "id": item.get("id") or new_id("message"), "status": item.get("status") or "completed"}
 
 
@@ -71,11 +91,20 @@ def _message(item: dict[str, Any], param: str) -> dict[str, Any]:
     if isinstance(content, str):
         return message_item(role, content, item.get("id"))
     if not isinstance(content, list):
-        raise ApiError(400, f"Missing required parameter: '{param}.content'.", code="missing_required_parameter",
-                       param=f"{param}.content")
+        raise ApiError(
+            400,
+            f"Missing required parameter: '{param}.content'.",
+            code="missing_required_parameter",
+            param=f"{param}.content",
+        )
     parts = [_part(part, role) for part in content]
-    return {"id": item.get("id") or new_id("message"), "type": "message", "status": "completed", "role": role,
-            "content": parts}
+    return {
+        "id": item.get("id") or new_id("message"),
+        "type": "message",
+        "status": "completed",
+        "role": role,
+        "content": parts,
+    }
 
 
 def _part(part: Any, role: str) -> Any:
@@ -90,8 +119,12 @@ def _part(part: Any, role: str) -> Any:
 def _require(item: dict[str, Any], param: str, *fields: str) -> None:
     for name in fields:
         if item.get(name) is None:
-            raise ApiError(400, f"Missing required parameter: '{param}.{name}'.", code="missing_required_parameter",
-                           param=f"{param}.{name}")
+            raise ApiError(
+                400,
+                f"Missing required parameter: '{param}.{name}'.",
+                code="missing_required_parameter",
+                param=f"{param}.{name}",
+            )
 
 
 def text_of(content: Any) -> str:

@@ -208,9 +208,9 @@ def first_person_statements(turns: Sequence[Turn]) -> list[str]:
                 continue
             for sentence in _SENTENCE_END.split(_USER_LABEL.sub("", line).strip()):
                 sentence = sentence.strip()
-                if sentence and not sentence.endswith("?") and _FIRST_PERSON.search(sentence):
-                    if sentence not in statements:
-                        statements.append(sentence)
+                first_person = sentence and not sentence.endswith("?") and _FIRST_PERSON.search(sentence)
+                if first_person and sentence not in statements:
+                    statements.append(sentence)
     return statements
 
 

@@ -18,8 +18,16 @@ from proxy.emulator.common import ApiError
 CREATED = 1_700_000_000  # a fixed timestamp: the catalogue never changes
 
 CHAT_MODELS = (
-    "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
-    "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "o3",
+    "o4-mini",
 )
 EMBEDDING_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 MODEL_IDS = CHAT_MODELS + tuple(EMBEDDING_DIMENSIONS)

@@ -1,10 +1,10 @@
 """A small client for the emulator's control endpoints, for our tests and for users' own CI.
 
-    with serve() as emulator:
-        client = openai.OpenAI(base_url=emulator.base_url, api_key="sk-test")
-        emulator.fault(path="/chat/completions", status=500)
-        ...
-        assert emulator.requests()[-1]["body"]["model"] == "gpt-4o-mini"
+with serve() as emulator:
+    client = openai.OpenAI(base_url=emulator.base_url, api_key="sk-test")
+    emulator.fault(path="/chat/completions", status=500)
+    ...
+    assert emulator.requests()[-1]["body"]["model"] == "gpt-4o-mini"
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class LocalEmbedder:
             kwargs["specific_model_path"] = str(path)
         try:
             self._model = TextEmbedding(model_name, threads=threads, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - fastembed raises ValueError/OSError/requests errors
+        except Exception as exc:
             raise EmbeddingError(f"cannot load embedding model {model_name!r}: {exc}") from exc
         self.name = model_name
         self.dim = int(self._model.embedding_size)
@@ -133,9 +133,7 @@ class UpstreamEmbedder:
     ) -> None:
         resolved = dim or KNOWN_UPSTREAM_DIMS.get(model)
         if resolved is None:
-            raise EmbeddingError(
-                f"unknown output size for upstream embedding model {model!r}: set MEMPROXY_EMBED_DIM"
-            )
+            raise EmbeddingError(f"unknown output size for upstream embedding model {model!r}: set MEMPROXY_EMBED_DIM")
         self.client = client
         self.url = base_url.rstrip("/") + "/embeddings"
         self.name = model

@@ -230,8 +230,14 @@ EXTRACTION_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "properties": {
                     "op": {"type": "string", "enum": ["add", "update", "delete", "none"]},
-                    "id": {**_NULLABLE_STRING, "description": "update/delete: reference of an existing memory (m1, ...)."},
-                    "text": {**_NULLABLE_STRING, "description": "add/update: the memory, third person, self-contained."},
+                    "id": {
+                        **_NULLABLE_STRING,
+                        "description": "update/delete: reference of an existing memory (m1, ...).",
+                    },
+                    "text": {
+                        **_NULLABLE_STRING,
+                        "description": "add/update: the memory, third person, self-contained.",
+                    },
                     "kind": {"type": "string", "enum": list(KNOWN_KINDS)},
                     "ttl_days": {
                         "type": ["number", "null"],
@@ -301,7 +307,9 @@ def transcript(turn: Turn) -> str:
     lines: list[str] = []
     for role, messages in (("user", turn.user), ("assistant", turn.assistant)):
         for message in [m for m in messages if m and m.strip()][-MAX_MESSAGES:]:
-            lines += [f"{role}: {line}" for line in _cut(message.strip(), MAX_MESSAGE_CHARS).splitlines() if line.strip()]
+            lines += [
+                f"{role}: {line}" for line in _cut(message.strip(), MAX_MESSAGE_CHARS).splitlines() if line.strip()
+            ]
     return "\n".join(lines)
 
 

@@ -112,7 +112,7 @@ class Memory(_Model):
     def _kind(cls, value: str) -> str:
         return check_kind(value)
 
-    def model_post_init(self, __context: Any) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not self.content_hash:
             self.content_hash = content_hash(self.text)
 

@@ -18,7 +18,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .embed import Embedder
 from .models import (
@@ -127,7 +127,7 @@ class MemoryService:
         if self._owns_embedder:
             await self.embedder.aclose()
 
-    async def __aenter__(self) -> MemoryService:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -505,7 +505,7 @@ class MemoryService:
             self._wakeup.clear()
             try:
                 await self.flush()
-            except Exception:  # noqa: BLE001 - never let bookkeeping kill the task
+            except Exception:
                 log.warning("writing memory access counts failed", exc_info=True)
 
     async def flush(self) -> None:
@@ -523,5 +523,5 @@ class MemoryService:
                             memory.access_count + n, last if previous is None or last > previous else previous
                         )
                     await self.store.set_payloads(scope, updates)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.warning("writing memory access counts failed for one scope", exc_info=True)

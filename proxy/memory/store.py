@@ -365,7 +365,8 @@ class QdrantStoreBase(ABC):
     async def set_payloads(self, scope: Scope, updates: dict[str, dict[str, Any]]) -> None:
         require_scope(scope)
         ops = [
-            (self._filter(FilterSpec(scope, include_deleted=True, ids=(mid,))), fields) for mid, fields in updates.items()
+            (self._filter(FilterSpec(scope, include_deleted=True, ids=(mid,))), fields)
+            for mid, fields in updates.items()
         ]
         if ops:
             await self._set_payloads(ops)

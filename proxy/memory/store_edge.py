@@ -103,13 +103,13 @@ class EdgeStore(QdrantStoreBase):
             self._check_existing()
             try:
                 shard = qe.EdgeShard.load(str(self.path), self._config())
-            except Exception as exc:  # noqa: BLE001 - the binding raises plain Exception
+            except Exception as exc:
                 raise StoreError(f"cannot open the memory store at {self.path}: {exc}") from exc
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             try:
                 shard = qe.EdgeShard.create(str(self.path), self._config())
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise StoreError(f"cannot create the memory store at {self.path}: {exc}") from exc
         existing = set(shard.info().payload_schema)
         for key, kind in INDEXED_FIELDS.items():
@@ -203,9 +203,13 @@ class EdgeStore(QdrantStoreBase):
         return await self._call(lambda: self.shard.scroll(request))
 
     async def _hybrid(self, flt: qe.Filter, dense: Sequence[float], sparse: SparseVec, limit: int) -> list[Any]:
-        prefetches = [qe.Prefetch(limit=limit, query=qe.Query.Nearest([float(x) for x in dense], using=DENSE), filter=flt)]
+        prefetches = [
+            qe.Prefetch(limit=limit, query=qe.Query.Nearest([float(x) for x in dense], using=DENSE), filter=flt)
+        ]
         if sparse.indices:
-            prefetches.append(qe.Prefetch(limit=limit, query=qe.Query.Nearest(_sparse(sparse), using=SPARSE), filter=flt))
+            prefetches.append(
+                qe.Prefetch(limit=limit, query=qe.Query.Nearest(_sparse(sparse), using=SPARSE), filter=flt)
+            )
         request = qe.QueryRequest(
             limit=limit,
             prefetches=prefetches,

@@ -95,10 +95,12 @@ class QdrantStore(QdrantStoreBase):
                 warnings.filterwarnings("ignore", message=".*[Pp]ayload indexes have no effect.*")
                 for key, kind in INDEXED_FIELDS.items():
                     if key not in existing:
-                        await self.client.create_payload_index(self.collection, key, _index_schema(key, kind), wait=True)
+                        await self.client.create_payload_index(
+                            self.collection, key, _index_schema(key, kind), wait=True
+                        )
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - connection, auth, protocol errors: say where
+        except Exception as exc:
             raise StoreError(f"cannot open Qdrant collection {self.collection!r}: {exc}") from exc
         self._started = True
 
@@ -112,7 +114,9 @@ class QdrantStore(QdrantStoreBase):
             raise DimensionMismatchError(self.collection, dense.size, self.dim)
         sparse = (info.config.params.sparse_vectors or {}).get(SPARSE)
         if sparse is None or sparse.modifier != qm.Modifier.IDF:
-            raise StoreError(f"collection {self.collection!r}: sparse vector {SPARSE!r} with the IDF modifier is missing")
+            raise StoreError(
+                f"collection {self.collection!r}: sparse vector {SPARSE!r} with the IDF modifier is missing"
+            )
 
     async def close(self) -> None:
         self._started = False
@@ -133,9 +137,7 @@ class QdrantStore(QdrantStoreBase):
         await self.client.upsert(self.collection, points=structs, wait=True)
 
     async def _set_payloads(self, updates: list[tuple[qm.Filter, dict[str, Any]]]) -> None:
-        ops = [
-            qm.SetPayloadOperation(set_payload=qm.SetPayload(payload=fields, filter=flt)) for flt, fields in updates
-        ]
+        ops = [qm.SetPayloadOperation(set_payload=qm.SetPayload(payload=fields, filter=flt)) for flt, fields in updates]
         await self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
 
     async def _delete(self, flt: qm.Filter) -> None:

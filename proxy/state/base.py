@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 if TYPE_CHECKING:
     from proxy.config import Settings
@@ -205,7 +205,7 @@ class State(abc.ABC):
         self.clock: Clock = clock or time.time
         self.policy = policy or JobPolicy()
 
-    async def __aenter__(self) -> State:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

@@ -274,7 +274,9 @@ class RedisState(State):
         if len(entries) < count:
             await self._promote_script(keys=[self._delayed, self._stream], args=[now, PROMOTE_BATCH])
             entries += await self._read_new(consumer, count - len(entries))
-        started = await asyncio.gather(*(self._start(entry, job_id, consumer, now + lease) for entry, job_id in entries))
+        started = await asyncio.gather(
+            *(self._start(entry, job_id, consumer, now + lease) for entry, job_id in entries)
+        )
         return [job for job in started if job is not None]
 
     async def _reclaim_stuck(self, consumer: str, count: int, lease: float) -> list[tuple[str, str]]:

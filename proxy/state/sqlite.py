@@ -153,7 +153,9 @@ class SqliteState(State):
         current = self._kind(conn, ns, key, now)
         expires = now + ttl if ttl is not None else None
         if current is None:
-            conn.execute("INSERT INTO kv_keys (ns, key, kind, expires_at) VALUES (?, ?, ?, ?)", (ns, key, kind, expires))
+            conn.execute(
+                "INSERT INTO kv_keys (ns, key, kind, expires_at) VALUES (?, ?, ?, ?)", (ns, key, kind, expires)
+            )
         elif current != kind:
             raise TypeError(f"{ns}/{key} holds a {current}, not a {kind}")
         elif ttl is not None:
@@ -325,8 +327,16 @@ class SqliteState(State):
             conn.execute(
                 "INSERT OR IGNORE INTO jobs (id, kind, payload, idempotency_key, tenant, subject_hash, status,"
                 " visible_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
-                (job.id, job.kind, encode(job.payload), job.idempotency_key, job.tenant, job.subject_hash,
-                 job.visible_at, job.created_at),
+                (
+                    job.id,
+                    job.kind,
+                    encode(job.payload),
+                    job.idempotency_key,
+                    job.tenant,
+                    job.subject_hash,
+                    job.visible_at,
+                    job.created_at,
+                ),
             )
             if conn.total_changes > before:
                 return job.id
