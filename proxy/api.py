@@ -19,15 +19,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from proxy import audit, erasure
-from proxy.errors import error_response
-from proxy.identity import credential, subject_hash, tenant_for
+from proxy.errors import OpenAIError
+from proxy.identity import credential, tenant_for
 from proxy.memory.embed import EmbeddingError
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import render_block
-from proxy.memory.service import MemoryNotFound, MemoryService
+from proxy.memory.service import MemoryNotFound, OwnerMemory
 from proxy.memory.store import StoreError
+from proxy.migrate import Migration, seen_threads
 from proxy.observe import timed
-from proxy.runtime import Runtime
+from proxy.owner import Owner
+from proxy.ownership import credential_headers
+from proxy.runtime import MemoryUnavailable, Runtime
 
 MAX_SUBJECT = 256
 
@@ -59,23 +62,12 @@ class RecallBody(BaseModel):
 
 @dataclass
 class Caller:
-    """Who is asking about whom, resolved once per request."""
+    """Who is asking about whom, resolved once per request: the owner and its memories."""
 
     runtime: Runtime
-    memory: MemoryService
-    tenant: str
-    subject: str
+    owner: Owner
+    memory: OwnerMemory
     request: Request
-
-    @property
-    def subject_hash(self) -> str:
-        return subject_hash(self.runtime.secret, self.tenant, self.subject)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 def resolve_tenant(request: Request, runtime: Runtime) -> str:
@@ -84,40 +76,32 @@ def resolve_tenant(request: Request, runtime: Runtime) -> str:
     if settings.admin_token and token == settings.admin_token:
         tenant = request.headers.get("x-memory-tenant")
         if not tenant:
-            raise ApiError(400, "Admin calls name the tenant in the X-Memory-Tenant header.", param="X-Memory-Tenant")
+            raise OpenAIError(
+                400, "Admin calls name the tenant in the X-Memory-Tenant header.", param="X-Memory-Tenant"
+            )
         return tenant
     tenant = tenant_for(request.headers, settings, runtime.secret)
     if tenant is None:
-        raise ApiError(
+        raise OpenAIError(
             401, "Missing bearer credential: send the API key your application uses.", code="missing_api_key"
         )
     return tenant
 
 
 def endpoint(handler: Callable[[Caller], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
-    """Resolve the caller, run ``handler``, and map failures to OpenAI-shaped errors."""
+    """Resolve the caller and run ``handler``; failures are rendered by :data:`EXCEPTION_HANDLERS`."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
-        try:
-            tenant = resolve_tenant(request, runtime)
-            if runtime.memory is None:
-                raise ApiError(503, "The memory layer is unavailable; see /readyz.", code="memory_unavailable")
-            subject = request.path_params.get("subject", "")
-            if not 0 < len(subject) <= MAX_SUBJECT:
-                raise ApiError(400, f"A subject is 1 to {MAX_SUBJECT} characters.", param="subject")
-            result = await handler(Caller(runtime, runtime.memory, tenant, subject, request))
-        except ApiError as exc:
-            return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(part) for part in first["loc"]) or None
-            return error_response(400, f"Invalid request: {first['msg']}", param=param)
-        except MemoryNotFound as exc:
-            return error_response(404, f"No memory found with id '{exc}'.", code="memory_not_found")
-        except (EmbeddingError, StoreError) as exc:
-            return error_response(503, f"The memory layer failed: {type(exc).__name__}.", type="server_error")
+        tenant = resolve_tenant(request, runtime)
+        if runtime.memory is None:
+            raise MemoryUnavailable(runtime.problems.get("memory", "not opened"))
+        subject = request.path_params.get("subject", "")
+        if not 0 < len(subject) <= MAX_SUBJECT:
+            raise OpenAIError(400, f"A subject is 1 to {MAX_SUBJECT} characters.", param="subject")
+        owner = Owner.of(runtime.secret, tenant, subject)
+        result = await handler(Caller(runtime, owner, runtime.memory.of(owner), request))
         status = 201 if request.method == "POST" and request.url.path.endswith("/memories") else 200
         return result if isinstance(result, Response) else JSONResponse(result, status_code=status)
 
@@ -128,8 +112,13 @@ async def body(caller: Caller, model: type[BaseModel]) -> Any:
     try:
         raw = await caller.request.json()
     except ValueError:
-        raise ApiError(400, "We could not parse the JSON body of your request.") from None
-    return model.model_validate(raw)
+        raise OpenAIError(400, "We could not parse the JSON body of your request.") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise OpenAIError(400, f"Invalid request: {first['msg']}", param=param) from None
 
 
 def memory_json(memory: Memory) -> dict[str, Any]:
@@ -150,11 +139,11 @@ def api_key(caller: Caller) -> str | None:
 async def remember(caller: Caller) -> dict[str, Any]:
     data: RememberBody = await body(caller, RememberBody)
     if len(data.text) > caller.runtime.settings.memory_max_chars:
-        raise ApiError(400, f"text is longer than {caller.runtime.settings.memory_max_chars} characters.", param="text")
+        raise OpenAIError(
+            400, f"text is longer than {caller.runtime.settings.memory_max_chars} characters.", param="text"
+        )
     ttl = timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None
     memory, action = await caller.memory.remember(
-        caller.tenant,
-        caller.subject,
         data.text,
         kind=data.kind,
         ttl=ttl,
@@ -171,9 +160,9 @@ async def list_memories(caller: Caller) -> dict[str, Any]:
     try:
         limit = min(max(int(params.get("limit", "50")), 1), 200)
     except ValueError:
-        raise ApiError(400, "limit must be an integer.", param="limit") from None
+        raise OpenAIError(400, "limit must be an integer.", param="limit") from None
     include_deleted = params.get("include_deleted", "false").lower() == "true"
-    page = await caller.memory.list(caller.tenant, caller.subject, params.get("cursor"), limit, include_deleted)
+    page = await caller.memory.list(params.get("cursor"), limit, include_deleted)
     data = [memory_json(memory) for memory in page.memories]
     return {"object": "list", "data": data, "next_cursor": page.next_cursor, "has_more": page.next_cursor is not None}
 
@@ -181,7 +170,7 @@ async def list_memories(caller: Caller) -> dict[str, Any]:
 @endpoint
 async def get_memory(caller: Caller) -> dict[str, Any]:
     memory_id = caller.request.path_params["memory_id"]
-    memory = await caller.memory.get(caller.tenant, caller.subject, memory_id, include_deleted=True)
+    memory = await caller.memory.get(memory_id, include_deleted=True)
     if memory is None:
         raise MemoryNotFound(memory_id)
     return memory_json(memory)
@@ -191,9 +180,7 @@ async def get_memory(caller: Caller) -> dict[str, Any]:
 async def update_memory(caller: Caller) -> dict[str, Any]:
     data: UpdateBody = await body(caller, UpdateBody)
     memory_id = caller.request.path_params["memory_id"]
-    memory = await caller.memory.update(
-        caller.tenant, caller.subject, memory_id, data.text, data.reason, api_key=api_key(caller)
-    )
+    memory = await caller.memory.update(memory_id, data.text, data.reason, api_key=api_key(caller))
     return memory_json(memory)
 
 
@@ -201,15 +188,13 @@ async def update_memory(caller: Caller) -> dict[str, Any]:
 async def delete_memory(caller: Caller) -> dict[str, Any]:
     memory_id = caller.request.path_params["memory_id"]
     reason = caller.request.query_params.get("reason") or "deleted through the memory API"
-    memory = await caller.memory.delete(caller.tenant, caller.subject, memory_id, reason)
+    memory = await caller.memory.delete(memory_id, reason)
     return {"id": memory.id, "object": "memory.deleted", "deleted": True, "memory": memory_json(memory)}
 
 
 async def _recall(caller: Caller) -> list[ScoredMemory]:
     data: RecallBody = await body(caller, RecallBody)
     search = caller.memory.recall(
-        caller.tenant,
-        caller.subject,
         data.query,
         top_k=data.top_k,
         min_confidence=data.min_confidence,
@@ -240,7 +225,7 @@ def upstream_headers(caller: Caller) -> dict[str, str]:
     if settings.admin_token and credential(caller.request.headers) == settings.admin_token:
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         return {"authorization": f"Bearer {key}"} if key else {}
-    return erasure.credential_headers(headers=caller.request.headers)
+    return credential_headers(headers=caller.request.headers)
 
 
 @endpoint
@@ -250,7 +235,7 @@ async def erase(caller: Caller) -> dict[str, Any]:
     upstream deletion failed (listed in ``failed``; calling again retries it)."""
     keep = caller.request.query_params.get("keep_upstream", "false").lower() in ("true", "1", "yes")
     report = await erasure.erase_subject(
-        caller.runtime, caller.tenant, caller.subject, headers=upstream_headers(caller), keep_upstream=keep
+        caller.runtime, caller.owner, headers=upstream_headers(caller), keep_upstream=keep
     )
     return report.as_json()
 
@@ -258,30 +243,25 @@ async def erase(caller: Caller) -> dict[str, Any]:
 @endpoint
 async def export(caller: Caller) -> dict[str, Any]:
     """GDPR Art. 15/20: everything stored about the subject, history and tombstones included."""
-    return await erasure.export_subject(caller.runtime, caller.tenant, caller.subject)
+    return await erasure.export_subject(caller.runtime, caller.owner)
 
 
 @endpoint
 async def migrate(caller: Caller) -> dict[str, Any]:
     """Mine existing threads / conversations of the subject into memories (resumable, idempotent)."""
-    from proxy.migrate import Migration, seen_threads
-
     data: MigrateBody = await body(caller, MigrateBody)
     threads = list(data.threads)
     if data.seen:
-        threads += await seen_threads(caller.runtime, caller.tenant, caller.subject)
+        threads += await seen_threads(caller.runtime, caller.owner)
     if not threads:
-        raise ApiError(400, "Name the threads to migrate in `threads`, or set `seen` to true.", param="threads")
-    migration = Migration(caller.runtime, caller.tenant, caller.subject, headers=upstream_headers(caller))
+        raise OpenAIError(400, "Name the threads to migrate in `threads`, or set `seen` to true.", param="threads")
+    migration = Migration(caller.runtime, caller.owner, headers=upstream_headers(caller))
     return (await migration.run(threads)).as_json()
 
 
 async def audit_log(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    try:
-        tenant = resolve_tenant(request, runtime)
-    except ApiError as exc:
-        return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+    tenant = resolve_tenant(request, runtime)
     items, more = await audit.entries(runtime.state, tenant, limit=100, after=request.query_params.get("after"))
     return JSONResponse({"object": "list", "data": items, "has_more": more})
 
@@ -306,3 +286,20 @@ def memory_routes() -> list[BaseRoute]:
             ],
         )
     ]
+
+
+async def memory_error(request: Request, exc: Exception) -> Response:
+    """A memory-layer failure under the memory API, as an OpenAI-shaped error."""
+    if isinstance(exc, MemoryNotFound):
+        failure = OpenAIError(404, f"No memory found with id '{exc}'.", code="memory_not_found")
+    elif isinstance(exc, MemoryUnavailable):
+        failure = OpenAIError(503, "The memory layer is unavailable; see /readyz.", code="memory_unavailable")
+    else:
+        failure = OpenAIError(503, f"The memory layer failed: {type(exc).__name__}.", type="server_error")
+    return JSONResponse(failure.envelope(), status_code=failure.status)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    error: memory_error for error in (MemoryNotFound, MemoryUnavailable, EmbeddingError, StoreError)
+}
+"""What the memory API's failures look like to a client; installed by the app."""

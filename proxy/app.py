@@ -11,9 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from proxy import __version__
+from proxy import __version__, api
 from proxy.api import memory_routes
 from proxy.config import Settings, get_settings
+from proxy.errors import EXCEPTION_HANDLERS
+from proxy.hooks import assistants as hooks
+from proxy.hooks.bridge import bridge_routes
 from proxy.hooks.chat import create_chat_completion
 from proxy.hooks.responses import create_response, retrieve_response
 from proxy.memory.embed import Embedder
@@ -42,8 +45,6 @@ async def readyz(request: Request) -> Response:
 
 def passthrough_routes() -> list[BaseRoute]:
     """Assistants calls the upstream serves, with memory hooked in."""
-    from proxy.hooks import assistants as hooks
-
     runs = "/v1/threads/{thread_id}/runs"
     return [
         Route("/v1/threads", hooks.create_thread, methods=["POST"]),
@@ -75,8 +76,6 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         *memory_routes(),
     ]
     if settings.assistants_mode == "bridge":
-        from proxy.assistants.routes import bridge_routes
-
         routes += bridge_routes()
     else:
         routes += passthrough_routes()
@@ -87,7 +86,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         Route("/v1", relay, methods=METHODS),
         Route("/v1/{path:path}", relay, methods=METHODS),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Observe, metrics=metrics)])
+    handlers = {**EXCEPTION_HANDLERS, **api.EXCEPTION_HANDLERS}
+    middleware = [Middleware(Observe, metrics=metrics)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.settings = settings
     app.state.metrics = metrics
     return app

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from proxy.owner import Owner
 from proxy.state import State
 
 COLLECTION = "audit"
@@ -28,14 +29,19 @@ def _digest(entry: dict[str, Any]) -> str:
 
 async def append(
     state: State,
-    tenant: str,
     action: str,
     *,
-    subject_hash: str | None = None,
+    owner: Owner | None = None,
+    tenant: str | None = None,
     counts: dict[str, int] | None = None,
     outcome: str = "ok",
 ) -> dict[str, Any]:
-    """Add one entry after the tenant's latest and return it."""
+    """Add one entry after the tenant's latest and return it: about ``owner`` (its pseudonym only), or a
+    tenant-wide entry about ``tenant``."""
+    tenant = owner.tenant if owner is not None else tenant
+    if not tenant:
+        raise ValueError("an audit entry is about an owner or a tenant")
+    subject_hash = owner.hash if owner is not None else None
     latest = await state.list_records(tenant, COLLECTION, limit=1, order="desc")
     entry: dict[str, Any] = {
         "id": "audit_" + uuid.uuid4().hex,

@@ -2,14 +2,12 @@
 
 The tenant is derived, never configured per key: an HMAC of the upstream credential under a
 server secret, so two applications with different keys can never see each other's memories and
-the key itself is never stored. Subjects are hashed the same way wherever they leave the
-process (headers, audit entries, logs).
+the key itself is never stored. Whom a memory is about, with its keyed pseudonym, is an
+:class:`~proxy.owner.Owner`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 from pathlib import Path
@@ -17,11 +15,13 @@ from pathlib import Path
 from starlette.datastructures import Headers
 
 from proxy.config import Settings
+from proxy.errors import MemproxyError
+from proxy.owner import digest
 
 SECRET_FILE = "secret"
 
 
-class MissingSecret(RuntimeError):
+class MissingSecret(MemproxyError):
     """Scaled out, every replica must derive the same tenants, so the secret must be shared."""
 
 
@@ -52,22 +52,12 @@ def credential(headers: Headers) -> str | None:
     return headers.get("api-key") or None
 
 
-def digest(secret: bytes, *parts: str, length: int = 32) -> str:
-    message = "\x1f".join(parts).encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:length]
-
-
 def tenant_for(headers: Headers, settings: Settings, secret: bytes) -> str | None:
     """``MEMPROXY_TENANT`` if fixed, else the credential's HMAC; None when there is no credential."""
     if settings.tenant:
         return settings.tenant
     key = credential(headers)
     return "t_" + digest(secret, "tenant", key) if key else None
-
-
-def subject_hash(secret: bytes, tenant: str, subject: str) -> str:
-    """A stable pseudonym for a subject, safe to show in headers, logs and the audit log."""
-    return "s_" + digest(secret, "subject", tenant, subject, length=20)
 
 
 def subject_for(headers: Headers, settings: Settings, body: dict, fallback: str | None = None) -> str | None:

@@ -11,10 +11,11 @@ import contextlib
 import logging
 from collections import Counter
 from datetime import datetime
+from functools import partial
 
 from proxy import audit
-from proxy.identity import subject_hash
 from proxy.memory.service import MemoryService
+from proxy.owner import Owner
 from proxy.state import State
 
 log = logging.getLogger("memproxy.janitor")
@@ -22,12 +23,11 @@ log = logging.getLogger("memproxy.janitor")
 
 async def sweep(memory: MemoryService, state: State, secret: bytes, now: datetime | None = None) -> int:
     """Remove what has expired by ``now``; returns how many memories went."""
-    removed = await memory.expire(now)
-    per_subject = Counter((item.tenant, item.subject) for item in removed)
-    for (tenant, subject), count in per_subject.items():
-        await audit.append(
-            state, tenant, "expire", subject_hash=subject_hash(secret, tenant, subject), counts={"memories": count}
-        )
+    owner_of = partial(Owner.of, secret)
+    removed = await memory.expire(owner_of, now)
+    per_subject = Counter(owner_of(item.tenant, item.subject) for item in removed)
+    for owner, count in per_subject.items():
+        await audit.append(state, "expire", owner=owner, counts={"memories": count})
     if removed:
         log.info("janitor removed %d expired memories of %d subjects", len(removed), len(per_subject))
     return len(removed)

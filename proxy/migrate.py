@@ -5,7 +5,7 @@ messages are paged through oldest first (Assistants ``GET /threads/{t}/messages?
 Conversations ``GET /conversations/{c}/items``; 100 per page, no cap on the total). Messages are
 cut into chunks of ``MEMPROXY_MIGRATE_CHUNK_MESSAGES`` (a message longer than
 ``MEMPROXY_MIGRATE_MESSAGE_CHARS`` is split into parts, never truncated; a chunk holds whole
-messages), and each chunk runs through the configured extractor as one :class:`~proxy.turns.Turn`
+messages), and each chunk runs through the configured extractor as one :class:`~proxy.learn.turn.Turn`
 (route ``migration``, turn id ``migrate:{thread}:{chunk}``) whose facts carry their source: the
 thread id and the chunk's message ids.
 
@@ -27,15 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from proxy.erasure import credential_headers, known_upstream
-from proxy.hooks.capture import message_text
-from proxy.identity import subject_hash
-from proxy.state import Job, Subject
-from proxy.turns import JOB_KIND, Turn
+from proxy.assistants.engine import THREADS
+from proxy.errors import MemproxyError
+from proxy.learn.turn import JOB_KIND, Turn, message_text
+from proxy.owner import Owner
+from proxy.ownership import credential_headers, known_upstream
+from proxy.runtime import build_worker
+from proxy.state import Job
 
 if TYPE_CHECKING:
-    from proxy.config import Settings
-    from proxy.jobs import Worker
+    from proxy.learn.worker import Worker
     from proxy.runtime import Runtime
 
 log = logging.getLogger("memproxy.migrate")
@@ -48,7 +49,7 @@ Progress = Callable[[str, int, int], None]
 """``progress(thread, messages_read_this_run, chunks_done_this_run)`` after every chunk."""
 
 
-class MigrationError(Exception):
+class MigrationError(MemproxyError):
     """A thread cannot be read (unknown, refused, unreachable); the message is safe to show."""
 
 
@@ -119,8 +120,6 @@ class ThreadReader:
         if self.thread.startswith("conv_"):
             return f"/conversations/{self.thread}/items", "items"
         if self.runtime.settings.assistants_mode == "bridge":
-            from proxy.assistants.engine import THREADS
-
             record = await self.runtime.state.get_record(self.tenant, THREADS, self.thread)
             if record is None:
                 raise MigrationError(f"no thread found with id '{self.thread}'")
@@ -175,18 +174,14 @@ class Migration:
     def __init__(
         self,
         runtime: Runtime,
-        tenant: str,
-        subject: str,
+        owner: Owner,
         *,
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         worker: Worker | None = None,
     ) -> None:
-        from proxy.jobs import build_worker
-
-        self.runtime, self.tenant, self.subject = runtime, tenant, subject
-        self.owner = Subject(tenant, subject)
-        self.hash = subject_hash(runtime.secret, tenant, subject)
+        self.runtime, self.owner = runtime, owner
+        self.mine = runtime.state.tenant(owner.tenant)
         self.headers = credential_headers(api_key, headers)
         settings = runtime.settings
         self.key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else api_key
@@ -195,17 +190,17 @@ class Migration:
         self.worker = worker or build_worker(runtime)
 
     def _key(self, thread: str) -> str:
-        return f"{self.tenant}:{self.hash}:{thread}"
+        return f"{self.owner.hash}:{thread}"
 
     async def cursor(self, thread: str) -> dict[str, Any]:
-        saved = await self.runtime.state.get(CURSOR_NS, self._key(thread))
+        saved = await self.mine.get(CURSOR_NS, self._key(thread))
         return saved if isinstance(saved, dict) else {"after": None, "chunk": 0, "messages": 0}
 
     async def run(
         self, threads: list[str], *, max_chunks: int | None = None, progress: Progress | None = None
     ) -> Summary:
         """Migrate ``threads`` in order; ``max_chunks`` stops after that many chunks (tests, dry runs)."""
-        summary = Summary(self.hash)
+        summary = Summary(self.owner.hash)
         budget = max_chunks
         for thread in dict.fromkeys(threads):
             result = await self.thread(thread, budget, progress)
@@ -217,10 +212,10 @@ class Migration:
         return summary
 
     async def thread(self, thread: str, budget: int | None, progress: Progress | None) -> ThreadResult:
-        settings, state = self.runtime.settings, self.runtime.state
+        settings, state = self.runtime.settings, self.mine
         result = ThreadResult(thread)
         cursor = await self.cursor(thread)
-        source = ThreadReader(self.runtime, self.tenant, thread, self.headers)
+        source = ThreadReader(self.runtime, self.owner.tenant, thread, self.headers)
         index = int(cursor["chunk"])
         try:
             async for batch, units in chunks(
@@ -249,7 +244,7 @@ class Migration:
         log.info(
             "migration of %s for %s: %s, %d messages, %d chunks, %d added",
             thread,
-            self.hash,
+            self.owner.hash,
             result.status,
             result.messages,
             result.chunks,
@@ -265,7 +260,7 @@ class Migration:
             return  # nothing the user said: nothing to learn about them
         assistant = [text for role, text in units if role == "assistant"]
         source = {"thread_id": thread, "message_ids": [message.id for message in batch]}
-        turn = Turn(self.tenant, self.subject, "migration", turn_id, user, assistant, source)
+        turn = Turn(self.owner, "migration", turn_id, user, assistant, source)
         stats = self.worker.stats
         added, unchanged = stats.ops["add"], stats.unchanged
         job = Job(id=turn_id, kind=JOB_KIND, payload={}, attempts=1)
@@ -274,31 +269,7 @@ class Migration:
         result.unchanged += stats.unchanged - unchanged
 
 
-async def seen_threads(runtime: Runtime, tenant: str, subject: str) -> list[str]:
-    """Every thread and conversation the proxy has seen for the subject."""
-    known = await known_upstream(runtime, tenant, subject)
+async def seen_threads(runtime: Runtime, owner: Owner) -> list[str]:
+    """Every thread and conversation the proxy has seen for the owner."""
+    known = await known_upstream(runtime.state, owner, await runtime.require_memory().of(owner).export())
     return sorted(known.threads) + sorted(known.conversations)
-
-
-async def run_migrate(
-    settings: Settings,
-    user: str,
-    threads: list[str],
-    *,
-    seen: bool,
-    tenant: str | None,
-    api_key: str | None,
-    progress: Progress | None = None,
-    max_chunks: int | None = None,
-) -> Summary:
-    """``memproxy migrate``: the runtime's parts without HTTP serving, one migration."""
-    from proxy.erasure import cli_tenant, offline, upstream_key
-    from proxy.runtime import open_runtime
-
-    async with open_runtime(offline(settings)) as runtime:
-        resolved = cli_tenant(settings, runtime.secret, tenant, api_key)
-        wanted = list(threads) + (await seen_threads(runtime, resolved, user) if seen else [])
-        if not wanted:
-            raise ValueError("no thread to migrate: name some with --thread / --threads-file, or pass --seen")
-        migration = Migration(runtime, resolved, user, api_key=upstream_key(settings, api_key))
-        return await migration.run(wanted, progress=progress, max_chunks=max_chunks)

@@ -13,25 +13,29 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import httpx2
 
 from proxy import janitor
 from proxy.config import Settings
+from proxy.errors import MemproxyError
 from proxy.forward import Forwarder, make_client
 from proxy.identity import load_secret
+from proxy.learn.extract import make_extractor
+from proxy.learn.keys import KeyRing
+from proxy.learn.worker import Worker
 from proxy.memory.embed import Embedder, make_embedder
-from proxy.memory.extract import KeyRing
 from proxy.memory.factory import create_memory_service
 from proxy.memory.service import MemoryService
 from proxy.observe import NOOP, Observer
 from proxy.state import State, open_state
 
-if TYPE_CHECKING:
-    from proxy.jobs import Worker
-
 log = logging.getLogger("memproxy.runtime")
+
+
+class MemoryUnavailable(MemproxyError):
+    """The memory layer did not start (or not yet): the proxy forwards, memory calls cannot run."""
 
 
 @dataclass
@@ -56,6 +60,12 @@ class Runtime:
     def count(self, name: str, amount: int = 1) -> None:
         """Event counters (degraded causes, captured turns); exported as metrics."""
         self.counters[name] += amount
+
+    def require_memory(self) -> MemoryService:
+        """The memory service, or :class:`MemoryUnavailable` saying why there is none."""
+        if self.memory is None:
+            raise MemoryUnavailable(f"the memory layer is unavailable: {self.problems.get('memory', 'not opened')}")
+        return self.memory
 
 
 STARTING = "starting"
@@ -112,10 +122,23 @@ async def start_memory(runtime: Runtime, embedder: Embedder | None) -> None:
         janitor.run(memory, runtime.state, runtime.secret, settings.janitor_interval)
     )
     try:
-        from proxy.jobs import start_worker
-
         runtime.worker = start_worker(runtime)
     except Exception as exc:  # noqa: BLE001 - fail open: the proxy serves without extraction
         runtime.problems["worker"] = f"{type(exc).__name__}: {exc}"
         log.error("extraction worker unavailable: %s", runtime.problems["worker"])
     del runtime.problems["memory"]  # ready: memory and its worker both up
+
+
+def build_worker(runtime: Runtime, **options: Any) -> Worker:
+    """A worker over the runtime's state store, memory service, upstream client and key ring."""
+    settings = runtime.settings
+    extractor = make_extractor(settings, runtime.http)
+    memory, keys = runtime.require_memory(), runtime.keys
+    return Worker(runtime.state, memory, extractor, settings, secret=runtime.secret, keys=keys, **options)
+
+
+def start_worker(runtime: Runtime) -> Worker | None:
+    """The in-process worker of ``memproxy serve``, started; None when off or memory is unavailable."""
+    if not runtime.settings.worker_in_proxy or runtime.memory is None:
+        return None
+    return build_worker(runtime, observer=runtime.observer).start()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.owner import Owner
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODEL_DIR = SHARED / "models" / "all-MiniLM-L6-v2-onnx"
 # No network here: a model missing locally must fail at once, not after hub time-outs.
@@ -344,3 +346,11 @@ def assistants_client():
         client.close()
     checked = sum(validate_assistants_exchange(*exchange[:4], bytes(exchange[4])) for exchange in recorded)
     assert not recorded or checked, "nothing was validated"
+
+
+TEST_SECRET = b"test-secret"
+
+
+def owner(tenant: str, subject: str) -> Owner:
+    """The owner of ``subject`` in ``tenant``, keyed with the tests' secret."""
+    return Owner.of(TEST_SECRET, tenant, subject)

@@ -8,7 +8,8 @@ from starlette.datastructures import Headers
 
 from proxy import audit
 from proxy.client import AsyncMemory, Memory, MemoryAPIError
-from proxy.identity import subject_hash, tenant_for
+from proxy.identity import tenant_for
+from proxy.owner import Owner
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,10 @@ async def test_audit_chain_detects_tampering(proxy, alice) -> None:
     assert not verdict.ok and verdict.broken_at == forged["id"]
 
 
-def test_subject_hash_is_stable_and_keyed() -> None:
-    assert subject_hash(b"k1", "t", "alice") == subject_hash(b"k1", "t", "alice")
-    assert subject_hash(b"k1", "t", "alice") != subject_hash(b"k2", "t", "alice")
+def test_owner_pseudonym_is_stable_keyed_and_never_names_the_user() -> None:
+    alice = Owner.of(b"k1", "t", "alice@example.com")
+    assert alice.hash == Owner.of(b"k1", "t", "alice@example.com").hash
+    assert alice.hash != Owner.of(b"k2", "t", "alice@example.com").hash  # keyed: no secret, no guess to test
+    assert alice.hash != Owner.of(b"k1", "t2", "alice@example.com").hash
+    assert Owner.of(b"k1", "a:b", "c").hash != Owner.of(b"k1", "a", "b:c").hash
+    assert "alice" not in alice.hash and "alice" not in repr(alice)

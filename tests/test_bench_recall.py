@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import owner
 from typer.testing import CliRunner
 
 from proxy.bench.corpus import fact_pool, notes, queries
@@ -24,7 +25,6 @@ from proxy.bench.recall import (
     shares,
     subject_name,
 )
-from proxy.memory.store import Scope
 
 
 def test_sizes_read_like_people_write_them():
@@ -60,13 +60,15 @@ async def test_bulk_load_spreads_jittered_pool_vectors_that_recall_finds(backend
     await service.start()
     try:
         stats = await bulk_load(store, small_pool, 25, Layout("4 subjects", 4))
-        counts = [await store.count(Scope(TENANT, subject_name(s))) for s in range(5)]
+        counts = [await store.count(owner(TENANT, subject_name(s))) for s in range(5)]
         assert counts == [7, 6, 6, 6, 0] and stats.memories == 25 and stats.rate > 0
         # subject 0 holds pool sentences 0..6 (its offset is 0); each vector is the pool's plus noise
-        memories = (await store.scroll(Scope(TENANT, subject_name(0)), limit=10)).memories
+        memories = (await store.scroll(owner(TENANT, subject_name(0)), limit=10)).memories
         assert sorted(m.text for m in memories) == sorted(small_pool.texts[:7])
         asked = small_pool.texts[3]
-        found = await service.recall(TENANT, subject_name(0), asked, now=NOW, min_similarity=0.0, min_confidence=0.0)
+        found = await service.of(owner(TENANT, subject_name(0))).recall(
+            asked, now=NOW, min_similarity=0.0, min_confidence=0.0
+        )
         assert found[0].memory.text == asked
         assert 0.9 < found[0].semantic < 0.999  # jittered, not the pool vector itself
         assert all(NOW.year - 1 <= m.created_at.year <= NOW.year for m in memories)

@@ -16,8 +16,7 @@ import pytest
 import redis
 
 from proxy.client import Memory
-from proxy.identity import digest, subject_hash
-from proxy.state import Subject
+from proxy.owner import Owner, digest
 
 KEY = "sk-erasure-app"
 
@@ -97,8 +96,8 @@ def test_erasure_leaves_nothing_of_the_user_here_or_upstream(proxy, client, emul
     exported = api(proxy, "GET", f"/users/{user}/export").json()
     assert exported["upstream"] == {"threads": [thread_id], "conversations": [conversation_id]}
     assert len(exported["memories"]) == 2
-    hashed = subject_hash(runtime.secret, tenant, user)
-    assert Subject(tenant, user).hash in state_dump(proxy)  # indexed: the pending job and the tracked ids
+    hashed = Owner.of(runtime.secret, tenant, user).hash
+    assert hashed in state_dump(proxy)  # indexed: the pending job and the tracked ids
 
     erased = api(proxy, "DELETE", f"/users/{user}").json()
 
@@ -124,7 +123,9 @@ def test_erasure_leaves_nothing_of_the_user_here_or_upstream(proxy, client, emul
     assert after["memories"] == [] and after["upstream"] == {"threads": [], "conversations": []}
     # state store: no entry, index or job of the user; only the audit trail names their pseudonym
     dump = state_dump(proxy)
-    assert user not in dump and Subject(tenant, user).hash not in dump
+    outside_audit = [line for line in dump.splitlines() if '"action":' not in line]
+    assert user not in dump and Owner.of(runtime.secret, tenant, user).legacy_hash not in dump
+    assert not [line for line in outside_audit if hashed in line]
     assert thread_id not in dump and conversation_id not in dump
     audit = api(proxy, "GET", "/audit").json()["data"]
     entry = next(e for e in audit if e["id"] == erased["audit_id"])

@@ -1,4 +1,4 @@
-"""Extraction (proxy/memory/extract.py) against the emulator over real HTTP, and the key ring."""
+"""Extraction (proxy/learn/extract.py) against the emulator over real HTTP, and the key ring."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import httpx2
 import pytest
 
 from proxy.config import Settings
-from proxy.memory.extract import (
+from proxy.learn.extract import (
     EXTRACTION_SCHEMA,
     RESPONSE_FORMAT,
     ExtractionError,
-    KeyRing,
     LLMExtractor,
     NoCredentials,
     UpstreamError,
@@ -21,16 +20,17 @@ from proxy.memory.extract import (
     looks_like_instruction,
     make_extractor,
 )
+from proxy.learn.keys import KeyRing
+from proxy.learn.turn import Turn
 from proxy.memory.models import KNOWN_KINDS, Memory
-from proxy.turns import Turn
+from proxy.owner import Owner
 
 KEY = "sk-extract-test-0123456789"
 
 
 def turn(*user: str, assistant: tuple[str, ...] = ("Noted!",)) -> Turn:
     return Turn(
-        "tenant-x",
-        "alice",
+        Owner.of(b"secret", "tenant-x", "alice"),
         "chat",
         f"chatcmpl-{uuid.uuid4().hex[:8]}",
         list(user),

@@ -79,6 +79,28 @@ def test_redis_going_away_fails_no_request(make_proxy, emulator) -> None:
     assert counters["degraded.hook_error"] >= 2 and counters["degraded.capture_error"] >= 1
 
 
+def test_a_failed_capture_does_not_mark_other_requests_degraded(make_proxy, emulator) -> None:
+    """The per-request decision is a value: one request's fault never changes another's headers."""
+    with redis_server() as (url, process):
+        proxy = make_proxy(redis_url=url, secret="shared-secret", assistants="passthrough")
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-app", max_retries=0)
+        assistant = client.beta.assistants.create(model="gpt-4o-mini")
+        thread = client.beta.threads.create()
+        run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+        upstream = openai.OpenAI(base_url=emulator.base_url, api_key="sk-app", max_retries=0)
+        while upstream.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status != "completed":
+            time.sleep(0.05)
+        before = ask(proxy, **{"X-Memory": "off"})
+        process.kill()
+        process.wait()
+        polled = client.beta.threads.runs.with_raw_response.retrieve(run.id, thread_id=thread.id)
+        time.sleep(0.3)  # the poll's capture runs after its answer and fails: the state store is gone
+        after = ask(proxy, **{"X-Memory": "off"})
+    assert proxy.app.state.runtime.counters["degraded.capture_error"] >= 1
+    assert polled.parse().id == run.id
+    assert before.headers["x-memory-status"] == after.headers["x-memory-status"] == "off"
+
+
 def test_an_upstream_error_reaches_the_client_as_it_was_and_teaches_nothing(make_proxy, emulator) -> None:
     proxy = make_proxy()
     emulator.fault(path="/v1/responses", status=503, message="The engine is overloaded.")

@@ -1,4 +1,4 @@
-"""The extraction worker (proxy/jobs.py): queued turns become memories, at least once, never leaking keys.
+"""The extraction worker (proxy/learn/worker.py): queued turns become memories, at least once, never leaking keys.
 
 Real pieces throughout: the emulator over HTTP plays the LLM (its generic structured output for plain
 facts, a scripted answer for update/delete decisions), the offline embedding model, Qdrant Edge, and
@@ -14,15 +14,18 @@ import uuid
 
 import httpx2
 import pytest
+from conftest import TEST_SECRET, owner
 from test_extract import scripted
 
+from proxy.cli.tasks import run_standalone
 from proxy.config import Settings
-from proxy.jobs import Worker, run_standalone, standalone_problem
-from proxy.memory.extract import KeyRing, make_extractor
+from proxy.learn.extract import make_extractor
+from proxy.learn.keys import KeyRing
+from proxy.learn.turn import Turn, enqueue_turn
+from proxy.learn.worker import Worker, standalone_problem
 from proxy.memory.factory import create_memory_service
 from proxy.state import JobPolicy, ManualClock
 from proxy.state.sqlite import SqliteState
-from proxy.turns import Turn, enqueue_turn
 
 KEY = "sk-tenant-live-key-4f1c2a9e"
 CONFIGURED = "sk-operator-extraction-key-77d0"
@@ -59,9 +62,8 @@ async def parts(tmp_path, emulator, local_embedder, memory_model_dir):
         )
         if "memory" not in made:
             made["memory"] = await create_memory_service(settings, http, embedder=local_embedder)
-        worker = Worker(
-            state, made["memory"], make_extractor(settings, http), settings, keys=keys if keys is not None else ring()
-        )
+        extractor, keys = make_extractor(settings, http), keys if keys is not None else ring()
+        worker = Worker(state, made["memory"], extractor, settings, secret=TEST_SECRET, keys=keys)
         workers.append(worker)
         return worker
 
@@ -81,8 +83,7 @@ def ring(tenant: str = "tenant-a", key: str = KEY) -> KeyRing:
 
 def a_turn(*user: str, tenant: str = "tenant-a", subject: str = "alice", **source) -> Turn:
     return Turn(
-        tenant=tenant,
-        subject=subject,
+        owner=owner(tenant, subject),
         route="assistants",
         turn_id=f"run_{uuid.uuid4().hex[:10]}",
         user=list(user),
@@ -107,7 +108,7 @@ async def later(state, seconds: float) -> None:
 
 
 async def texts(worker: Worker, tenant: str = "tenant-a", subject: str = "alice") -> list[str]:
-    page = await worker.memory.list(tenant, subject)
+    page = await worker.memory.of(owner(tenant, subject)).list()
     return sorted(m.text for m in page.memories)
 
 
@@ -120,7 +121,7 @@ async def test_a_finished_turn_becomes_memories_of_its_tenant_and_subject(parts,
 
     assert await worker.drain() == 1
 
-    page = await worker.memory.list("tenant-a", "alice")
+    page = await worker.memory.of(owner("tenant-a", "alice")).list()
     assert sorted(m.text for m in page.memories) == ["I live in Lyon.", "My dog is Rex."]
     for memory in page.memories:
         assert memory.source.thread_id == "thread_abc" and memory.source.run_id == "run_xyz"
@@ -160,7 +161,7 @@ async def test_the_background_worker_picks_up_queued_turns_and_stops_cleanly(par
 
 async def test_update_then_delete_decisions_are_applied_with_history_kept(parts, sqlite_state, emulator) -> None:
     worker = await parts(sqlite_state)
-    lyon, _ = await worker.memory.remember("tenant-a", "alice", "User lives in Lyon.")
+    lyon, _ = await worker.memory.of(owner("tenant-a", "alice")).remember("User lives in Lyon.")
 
     scripted(emulator, {"op": "update", "id": "m1", "text": "User lives in Paris."})
     await enqueue_turn(sqlite_state, a_turn("I moved to Paris last month."))
@@ -168,7 +169,7 @@ async def test_update_then_delete_decisions_are_applied_with_history_kept(parts,
     sent = emulator.requests("/v1/chat/completions")[-1]["body"]["messages"][1]["content"]
     assert '"id": "m1"' in sent and "User lives in Lyon." in sent and lyon.id not in sent
 
-    updated = await worker.memory.get("tenant-a", "alice", lyon.id)
+    updated = await worker.memory.of(owner("tenant-a", "alice")).get(lyon.id)
     assert updated.text == "User lives in Paris."
     assert [h.text for h in updated.history] == ["User lives in Lyon."]
 
@@ -177,7 +178,7 @@ async def test_update_then_delete_decisions_are_applied_with_history_kept(parts,
     await worker.drain()
 
     assert await texts(worker) == []
-    (gone,) = await worker.memory.export("tenant-a", "alice")
+    (gone,) = await worker.memory.of(owner("tenant-a", "alice")).export()
     assert gone.id == lyon.id and gone.deleted_reason == "User left France."
     assert [h.text for h in gone.history] == ["User lives in Lyon."]
     assert worker.stats.ops == {"update": 1, "delete": 1} and worker.stats.processed == 2
@@ -401,7 +402,7 @@ async def test_verbatim_worker_stores_user_messages_without_calling_the_llm(part
     await enqueue_turn(sqlite_state, a_turn("I live in Lyon and my dog is Rex"))
     await worker.drain()
     assert await texts(worker) == ["I live in Lyon and my dog is Rex"]
-    (memory,) = (await worker.memory.list("tenant-a", "alice")).memories
+    (memory,) = (await worker.memory.of(owner("tenant-a", "alice")).list()).memories
     assert memory.metadata["extractor"] == "verbatim" and memory.source.run_id == "run_xyz"
     assert emulator.requests() == []
 
@@ -409,8 +410,7 @@ async def test_verbatim_worker_stores_user_messages_without_calling_the_llm(part
 async def test_ids_of_responses_and_chat_turns_are_kept_with_the_memory(parts, sqlite_state) -> None:
     worker = await parts(sqlite_state, extractor="verbatim")
     chat = Turn(
-        "tenant-a",
-        "alice",
+        owner("tenant-a", "alice"),
         "chat",
         "chatcmpl-1",
         ["I speak Italian."],
@@ -420,7 +420,7 @@ async def test_ids_of_responses_and_chat_turns_are_kept_with_the_memory(parts, s
     )
     await enqueue_turn(sqlite_state, chat)
     await worker.drain()
-    (memory,) = (await worker.memory.list("tenant-a", "alice")).memories
+    (memory,) = (await worker.memory.of(owner("tenant-a", "alice")).list()).memories
     assert memory.metadata == {
         "route": "chat",
         "turn_id": "chatcmpl-1",
@@ -444,7 +444,7 @@ async def test_memproxy_worker_drains_the_shared_queue(tmp_path, emulator, local
     assert stats.processed == 1 and stats.ops["add"] == 1
     service = await create_memory_service(settings, embedder=local_embedder)
     try:
-        assert [m.text for m in (await service.list("tenant-a", "alice")).memories] == ["I live in Lyon."]
+        assert [m.text for m in (await service.of(owner("tenant-a", "alice")).list()).memories] == ["I live in Lyon."]
     finally:
         await service.aclose()
 

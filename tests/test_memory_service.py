@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import owner
 from qdrant_client import AsyncQdrantClient
 
 from proxy.config import Settings
@@ -57,7 +58,7 @@ async def svc(make_service) -> MemoryService:
 
 async def seed(svc: MemoryService, tenant: str = TEN, subject: str = SUB, texts=BACKGROUND) -> None:
     for text in texts:
-        await svc.remember(tenant, subject, text)
+        await svc.of(owner(tenant, subject)).remember(text)
 
 
 def texts(scored) -> list[str]:
@@ -68,78 +69,82 @@ def texts(scored) -> list[str]:
 
 
 async def test_remember_dedupes_exact_and_near_duplicates(svc):
-    first, action = await svc.remember(TEN, SUB, "User likes green tea.", kind="preference")
+    first, action = await svc.of(owner(TEN, SUB)).remember("User likes green tea.", kind="preference")
     assert action == "created" and first.kind == "preference" and first.created_at == T0
-    again, action = await svc.remember(TEN, SUB, "  user likes GREEN tea ")
+    again, action = await svc.of(owner(TEN, SUB)).remember("  user likes GREEN tea ")
     assert (again.id, action) == (first.id, "duplicate")
     assert again.access_count == 1 and again.last_accessed_at == T0
 
-    colour, _ = await svc.remember(TEN, SUB, "My favourite colour is blue")
-    near, action = await svc.remember(TEN, SUB, "My favorite color is blue.")
+    colour, _ = await svc.of(owner(TEN, SUB)).remember("My favourite colour is blue")
+    near, action = await svc.of(owner(TEN, SUB)).remember("My favorite color is blue.")
     assert (near.id, action) == (colour.id, "near_duplicate")
 
     # similar wording, opposite meaning: stays a separate memory (cosine ~0.82 < 0.92)
-    window, _ = await svc.remember(TEN, SUB, "I prefer window seats on flights")
-    aisle, action = await svc.remember(TEN, SUB, "I prefer aisle seats on flights")
+    window, _ = await svc.of(owner(TEN, SUB)).remember("I prefer window seats on flights")
+    aisle, action = await svc.of(owner(TEN, SUB)).remember("I prefer aisle seats on flights")
     assert action == "created" and aisle.id != window.id
 
-    assert await svc.count(TEN, SUB) == 4
+    assert await svc.of(owner(TEN, SUB)).count() == 4
     await svc.flush()
-    assert (await svc.get(TEN, SUB, first.id)).access_count == 1  # the duplicate counted as a use
+    assert (await svc.of(owner(TEN, SUB)).get(first.id)).access_count == 1  # the duplicate counted as a use
 
 
 async def test_same_text_in_another_scope_is_not_a_duplicate(svc):
-    a, _ = await svc.remember(TEN, SUB, "User likes green tea")
-    b, action = await svc.remember("tenant-b", SUB, "User likes green tea")
-    c, action2 = await svc.remember(TEN, "bob", "User likes green tea")
+    a, _ = await svc.of(owner(TEN, SUB)).remember("User likes green tea")
+    b, action = await svc.of(owner("tenant-b", SUB)).remember("User likes green tea")
+    c, action2 = await svc.of(owner(TEN, "bob")).remember("User likes green tea")
     assert action == action2 == "created" and len({a.id, b.id, c.id}) == 3
 
 
 async def test_near_duplicate_threshold_is_configurable(make_service):
     strict = await make_service(memory_near_duplicate=0.99)
-    await strict.remember(TEN, SUB, "My favourite colour is blue")
-    _, action = await strict.remember(TEN, SUB, "My favorite color is blue.")
+    await strict.of(owner(TEN, SUB)).remember("My favourite colour is blue")
+    _, action = await strict.of(owner(TEN, SUB)).remember("My favorite color is blue.")
     assert action == "created"
 
 
 async def test_ttl_defaults_per_kind_and_explicit_ttl_wins(svc):
-    temp, _ = await svc.remember(TEN, SUB, "User is in Lisbon this week", kind="temporary")
-    fact, _ = await svc.remember(TEN, SUB, "User was born in Porto", kind="fact")
-    short, _ = await svc.remember(TEN, SUB, "User has a dentist appointment today", kind="temporary", ttl=3600)
-    plan, _ = await svc.remember(TEN, SUB, "User plans to move to Madrid", kind="plan", ttl=timedelta(days=90))
+    temp, _ = await svc.of(owner(TEN, SUB)).remember("User is in Lisbon this week", kind="temporary")
+    fact, _ = await svc.of(owner(TEN, SUB)).remember("User was born in Porto", kind="fact")
+    short, _ = await svc.of(owner(TEN, SUB)).remember(
+        "User has a dentist appointment today", kind="temporary", ttl=3600
+    )
+    plan, _ = await svc.of(owner(TEN, SUB)).remember(
+        "User plans to move to Madrid", kind="plan", ttl=timedelta(days=90)
+    )
     assert temp.expires_at == T0 + timedelta(days=7)
     assert fact.expires_at is None
     assert short.expires_at == T0 + timedelta(hours=1)
     assert plan.expires_at == T0 + timedelta(days=90)
     with pytest.raises(ValueError):
-        await svc.remember(TEN, SUB, "bad ttl", ttl=-5)
+        await svc.of(owner(TEN, SUB)).remember("bad ttl", ttl=-5)
 
 
 async def test_repeating_a_temporary_fact_extends_its_life(svc):
-    m, _ = await svc.remember(TEN, SUB, "User is in Lisbon this week", kind="temporary")
+    m, _ = await svc.of(owner(TEN, SUB)).remember("User is in Lisbon this week", kind="temporary")
     later = T0 + timedelta(days=5)
-    again, action = await svc.remember(TEN, SUB, "User is in Lisbon this week", kind="temporary", now=later)
+    again, action = await svc.of(owner(TEN, SUB)).remember("User is in Lisbon this week", kind="temporary", now=later)
     assert action == "duplicate" and again.expires_at == later + timedelta(days=7)
-    assert (await svc.get(TEN, SUB, m.id, now=later)).expires_at == later + timedelta(days=7)
+    assert (await svc.of(owner(TEN, SUB)).get(m.id, now=later)).expires_at == later + timedelta(days=7)
 
 
 async def test_invalid_input_is_refused(svc):
     with pytest.raises(ValueError):
-        await svc.remember(TEN, SUB, "   ")
+        await svc.of(owner(TEN, SUB)).remember("   ")
     with pytest.raises(ValueError):
-        await svc.remember(TEN, SUB, "x" * 5000)
+        await svc.of(owner(TEN, SUB)).remember("x" * 5000)
     with pytest.raises(ValueError):
-        await svc.remember("", SUB, "no tenant")
+        await svc.of(owner("", SUB)).remember("no tenant")
     with pytest.raises(ValueError):
-        await svc.remember(TEN, "", "no subject")
+        await svc.of(owner(TEN, "")).remember("no subject")
     with pytest.raises(ValueError):
-        await svc.remember(TEN, SUB, "bad kind", kind="Not A Kind!")
+        await svc.of(owner(TEN, SUB)).remember("bad kind", kind="Not A Kind!")
     # ids that are not UUIDs name nothing
-    assert await svc.get(TEN, SUB, "1 OR 1=1") is None
+    assert await svc.of(owner(TEN, SUB)).get("1 OR 1=1") is None
     with pytest.raises(MemoryNotFound):
-        await svc.delete(TEN, SUB, "not-an-id")
+        await svc.of(owner(TEN, SUB)).delete("not-an-id")
     with pytest.raises(MemoryNotFound):
-        await svc.update(TEN, SUB, "", "text")
+        await svc.of(owner(TEN, SUB)).update("", "text")
 
 
 # --- recall ------------------------------------------------------------------------------------------
@@ -147,23 +152,23 @@ async def test_invalid_input_is_refused(svc):
 
 async def test_recall_finds_a_keyword_only_match(svc):
     await seed(svc)
-    part, _ = await svc.remember(TEN, SUB, "User ordered replacement part ZQX-7781 for the dishwasher")
-    (top, *_) = await svc.recall(TEN, SUB, "Any news on ZQX-7781?")
+    part, _ = await svc.of(owner(TEN, SUB)).remember("User ordered replacement part ZQX-7781 for the dishwasher")
+    (top, *_) = await svc.of(owner(TEN, SUB)).recall("Any news on ZQX-7781?")
     assert top.memory.id == part.id
     assert top.lexical > 0.6 and top.similarity == top.lexical > top.semantic
 
 
 async def test_recall_finds_a_paraphrase_with_no_shared_words(svc):
     await seed(svc)
-    vegan, _ = await svc.remember(TEN, SUB, "User is vegan")
-    (top, *_) = await svc.recall(TEN, SUB, "I don't eat any animal products")
+    vegan, _ = await svc.of(owner(TEN, SUB)).remember("User is vegan")
+    (top, *_) = await svc.of(owner(TEN, SUB)).recall("I don't eat any animal products")
     assert top.memory.id == vegan.id
     assert top.lexical == 0.0 and top.semantic > 0.3
 
 
 async def test_recall_reports_every_confidence_term(svc):
     await seed(svc)
-    results = await svc.recall(TEN, SUB, "Where do I live?", top_k=3, min_confidence=0.0)
+    results = await svc.of(owner(TEN, SUB)).recall("Where do I live?", top_k=3, min_confidence=0.0)
     assert results and texts(results)[0] == "User lives in Berlin"
     for r in results:
         for term in (r.confidence, r.similarity, r.semantic, r.lexical, r.recency, r.frequency):
@@ -175,16 +180,19 @@ async def test_recall_reports_every_confidence_term(svc):
 
 async def test_unrelated_memories_do_not_surface_however_recent(svc):
     await seed(svc)
-    assert await svc.recall(TEN, SUB, "What is the capital of Australia's stock index ticker?", min_confidence=0) == []
+    assert (
+        await svc.of(owner(TEN, SUB)).recall("What is the capital of Australia's stock index ticker?", min_confidence=0)
+        == []
+    )
 
 
 async def test_top_k_and_min_confidence(svc):
     await seed(svc)
     q = "Tell me about my family, job and where I live"
-    everything = await svc.recall(TEN, SUB, q, top_k=10, min_confidence=0, min_similarity=0)
-    assert len(await svc.recall(TEN, SUB, q, top_k=2, min_confidence=0, min_similarity=0)) == 2
+    everything = await svc.of(owner(TEN, SUB)).recall(q, top_k=10, min_confidence=0, min_similarity=0)
+    assert len(await svc.of(owner(TEN, SUB)).recall(q, top_k=2, min_confidence=0, min_similarity=0)) == 2
     cut = everything[len(everything) // 2].confidence
-    above = await svc.recall(TEN, SUB, q, top_k=10, min_confidence=cut, min_similarity=0)
+    above = await svc.of(owner(TEN, SUB)).recall(q, top_k=10, min_confidence=cut, min_similarity=0)
     assert all(r.confidence >= cut for r in above) and 0 < len(above) < len(everything)
 
 
@@ -193,52 +201,52 @@ async def test_recency_lowers_confidence_but_never_the_relevance_order(make_serv
     half the evidence); its age shows in its confidence, and a confidence floor can drop it."""
     q = "Which sport do I do?"
     svc = await make_service()
-    await svc.remember(TEN, SUB, "User plays tennis on Saturdays", now=T0 - timedelta(days=200))
-    await svc.remember(TEN, SUB, "User practises judo")
-    results = await svc.recall(TEN, SUB, q, min_confidence=0)
+    await svc.of(owner(TEN, SUB)).remember("User plays tennis on Saturdays", now=T0 - timedelta(days=200))
+    await svc.of(owner(TEN, SUB)).remember("User practises judo")
+    results = await svc.of(owner(TEN, SUB)).recall(q, min_confidence=0)
     assert texts(results) == ["User plays tennis on Saturdays", "User practises judo"]
     old, fresh = results
     assert old.recency < 0.05 and fresh.recency > 0.99
     assert old.similarity > fresh.similarity and old.confidence < fresh.confidence
     floor = (old.confidence + fresh.confidence) / 2
-    assert texts(await svc.recall(TEN, SUB, q, min_confidence=floor)) == ["User practises judo"]
+    assert texts(await svc.of(owner(TEN, SUB)).recall(q, min_confidence=floor)) == ["User practises judo"]
 
 
 async def test_frequent_recall_raises_confidence(svc):
-    await svc.remember(TEN, SUB, "User plays tennis on Saturdays")
-    judo, _ = await svc.remember(TEN, SUB, "User practises judo")
+    await svc.of(owner(TEN, SUB)).remember("User plays tennis on Saturdays")
+    judo, _ = await svc.of(owner(TEN, SUB)).remember("User practises judo")
     q = "Which sport do I do?"
-    before = {r.memory.text: r for r in await svc.recall(TEN, SUB, q, min_confidence=0)}
+    before = {r.memory.text: r for r in await svc.of(owner(TEN, SUB)).recall(q, min_confidence=0)}
     for _ in range(20):
-        (hit,) = await svc.recall(TEN, SUB, "judo", top_k=1)
+        (hit,) = await svc.of(owner(TEN, SUB)).recall("judo", top_k=1)
         assert hit.memory.id == judo.id
     await svc.flush()
-    after = {r.memory.text: r for r in await svc.recall(TEN, SUB, q, min_confidence=0)}
+    after = {r.memory.text: r for r in await svc.of(owner(TEN, SUB)).recall(q, min_confidence=0)}
     assert after["User practises judo"].frequency > 0.9 and after["User plays tennis on Saturdays"].frequency < 0.3
     assert after["User practises judo"].confidence > before["User practises judo"].confidence
 
 
 async def test_recall_counts_accesses_in_the_background(svc):
-    m, _ = await svc.remember(TEN, SUB, "User's dog is called Rex")
+    m, _ = await svc.of(owner(TEN, SUB)).remember("User's dog is called Rex")
     later = T0 + timedelta(hours=3)
     for _ in range(3):
-        assert texts(await svc.recall(TEN, SUB, "What is my dog's name?", now=later)) == [m.text]
+        assert texts(await svc.of(owner(TEN, SUB)).recall("What is my dog's name?", now=later)) == [m.text]
     # not written yet: recall does not wait for the bookkeeping
-    assert (await svc.get(TEN, SUB, m.id)).access_count == 0
+    assert (await svc.of(owner(TEN, SUB)).get(m.id)).access_count == 0
     await svc.flush()
-    stored = await svc.get(TEN, SUB, m.id)
+    stored = await svc.of(owner(TEN, SUB)).get(m.id)
     assert stored.access_count == 3 and stored.last_accessed_at == later
 
 
 async def test_background_flusher_writes_without_being_asked(make_service):
     svc = await make_service(memory_access_flush_seconds=0.05)
-    m, _ = await svc.remember(TEN, SUB, "User's dog is called Rex")
-    await svc.recall(TEN, SUB, "What is my dog's name?")
+    m, _ = await svc.of(owner(TEN, SUB)).remember("User's dog is called Rex")
+    await svc.of(owner(TEN, SUB)).recall("What is my dog's name?")
     for _ in range(100):
-        if (await svc.get(TEN, SUB, m.id)).access_count == 1:
+        if (await svc.of(owner(TEN, SUB)).get(m.id)).access_count == 1:
             break
         await asyncio.sleep(0.02)
-    assert (await svc.get(TEN, SUB, m.id)).access_count == 1
+    assert (await svc.of(owner(TEN, SUB)).get(m.id)).access_count == 1
 
 
 # --- expiry, update, delete ----------------------------------------------------------------------------
@@ -246,79 +254,83 @@ async def test_background_flusher_writes_without_being_asked(make_service):
 
 async def test_expired_memory_is_never_recalled_and_the_janitor_reports_it(svc):
     await seed(svc)
-    trip, _ = await svc.remember(TEN, SUB, "User is in Lisbon this week", kind="temporary")
-    other, _ = await svc.remember("tenant-b", "bob", "User is in Rome until Friday", kind="temporary", ttl=86400)
+    trip, _ = await svc.of(owner(TEN, SUB)).remember("User is in Lisbon this week", kind="temporary")
+    other, _ = await svc.of(owner("tenant-b", "bob")).remember(
+        "User is in Rome until Friday", kind="temporary", ttl=86400
+    )
     q = "Where am I travelling at the moment?"
-    assert trip.id in [r.memory.id for r in await svc.recall(TEN, SUB, q, now=T0 + timedelta(days=6))]
+    assert trip.id in [r.memory.id for r in await svc.of(owner(TEN, SUB)).recall(q, now=T0 + timedelta(days=6))]
 
     after = T0 + timedelta(days=7, seconds=1)
-    assert trip.id not in [r.memory.id for r in await svc.recall(TEN, SUB, q, now=after)]
-    assert await svc.get(TEN, SUB, trip.id, now=after) is None
-    assert trip.id not in [m.id for m in (await svc.list(TEN, SUB, now=after)).memories]
+    assert trip.id not in [r.memory.id for r in await svc.of(owner(TEN, SUB)).recall(q, now=after)]
+    assert await svc.of(owner(TEN, SUB)).get(trip.id, now=after) is None
+    assert trip.id not in [m.id for m in (await svc.of(owner(TEN, SUB)).list(now=after)).memories]
 
-    removed = await svc.expire(after)
+    removed = await svc.expire(owner, after)
     assert {(m.id, m.tenant, m.subject) for m in removed} == {(trip.id, TEN, SUB), (other.id, "tenant-b", "bob")}
-    assert trip.id not in [m.id for m in await svc.export(TEN, SUB)]  # gone for good
-    assert await svc.count(TEN, SUB, now=after) == len(BACKGROUND)
-    assert await svc.expire(after) == []
+    assert trip.id not in [m.id for m in await svc.of(owner(TEN, SUB)).export()]  # gone for good
+    assert await svc.of(owner(TEN, SUB)).count(now=after) == len(BACKGROUND)
+    assert await svc.expire(owner, after) == []
 
 
 async def test_update_keeps_history_and_reembeds(svc):
     await seed(svc)
-    m, _ = await svc.remember(TEN, SUB, "User lives in Hamburg")
+    m, _ = await svc.of(owner(TEN, SUB)).remember("User lives in Hamburg")
     later = T0 + timedelta(days=2)
-    updated = await svc.update(TEN, SUB, m.id, "User moved to Munich", reason="user said they moved", now=later)
+    updated = await svc.of(owner(TEN, SUB)).update(
+        m.id, "User moved to Munich", reason="user said they moved", now=later
+    )
     assert updated.id == m.id and updated.text == "User moved to Munich" and updated.updated_at == later
     assert [(h.text, h.changed_at, h.reason) for h in updated.history] == [
         ("User lives in Hamburg", later, "user said they moved")
     ]
-    assert (await svc.get(TEN, SUB, m.id)).history == updated.history
-    (top, *_) = await svc.recall(TEN, SUB, "Munich", now=later)
+    assert (await svc.of(owner(TEN, SUB)).get(m.id)).history == updated.history
+    (top, *_) = await svc.of(owner(TEN, SUB)).recall("Munich", now=later)
     assert top.memory.id == m.id and top.memory.text == "User moved to Munich"
     # the stored vector is the new text's: it is closer to "Munich" than to "Hamburg"
-    by_old = {r.memory.id: r for r in await svc.recall(TEN, SUB, "Hamburg", now=later, min_similarity=0)}
+    by_old = {r.memory.id: r for r in await svc.of(owner(TEN, SUB)).recall("Hamburg", now=later, min_similarity=0)}
     assert top.semantic > by_old[m.id].semantic + 0.2
     # a second update appends
-    again = await svc.update(TEN, SUB, m.id, "User moved to Vienna", now=later + timedelta(days=1))
+    again = await svc.of(owner(TEN, SUB)).update(m.id, "User moved to Vienna", now=later + timedelta(days=1))
     assert [h.text for h in again.history] == ["User lives in Hamburg", "User moved to Munich"]
 
 
 async def test_soft_delete_hides_but_export_keeps_the_tombstone(svc):
-    m, _ = await svc.remember(TEN, SUB, "User's dog is called Rex")
-    tomb = await svc.delete(TEN, SUB, m.id, reason="user asked to forget")
+    m, _ = await svc.of(owner(TEN, SUB)).remember("User's dog is called Rex")
+    tomb = await svc.of(owner(TEN, SUB)).delete(m.id, reason="user asked to forget")
     assert tomb.deleted_reason == "user asked to forget" and tomb.deleted_at == T0
-    assert await svc.recall(TEN, SUB, "What is my dog's name?", min_confidence=0) == []
-    assert (await svc.list(TEN, SUB)).memories == []
-    assert await svc.get(TEN, SUB, m.id) is None
-    assert (await svc.get(TEN, SUB, m.id, include_deleted=True)).deleted_reason == "user asked to forget"
-    assert [x.id for x in (await svc.list(TEN, SUB, include_deleted=True)).memories] == [m.id]
-    (exported,) = await svc.export(TEN, SUB)
+    assert await svc.of(owner(TEN, SUB)).recall("What is my dog's name?", min_confidence=0) == []
+    assert (await svc.of(owner(TEN, SUB)).list()).memories == []
+    assert await svc.of(owner(TEN, SUB)).get(m.id) is None
+    assert (await svc.of(owner(TEN, SUB)).get(m.id, include_deleted=True)).deleted_reason == "user asked to forget"
+    assert [x.id for x in (await svc.of(owner(TEN, SUB)).list(include_deleted=True)).memories] == [m.id]
+    (exported,) = await svc.of(owner(TEN, SUB)).export()
     assert exported.deleted and exported.text == m.text
     with pytest.raises(MemoryNotFound):
-        await svc.delete(TEN, SUB, m.id)
+        await svc.of(owner(TEN, SUB)).delete(m.id)
     with pytest.raises(MemoryNotFound):
-        await svc.update(TEN, SUB, m.id, "User's dog is called Max")
+        await svc.of(owner(TEN, SUB)).update(m.id, "User's dog is called Max")
     # saying it again later creates a fresh memory rather than reviving the tombstone
-    fresh, action = await svc.remember(TEN, SUB, "User's dog is called Rex")
+    fresh, action = await svc.of(owner(TEN, SUB)).remember("User's dog is called Rex")
     assert action == "created" and fresh.id != m.id
 
 
 async def test_erase_subject_is_hard_and_counts_everything(svc):
     await seed(svc)
-    m, _ = await svc.remember(TEN, SUB, "User's dog is called Rex")
-    await svc.delete(TEN, SUB, m.id)
+    m, _ = await svc.of(owner(TEN, SUB)).remember("User's dog is called Rex")
+    await svc.of(owner(TEN, SUB)).delete(m.id)
     await seed(svc, subject="bob", texts=["Bob likes chess"])
-    assert await svc.erase_subject(TEN, SUB) == len(BACKGROUND) + 1
-    assert await svc.export(TEN, SUB) == []
-    assert await svc.erase_subject(TEN, SUB) == 0
-    assert texts(await svc.recall(TEN, "bob", "chess")) == ["Bob likes chess"]
+    assert await svc.of(owner(TEN, SUB)).erase() == len(BACKGROUND) + 1
+    assert await svc.of(owner(TEN, SUB)).export() == []
+    assert await svc.of(owner(TEN, SUB)).erase() == 0
+    assert texts(await svc.of(owner(TEN, "bob")).recall("chess")) == ["Bob likes chess"]
 
 
 async def test_list_pages_through_everything(svc):
     await seed(svc)
     seen, cursor = [], None
     while True:
-        page = await svc.list(TEN, SUB, cursor=cursor, limit=4)
+        page = await svc.of(owner(TEN, SUB)).list(cursor=cursor, limit=4)
         seen += [m.text for m in page.memories]
         if page.next_cursor is None:
             break
@@ -331,52 +343,54 @@ async def test_list_pages_through_everything(svc):
 
 @pytest.mark.parametrize("intruder", [("tenant-b", SUB), (TEN, "bob")], ids=["other-tenant", "other-subject"])
 async def test_another_tenant_or_subject_cannot_reach_a_memory_even_with_its_id(svc, intruder):
-    secret, _ = await svc.remember(TEN, SUB, "User's bank PIN hint is the cat's birthday")
-    await svc.remember(*intruder, "Intruder's own memory about cats")
+    secret, _ = await svc.of(owner(TEN, SUB)).remember("User's bank PIN hint is the cat's birthday")
+    await svc.of(owner(*intruder)).remember("Intruder's own memory about cats")
     t, s = intruder
-    assert await svc.get(t, s, secret.id, include_deleted=True) is None
-    assert secret.id not in [m.id for m in (await svc.list(t, s, include_deleted=True)).memories]
-    assert secret.id not in [m.id for m in await svc.export(t, s)]
+    assert await svc.of(owner(t, s)).get(secret.id, include_deleted=True) is None
+    assert secret.id not in [m.id for m in (await svc.of(owner(t, s)).list(include_deleted=True)).memories]
+    assert secret.id not in [m.id for m in await svc.of(owner(t, s)).export()]
     assert secret.id not in [
-        r.memory.id for r in await svc.recall(t, s, "bank PIN hint cat birthday", min_confidence=0)
+        r.memory.id for r in await svc.of(owner(t, s)).recall("bank PIN hint cat birthday", min_confidence=0)
     ]
     with pytest.raises(MemoryNotFound):
-        await svc.delete(t, s, secret.id, reason="attack")
+        await svc.of(owner(t, s)).delete(secret.id, reason="attack")
     with pytest.raises(MemoryNotFound):
-        await svc.update(t, s, secret.id, "overwritten")
-    assert await svc.erase_subject(t, s) == 1  # only the intruder's own memory
+        await svc.of(owner(t, s)).update(secret.id, "overwritten")
+    assert await svc.of(owner(t, s)).erase() == 1  # only the intruder's own memory
     # the owner still sees it, unchanged
-    kept = await svc.get(TEN, SUB, secret.id)
+    kept = await svc.of(owner(TEN, SUB)).get(secret.id)
     assert kept.text == secret.text and not kept.deleted
-    assert texts(await svc.recall(TEN, SUB, "bank PIN hint"))[0] == secret.text
+    assert texts(await svc.of(owner(TEN, SUB)).recall("bank PIN hint"))[0] == secret.text
 
 
 # --- assistants ------------------------------------------------------------------------------------
 
 
 async def _assistant_memories(svc):
-    await svc.remember(TEN, SUB, "User's favourite pizza is margherita", assistant_id="asst_food")
-    await svc.remember(TEN, SUB, "User's favourite pizza topping is pineapple", assistant_id="asst_travel")
-    await svc.remember(TEN, SUB, "User's favourite pizzeria is in Naples")
+    await svc.of(owner(TEN, SUB)).remember("User's favourite pizza is margherita", assistant_id="asst_food")
+    await svc.of(owner(TEN, SUB)).remember("User's favourite pizza topping is pineapple", assistant_id="asst_travel")
+    await svc.of(owner(TEN, SUB)).remember("User's favourite pizzeria is in Naples")
 
 
 async def test_assistants_share_a_users_memories_by_default(make_service):
     svc = await make_service()
     await _assistant_memories(svc)
-    got = await svc.recall(TEN, SUB, "favourite pizza", assistant_id="asst_food", min_confidence=0)
+    got = await svc.of(owner(TEN, SUB)).recall("favourite pizza", assistant_id="asst_food", min_confidence=0)
     assert len(got) == 3
 
 
 async def test_per_assistant_restriction(make_service):
     svc = await make_service(memory_per_assistant=True)
     await _assistant_memories(svc)
-    got = await svc.recall(TEN, SUB, "favourite pizza", assistant_id="asst_food", min_confidence=0)
+    got = await svc.of(owner(TEN, SUB)).recall("favourite pizza", assistant_id="asst_food", min_confidence=0)
     assert sorted(texts(got)) == ["User's favourite pizza is margherita", "User's favourite pizzeria is in Naples"]
     assert {r.memory.assistant_id for r in got} == {"asst_food", None}
     # without an assistant (e.g. chat completions) nothing is restricted
-    assert len(await svc.recall(TEN, SUB, "favourite pizza", min_confidence=0)) == 3
+    assert len(await svc.of(owner(TEN, SUB)).recall("favourite pizza", min_confidence=0)) == 3
     # the same sentence told to another assistant is its own memory when restricted
-    _, action = await svc.remember(TEN, SUB, "User's favourite pizza is margherita", assistant_id="asst_travel")
+    _, action = await svc.of(owner(TEN, SUB)).remember(
+        "User's favourite pizza is margherita", assistant_id="asst_travel"
+    )
     assert action == "created"
 
 
@@ -395,13 +409,13 @@ async def test_startup_refuses_a_collection_of_another_dimension(tmp_path, local
 async def test_factory_service_persists_across_restarts(tmp_path, local_embedder):
     settings = Settings(data_dir=tmp_path, memory_access_flush_seconds=3600)
     svc = await create_memory_service(settings, embedder=local_embedder)
-    m, _ = await svc.remember(TEN, SUB, "User's car is a red Fiat 500")
-    await svc.recall(TEN, SUB, "What car do I drive?")
+    m, _ = await svc.of(owner(TEN, SUB)).remember("User's car is a red Fiat 500")
+    await svc.of(owner(TEN, SUB)).recall("What car do I drive?")
     await svc.aclose()  # flushes pending access counts and closes the shard
 
     svc = await create_memory_service(settings, embedder=local_embedder)
     try:
-        (top,) = await svc.recall(TEN, SUB, "What car do I drive?")
+        (top,) = await svc.of(owner(TEN, SUB)).recall("What car do I drive?")
         assert top.memory.id == m.id and top.memory.access_count == 1
         assert (tmp_path / "qdrant" / settings.collection).is_dir()
     finally:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from conftest import owner
 from qdrant_client import AsyncQdrantClient
 
 from proxy.memory.models import HistoryEntry, Memory, Source
@@ -18,18 +19,18 @@ from proxy.memory.sparse import Bm25Encoder
 from proxy.memory.store import (
     DimensionMismatchError,
     MemoryPoint,
-    Scope,
     access_payload,
     tombstone_payload,
 )
 from proxy.memory.store_edge import EdgeStore
 from proxy.memory.store_qdrant import QdrantStore
+from proxy.owner import Owner
 
 DIM = 8
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-A = Scope("tenant-a", "alice")
-B = Scope("tenant-b", "alice")  # same subject name, other tenant
-A_BOB = Scope("tenant-a", "bob")  # same tenant, other subject
+A = owner("tenant-a", "alice")
+B = owner("tenant-b", "alice")  # same subject name, other tenant
+A_BOB = owner("tenant-a", "bob")  # same tenant, other subject
 BM25 = Bm25Encoder()
 
 
@@ -40,7 +41,7 @@ def vec(axis: int, wobble: float = 0.0) -> list[float]:
     return v.tolist()
 
 
-def mem(scope: Scope, text: str, **kw) -> Memory:
+def mem(scope: Owner, text: str, **kw) -> Memory:
     kw.setdefault("created_at", T0)
     kw.setdefault("updated_at", T0)
     return Memory(tenant=scope.tenant, subject=scope.subject, text=text, **kw)
@@ -89,11 +90,11 @@ async def test_roundtrip_keeps_every_field(store):
 
 async def test_scope_is_mandatory_and_checked(store):
     with pytest.raises(ValueError):
-        Scope("", "alice")
+        owner("", "alice")
     with pytest.raises(ValueError):
-        Scope("tenant-a", "  ")
+        owner("tenant-a", "  ")
     with pytest.raises(TypeError):
-        await store.get(("tenant-a", "alice"), [str(uuid.uuid4())])  # a tuple is not a Scope
+        await store.get(("tenant-a", "alice"), [str(uuid.uuid4())])  # a tuple is not an Owner
     with pytest.raises(TypeError):
         await store.count("tenant-a")
     for call in (  # even calls that would do nothing check their scope

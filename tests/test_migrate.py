@@ -6,9 +6,11 @@ import uuid
 
 import httpx
 import pytest
+from conftest import owner
 
 from proxy.config import Settings
 from proxy.migrate import CURSOR_NS, Migration, split_text
+from proxy.owner import Owner
 from proxy.runtime import open_runtime
 
 KEY = "sk-migrate"
@@ -88,7 +90,7 @@ async def test_a_500_message_thread_migrates_resumes_after_a_kill_and_never_twic
     handle, _ = emulator_session
     user = f"u-{uuid.uuid4().hex[:8]}"
     async with open_runtime(settings, embedder=local_embedder) as runtime:
-        migration = Migration(runtime, "tenant-m", user, api_key=KEY)
+        migration = Migration(runtime, Owner.of(runtime.secret, "tenant-m", user), api_key=KEY)
         seen: list[tuple[int, int]] = []
 
         # killed after 5 chunks (100 messages): the cursor holds where it stopped
@@ -107,7 +109,7 @@ async def test_a_500_message_thread_migrates_resumes_after_a_kill_and_never_twic
         cursor = await migration.cursor(thread)
         assert cursor == {"after": ids[-1], "chunk": 26, "messages": 500}
 
-        memories = await runtime.memory.export("tenant-m", user)
+        memories = await runtime.memory.of(owner("tenant-m", user)).export()
         texts = [memory.text for memory in memories]
         last = next(memory for memory in memories if memory.text == LAST)
         assert last.source.thread_id == thread and ids[498] in last.source.message_ids
@@ -123,16 +125,18 @@ async def test_a_500_message_thread_migrates_resumes_after_a_kill_and_never_twic
         again = await migration.run([thread])
         assert again.threads[0].chunks == 0 and again.threads[0].added == 0
         # even with the cursor lost, the per-chunk markers skip every chunk
-        await runtime.state.delete(CURSOR_NS, migration._key(thread))
+        await runtime.state.tenant("tenant-m").delete(CURSOR_NS, migration._key(thread))
         replay = await migration.run([thread])
         assert replay.threads[0].skipped_chunks == 26 and replay.threads[0].added == 0
-        assert len(await runtime.memory.export("tenant-m", user)) == len(memories)
+        assert len(await runtime.memory.of(owner("tenant-m", user)).export()) == len(memories)
 
 
 async def test_an_unknown_thread_fails_alone_and_is_reported(settings, local_embedder, long_thread) -> None:
     thread, _ = long_thread
     async with open_runtime(settings, embedder=local_embedder) as runtime:
-        summary = await Migration(runtime, "tenant-m", "bob", api_key=KEY).run(["thread_missing", thread], max_chunks=1)
+        summary = await Migration(runtime, Owner.of(runtime.secret, "tenant-m", "bob"), api_key=KEY).run(
+            ["thread_missing", thread], max_chunks=1
+        )
     assert [r.status for r in summary.threads] == ["failed", "stopped"]
     assert summary.threads[0].error == "upstream answered 404" and not summary.ok
 

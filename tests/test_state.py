@@ -7,14 +7,17 @@ itself, so there ``elapse`` sleeps (the fixtures use leases and backoffs of 0.2-
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 import pytest
 
-from proxy.state import Erased, Job, ManualClock, RecordPage, State, Subject, UnknownCursor
+from proxy.owner import Owner
+from proxy.state import Erased, Job, ManualClock, RecordPage, State, UnknownCursor
+from proxy.state.base import SUBJECT_INDEX_NS
 
-ALICE = Subject("tenant-a", "alice@example.com")
-BOB = Subject("tenant-a", "bob@example.com")
+ALICE = Owner.of(b"secret", "tenant-a", "alice@example.com")
+BOB = Owner.of(b"secret", "tenant-a", "bob@example.com")
 
 
 async def elapse(state: State, seconds: float) -> None:
@@ -320,6 +323,32 @@ async def test_forget_subject_removes_entries_records_and_jobs(state_factory, st
     assert await state.forget_subject(ALICE) == Erased(entries=0, jobs=0)
 
 
+async def test_erasure_finds_what_wave_1_indexed_under_the_unkeyed_hash(state: State) -> None:
+    """Entries and jobs stored by an earlier version (index and job rows keyed by an unkeyed SHA-256)."""
+    await state.set("thread_subject", "tenant-a:t_old", "alice@example.com")
+    await state.set_add(SUBJECT_INDEX_NS, ALICE.legacy_hash, json.dumps(["kv", "thread_subject", "tenant-a:t_old"]))
+    old_job = Job(id="job_old", kind="extract", payload={"n": 1}, tenant="tenant-a", subject_hash=ALICE.legacy_hash)
+    await state._enqueue(old_job)  # as wave 1 wrote it: no keyed pseudonym anywhere
+    await state.enqueue("extract", {"n": 2}, subject=ALICE)
+
+    erased = await state.forget_subject(ALICE)
+
+    assert (erased.entries, erased.jobs) == (1, 2)
+    assert await state.get("thread_subject", "tenant-a:t_old") is None
+    assert await state.set_members(SUBJECT_INDEX_NS, ALICE.legacy_hash) == set()
+    assert await state.pending_count() == 0
+
+
+async def test_a_tenant_scoped_view_prefixes_keys_and_refuses_another_tenants_owner(state: State) -> None:
+    mine = state.tenant("tenant-a")
+    await mine.set("thread_subject", "t_1", "alice@example.com", subject=ALICE)
+    assert await state.get("thread_subject", "tenant-a:t_1") == "alice@example.com"
+    assert await state.tenant("tenant-b").get("thread_subject", "t_1") is None
+    with pytest.raises(ValueError):
+        await state.tenant("tenant-b").set("thread_subject", "t_1", "x", subject=ALICE)
+    assert (await state.forget_subject(ALICE)).entries == 1
+
+
 async def test_drop_jobs_by_predicate(state: State) -> None:
     await state.enqueue("extract", {"n": 1})
     await state.enqueue("janitor", {"n": 2})
@@ -364,8 +393,7 @@ def test_backoff_doubles_per_attempt_up_to_the_cap() -> None:
     assert [policy.backoff(n) for n in range(1, 7)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
-def test_subject_hash_hides_the_user_id_and_separates_tenants() -> None:
+def test_owner_hash_hides_the_user_id_and_separates_tenants() -> None:
     assert "alice" not in ALICE.hash
-    assert ALICE.hash == Subject("tenant-a", "alice@example.com").hash
-    assert ALICE.hash != Subject("tenant-b", "alice@example.com").hash
-    assert Subject("a:b", "c").hash != Subject("a", "b:c").hash
+    assert ALICE.hash == Owner.of(b"secret", "tenant-a", "alice@example.com").hash
+    assert ALICE.hash != Owner.of(b"secret", "tenant-b", "alice@example.com").hash

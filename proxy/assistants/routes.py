@@ -1,7 +1,8 @@
 """HTTP routes of the Assistants v2 API over the engine, shared by the bridge and the emulator.
 
 :func:`assistants_routes` takes an engine factory (request -> :class:`Engine`): the bridge's builds
-an HTTP upstream with the caller's credentials over the proxy's state store (:func:`bridge_routes`);
+an HTTP upstream with the caller's credentials over the proxy's state store
+(:func:`proxy.hooks.bridge.bridge_routes`);
 the emulator's runs the same routes over its in-process Responses engine.
 """
 
@@ -19,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from proxy.assistants import assistants, messages, runs, threads
 from proxy.assistants.engine import Engine
 from proxy.assistants.translate import RunStream
-from proxy.assistants.upstream import HttpUpstream, UpstreamError
+from proxy.assistants.upstream import UpstreamError
 from proxy.assistants.validation import AssistantsError, check_list_params
 from proxy.errors import error_response
 
@@ -187,29 +188,3 @@ def assistants_routes(factory: EngineFactory, *, poll_after_ms: int | None = Non
         Route("/v1" + path, _endpoint(factory, handler, poll_after_ms), methods=[method])
         for method, path, handler in _table()
     ]
-
-
-async def bridge_engine(request: Request) -> Engine:
-    """The bridge's engine: the caller's tenant, the proxy's state store, the upstream with the caller's key.
-
-    Memory acts through :class:`proxy.hooks.bridge.MemoryRunHooks`, built per request (it needs the
-    caller's headers: ``X-Memory-User``, ``X-Memory: off``, the key for the upstream embedder).
-    """
-    from proxy.identity import tenant_for
-
-    runtime = request.app.state.runtime
-    tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
-    if tenant is None:
-        raise AssistantsError(401, NO_KEY, code="missing_api_key")
-    from proxy.hooks.bridge import MemoryRunHooks
-
-    upstream = HttpUpstream(runtime.http, runtime.settings.upstream_url, request.headers)
-    hooks = MemoryRunHooks(runtime, request)
-    engine = Engine(runtime.state, upstream, tenant, hooks)
-    hooks.engine = engine  # to read the thread's latest messages when a run brings none
-    return engine
-
-
-def bridge_routes() -> list[BaseRoute]:
-    """Mounted by ``proxy.app`` ahead of plain forwarding when ``assistants_mode == "bridge"``."""
-    return assistants_routes(bridge_engine, poll_after_ms=500)

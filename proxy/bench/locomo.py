@@ -45,14 +45,17 @@ from proxy.memory.embed import LocalEmbedder
 from proxy.memory.models import Memory, ScoredMemory, Source
 from proxy.memory.render import memory_line, render_block
 from proxy.memory.sparse import Bm25Encoder
-from proxy.memory.store import DENSE, RRF_K, SPARSE, FilterSpec, MemoryPoint, Scope, SparseVec, build_filter
+from proxy.memory.store import DENSE, RRF_K, SPARSE, FilterSpec, MemoryPoint, SparseVec, build_filter
 from proxy.memory.store_edge import EdgeStore
 from proxy.memory.tokens import count_tokens
+from proxy.owner import Owner
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 KS = (5, 10, 25)
 BUDGETS = (4000, 8000, 16000)
 TENANT = "locomo"
+SECRET = b"bench"
+"""The benchmark's own server secret: owners' pseudonyms only need to be stable within a run."""
 
 #: Published reference points (retrieval only, no LLM), from ../shared/data/README.md.
 PUBLISHED_BM25 = {5: 0.496, 10: 0.568, 25: 0.647}  # BM25 over single turns, categories 1-4
@@ -342,7 +345,7 @@ def _memory(conv: Conversation, turn: Turn) -> Memory:
 
 async def _ranking(
     store: EdgeStore,
-    scope: Scope,
+    scope: Owner,
     *,
     dense: Sequence[float] | None = None,
     sparse: SparseVec | None = None,
@@ -405,7 +408,7 @@ async def evaluate(
     try:
         started = time.perf_counter()
         for conv in dataset.conversations:
-            scope = Scope(TENANT, conv.sample_id)
+            scope = Owner.of(SECRET, TENANT, conv.sample_id)
             points = [
                 MemoryPoint(memory, vectors[i], sparse.document(memory.text))
                 for i, (c, _, memory) in enumerate(memories)
@@ -425,7 +428,7 @@ async def evaluate(
         started = time.perf_counter()
         for conv in dataset.conversations:
             say(f"asking {len(conv.questions)} questions of {conv.sample_id} ...")
-            scope = Scope(TENANT, conv.sample_id)
+            scope = Owner.of(SECRET, TENANT, conv.sample_id)
             now = conv.last_day + timedelta(days=1)
             size = len(conv.turns)
             mine = {m.id: (t, m) for c, t, m in memories if c is conv}
@@ -442,13 +445,13 @@ async def evaluate(
                 dense_full = dia(await _ranking(store, scope, dense=dense, limit=size, now=now))
                 sparse_full = dia(await _ranking(store, scope, sparse=query_sparse, limit=size, now=now))
                 hybrid = await store.hybrid_query(scope, dense, query_sparse, limit=candidates, now=now)
-                recalled = await service.recall(
-                    TENANT, conv.sample_id, q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now
+                recalled = await service.of(scope).recall(
+                    q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now
                 )
                 recency_terms.extend(s.recency for s in recalled)
-                floored = await service.recall(TENANT, conv.sample_id, q.question, top_k=top, now=now)
-                by_similarity = await similarity_only.recall(
-                    TENANT, conv.sample_id, q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now
+                floored = await service.of(scope).recall(q.question, top_k=top, now=now)
+                by_similarity = await similarity_only.of(scope).recall(
+                    q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now
                 )
                 everything = [
                     mine[i][1]

@@ -18,7 +18,7 @@ import numpy as np
 from proxy.config import Settings
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.service import MemoryService
-from proxy.memory.store import Scope
+from proxy.owner import Owner
 
 
 def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -40,7 +40,7 @@ class BenchService(MemoryService):
     mode (which runs on the event loop) it would stall the measured queries. Recall itself is unchanged.
     """
 
-    def _record_access(self, scope: Scope, ids: list[str], now: datetime) -> None:
+    def _record_access(self, scope: Owner, ids: list[str], now: datetime) -> None:
         return None
 
 

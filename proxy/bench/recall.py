@@ -39,9 +39,12 @@ from proxy.memory.embed import LocalEmbedder
 from proxy.memory.models import Memory
 from proxy.memory.render import render_block
 from proxy.memory.sparse import Bm25Encoder
-from proxy.memory.store import MemoryPoint, Scope
+from proxy.memory.store import MemoryPoint
+from proxy.owner import Owner
 
 TENANT = "bench"
+SECRET = b"bench"
+"""The benchmark's own server secret: owners' pseudonyms only need to be stable within a run."""
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 #: Std-dev of the noise added to each coordinate of a reused pool vector (384 dims: cosine ~0.96 to the original).
 NOISE = 0.015
@@ -113,7 +116,7 @@ async def bulk_load(
     for s, count in enumerate(shares(total, layout.subjects)):
         if count == 0:
             continue
-        scope = Scope(TENANT, subject_name(s))
+        scope = Owner.of(SECRET, TENANT, subject_name(s))
         offset = (s * 7919) % size
         for start in range(0, count, batch):
             started = time.perf_counter()
@@ -179,7 +182,8 @@ async def measure_recall(
         embedder.query_times.clear()
         store.query_times.clear()
         started = time.perf_counter()
-        found = await service.recall(TENANT, subject_name((i * 7907) % subjects), text, now=NOW)
+        asker = Owner.of(SECRET, TENANT, subject_name((i * 7907) % subjects))
+        found = await service.of(asker).recall(text, now=NOW)
         block = render_block(found, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
         return time.perf_counter() - started, sum(embedder.query_times), sum(store.query_times), block.count
 
@@ -222,7 +226,7 @@ async def measure_remember(
     deadline = time.perf_counter() + max_seconds
     for text in texts[:max_writes]:
         started = time.perf_counter()
-        _, action = await service.remember(TENANT, subject, text, now=NOW)
+        _, action = await service.of(Owner.of(SECRET, TENANT, subject)).remember(text, now=NOW)
         out.seconds.append(time.perf_counter() - started)
         out.actions[action] = out.actions.get(action, 0) + 1
         if time.perf_counter() > deadline:

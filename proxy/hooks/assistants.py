@@ -15,12 +15,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.erasure import record_thread
-from proxy.hooks.capture import TurnTap, event_json, message_text, park, parked, queue, unpark
+from proxy.hooks.capture import TurnTap, event_json, park, parked, queue, unpark
 from proxy.hooks.recall import (
-    OFF,
+    Identified,
     Plan,
-    RequestMemory,
     append_text,
     encode,
     hooked,
@@ -29,20 +27,16 @@ from proxy.hooks.recall import (
     tenant_of,
 )
 from proxy.identity import subject_for
+from proxy.learn.turn import Turn, message_text
+from proxy.owner import Owner
+from proxy.ownership import record_thread
 from proxy.runtime import Runtime
 from proxy.sse import Event
-from proxy.state import Subject
-from proxy.turns import Turn
 
 RECENT = 10
 THREAD_TTL = 30 * 86400.0
 PENDING = "pending_run"
 ASSISTANT_TTL = 600.0
-
-
-def key(memory: RequestMemory | str, name: str) -> str:
-    tenant = memory if isinstance(memory, str) else memory.tenant
-    return f"{tenant}:{name}"
 
 
 def user_texts(messages: Any) -> list[str]:
@@ -52,16 +46,14 @@ def user_texts(messages: Any) -> list[str]:
     return [text for text in texts if text.strip()]
 
 
-async def remember_thread(runtime: Runtime, memory: RequestMemory, thread_id: str, texts: list[str]) -> None:
+async def remember_thread(runtime: Runtime, owner: Owner, thread_id: str, texts: list[str]) -> None:
     """Keep what later runs of this thread need: whose it is and what the user said last."""
-    state, owner = runtime.state, Subject(memory.tenant, memory.subject)
-    if not memory.subject.startswith("thread:"):
-        await state.set("thread_subject", key(memory, thread_id), memory.subject, ttl=THREAD_TTL, subject=owner)
-        await record_thread(runtime, memory.tenant, memory.subject, thread_id)
+    mine = runtime.state.tenant(owner.tenant)
+    if not owner.subject.startswith("thread:"):
+        await mine.set("thread_subject", thread_id, owner.subject, ttl=THREAD_TTL, subject=owner)
+        await record_thread(runtime.state, owner, thread_id)
     if texts:
-        await state.list_push(
-            "thread_user", key(memory, thread_id), *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner
-        )
+        await mine.list_push("thread_user", thread_id, *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner)
 
 
 async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any], thread_id: str) -> str:
@@ -72,19 +64,20 @@ async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any
     tenant = tenant_of(request, runtime)
     if tenant is None:
         return f"thread:{thread_id}"
-    known = await runtime.state.get("thread_subject", key(tenant, thread_id))
+    mine = runtime.state.tenant(tenant)
+    known = await mine.get("thread_subject", thread_id)
     if isinstance(known, str):
         return known
     thread = await runtime.forwarder.fetch_json(request, f"/threads/{thread_id}")
     from_thread = subject_for(request.headers, runtime.settings, thread) if isinstance(thread, dict) else None
     if from_thread:  # once per thread: later runs find it in the state store
-        owner = Subject(tenant, from_thread)
-        await runtime.state.set("thread_subject", key(tenant, thread_id), from_thread, ttl=THREAD_TTL, subject=owner)
+        owner = Owner.of(runtime.secret, tenant, from_thread)
+        await mine.set("thread_subject", thread_id, from_thread, ttl=THREAD_TTL, subject=owner)
     return from_thread or f"thread:{thread_id}"
 
 
-async def recent_user_texts(request: Request, runtime: Runtime, memory: RequestMemory, thread_id: str) -> list[str]:
-    known = await runtime.state.list_range("thread_user", key(memory, thread_id), -2, -1)
+async def recent_user_texts(request: Request, runtime: Runtime, owner: Owner, thread_id: str) -> list[str]:
+    known = await runtime.state.tenant(owner.tenant).list_range("thread_user", thread_id, -2, -1)
     if known:
         return [str(text) for text in known]
     listing = await runtime.forwarder.fetch_json(
@@ -113,9 +106,9 @@ def streamed_answer(events: list[Event]) -> list[str]:
     return [message_text(m.get("content")) for m in completed if isinstance(m, dict) and m.get("role") == "assistant"]
 
 
-def make_turn(memory: RequestMemory, run: dict[str, Any], user: list[str], answer: list[str]) -> Turn:
+def make_turn(owner: Owner, run: dict[str, Any], user: list[str], answer: list[str]) -> Turn:
     source = {"thread_id": run.get("thread_id"), "run_id": run["id"], "assistant_id": run.get("assistant_id")}
-    return Turn(memory.tenant, memory.subject, "assistants", run["id"], user, answer, source, run.get("model"))
+    return Turn(owner, "assistants", run["id"], user, answer, source, run.get("model"))
 
 
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
@@ -127,26 +120,24 @@ class RunTap(TurnTap):
     """A run answer: streamed to the end it is a turn now; polled, it is parked until a GET sees it
     finish; a stream the client abandoned is followed by polling until the run ends."""
 
-    def __init__(
-        self, runtime: Runtime, request: Request, memory: RequestMemory, user: list[str], stream: bool
-    ) -> None:
-        super().__init__(runtime, memory, stream=stream, build=self._streamed)
-        self.request, self.user = request, user
+    def __init__(self, runtime: Runtime, request: Request, owner: Owner, user: list[str], stream: bool) -> None:
+        super().__init__(runtime, stream=stream, build=self._streamed)
+        self.request, self.owner, self.user = request, owner, user
 
     def _streamed(self, data: Any) -> Turn | None:
         run = run_from(data)
         if run is None or not self.stream or run.get("status") != "completed":
             return None
-        return make_turn(self.memory, run, self.user, streamed_answer(data))
+        return make_turn(self.owner, run, self.user, streamed_answer(data))
 
     async def capture(self, status: int, complete: bool) -> None:
         run = run_from(self.body()) if status == 200 else None
         if run and run.get("thread_id"):
-            await remember_thread(self.runtime, self.memory, run["thread_id"], [])
+            await remember_thread(self.runtime, self.owner, run["thread_id"], [])
         if run and run.get("status") not in TERMINAL:
-            await park(self.runtime, PENDING, self.memory, run["id"], user=self.user)
+            await park(self.runtime, PENDING, self.owner, run["id"], user=self.user)
             if self.stream and not complete and run.get("thread_id"):
-                await follow(self.runtime, self.request, self.memory.tenant, run)
+                await follow(self.runtime, self.request, self.owner.tenant, run)
         await super().capture(status, complete)
 
 
@@ -165,21 +156,21 @@ async def follow(runtime: Runtime, request: Request, tenant: str, run: dict[str,
 class ThreadTap(TurnTap):
     """A created thread: its id is only known from the answer."""
 
-    def __init__(self, runtime: Runtime, memory: RequestMemory, texts: list[str]) -> None:
-        super().__init__(runtime, memory, stream=False, build=lambda data: None)
-        self.texts = texts
+    def __init__(self, runtime: Runtime, owner: Owner, texts: list[str]) -> None:
+        super().__init__(runtime, stream=False, build=lambda data: None)
+        self.owner, self.texts = owner, texts
 
     async def capture(self, status: int, complete: bool) -> None:
         thread = self.body() if status == 200 and complete else None
         if isinstance(thread, dict) and thread.get("id"):
-            await remember_thread(self.runtime, self.memory, thread["id"], self.texts)
+            await remember_thread(self.runtime, self.owner, thread["id"], self.texts)
 
 
 class PollTap(TurnTap):
     """GET of a run: the first time it is seen completed, its parked turn is queued."""
 
     def __init__(self, runtime: Runtime, request: Request, tenant: str) -> None:
-        super().__init__(runtime, OFF, stream=False, build=lambda data: None)
+        super().__init__(runtime, stream=False, build=lambda data: None)
         self.request, self.tenant = request, tenant
 
     async def capture(self, status: int, complete: bool) -> None:
@@ -200,7 +191,8 @@ async def finish_parked_run(runtime: Runtime, request: Request, tenant: str, run
     )
     messages = listing.get("data", []) if isinstance(listing, dict) else []
     answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
-    await queue(runtime, make_turn(RequestMemory("ok", tenant, waiting["subject"]), run, waiting["user"], answer))
+    owner, record = waiting
+    await queue(runtime, make_turn(owner, run, record.get("user") or [], answer))
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -209,9 +201,9 @@ async def finish_parked_run(runtime: Runtime, request: Request, tenant: str, run
 @hooked
 async def create_thread(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body or {}))
-    if body is None or not memory.active:
+    if body is None or not isinstance(memory, Identified):
         return Plan(memory=memory)
-    return Plan(memory=memory, tap=ThreadTap(runtime, memory, user_texts(body.get("messages"))))
+    return Plan(memory=memory, tap=ThreadTap(runtime, memory.owner, user_texts(body.get("messages"))))
 
 
 @hooked
@@ -220,8 +212,8 @@ async def create_message(request: Request, runtime: Runtime, body: dict[str, Any
         return Plan()
     thread_id = request.path_params["thread_id"]
     memory = identify(request, runtime, await thread_subject(request, runtime, {}, thread_id))
-    if memory.active:
-        await remember_thread(runtime, memory, thread_id, user_texts([body]))
+    if isinstance(memory, Identified):
+        await remember_thread(runtime, memory.owner, thread_id, user_texts([body]))
     return Plan(memory=memory)
 
 
@@ -231,25 +223,27 @@ async def create_run(request: Request, runtime: Runtime, body: dict[str, Any] | 
         return Plan()
     thread_id = request.path_params["thread_id"]
     memory = identify(request, runtime, await thread_subject(request, runtime, body, thread_id))
-    if not memory.active:
+    if not isinstance(memory, Identified):
         return Plan(memory=memory)
-    user = user_texts(body.get("additional_messages")) or await recent_user_texts(request, runtime, memory, thread_id)
+    user = user_texts(body.get("additional_messages")) or await recent_user_texts(
+        request, runtime, memory.owner, thread_id
+    )
     memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
     if memory.block:
         body["additional_instructions"] = append_text(body.get("additional_instructions"), memory.block)
-    tap = RunTap(runtime, request, memory, user, stream=bool(body.get("stream")))
+    tap = RunTap(runtime, request, memory.owner, user, stream=bool(body.get("stream")))
     return Plan(encode(body) if memory.block else None, memory, tap)
 
 
-async def assistant_instructions(request: Request, runtime: Runtime, memory: RequestMemory, assistant_id: str) -> str:
-    cache_key = key(memory, assistant_id)
-    cached = await runtime.state.get("assistant_instructions", cache_key)
+async def assistant_instructions(request: Request, runtime: Runtime, tenant: str, assistant_id: str) -> str:
+    mine = runtime.state.tenant(tenant)
+    cached = await mine.get("assistant_instructions", assistant_id)
     if isinstance(cached, str):
         return cached
     assistant = await runtime.forwarder.fetch_json(request, f"/assistants/{assistant_id}")
     instructions = (assistant or {}).get("instructions") or ""
     if assistant is not None:
-        await runtime.state.set("assistant_instructions", cache_key, instructions, ttl=ASSISTANT_TTL)
+        await mine.set("assistant_instructions", assistant_id, instructions, ttl=ASSISTANT_TTL)
     return instructions
 
 
@@ -262,16 +256,16 @@ async def create_thread_and_run(request: Request, runtime: Runtime, body: dict[s
         request.headers, runtime.settings, thread
     )
     memory = identify(request, runtime, named)
-    if not memory.active:
+    if not isinstance(memory, Identified):
         return Plan(memory=memory)
     user = user_texts(thread.get("messages"))
     memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
     if memory.block:
         own = body.get("instructions")
         if not own and isinstance(body.get("assistant_id"), str):
-            own = await assistant_instructions(request, runtime, memory, body["assistant_id"])
+            own = await assistant_instructions(request, runtime, memory.owner.tenant, body["assistant_id"])
         body["instructions"] = append_text(own, memory.block)
-    tap = RunTap(runtime, request, memory, user, stream=bool(body.get("stream")))
+    tap = RunTap(runtime, request, memory.owner, user, stream=bool(body.get("stream")))
     return Plan(encode(body) if memory.block else None, memory, tap)
 
 
@@ -286,8 +280,8 @@ async def submit_tool_outputs(request: Request, runtime: Runtime, body: dict[str
     waiting = await (unpark if stream else parked)(runtime, PENDING, tenant, run_id)
     if waiting is None:
         return Plan()
-    memory = RequestMemory("ok", tenant, waiting["subject"])
-    return Plan(tap=RunTap(runtime, request, memory, waiting["user"], stream=stream))
+    owner, record = waiting
+    return Plan(tap=RunTap(runtime, request, owner, record.get("user") or [], stream=stream))
 
 
 @hooked
@@ -301,5 +295,5 @@ async def update_assistant(request: Request, runtime: Runtime, body: dict[str, A
     """An updated assistant may have new instructions: drop the cached copy."""
     tenant = tenant_of(request, runtime)
     if tenant is not None:
-        await runtime.state.delete("assistant_instructions", key(tenant, request.path_params["assistant_id"]))
+        await runtime.state.tenant(tenant).delete("assistant_instructions", request.path_params["assistant_id"])
     return Plan()

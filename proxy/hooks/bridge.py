@@ -1,8 +1,11 @@
-"""Memory inside the Assistants bridge: the engine asks these hooks, no HTTP rewriting needed.
+"""Memory inside the Assistants bridge, and the bridge's wiring onto the proxy's runtime.
 
-Same identity rules and recall as passthrough (header, the run's then the thread's metadata,
-else the thread itself), same block, appended to the run's instructions by the engine; a run that
-reaches ``completed`` becomes one extraction job, whichever replica sees it finish.
+The engine asks :class:`MemoryRunHooks`, no HTTP rewriting needed. Same identity rules and recall as
+passthrough (header, the run's then the thread's metadata, else the thread itself), same block,
+appended to the run's instructions by the engine; a run that reaches ``completed`` becomes one
+extraction job, whichever replica sees it finish. :func:`bridge_routes` builds, per request, an engine
+over the proxy's state store and the upstream with the caller's key: ``proxy/assistants/`` itself
+never sees the runtime.
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
+from starlette.routing import BaseRoute
 
 from proxy.assistants import messages
 from proxy.assistants.engine import Engine
 from proxy.assistants.hooks import RunContext, RunHooks
-from proxy.erasure import record_thread
-from proxy.hooks.capture import message_text, queue
-from proxy.hooks.recall import RequestMemory, identify, recall
-from proxy.identity import subject_for
+from proxy.assistants.routes import NO_KEY, assistants_routes
+from proxy.assistants.upstream import HttpUpstream
+from proxy.assistants.validation import AssistantsError
+from proxy.hooks.capture import queue
+from proxy.hooks.recall import Identified, RequestMemory, identify, recall
+from proxy.identity import subject_for, tenant_for
+from proxy.learn.turn import Turn, message_text
+from proxy.ownership import record_thread
 from proxy.runtime import Runtime
-from proxy.turns import Turn
 
 RECENT = 5
 
@@ -52,17 +59,17 @@ class MemoryRunHooks(RunHooks):
 
     async def before_run(self, ctx: RunContext) -> str | None:
         memory = self._identify(ctx)
-        if not memory.active:
+        if not isinstance(memory, Identified):
             return None
-        if not memory.subject.startswith("thread:"):  # a named user's thread: erasure must find it
-            await record_thread(self.runtime, memory.tenant, memory.subject, ctx.thread_id)
+        if not memory.owner.subject.startswith("thread:"):  # a named user's thread: erasure must find it
+            await record_thread(self.runtime.state, memory.owner, ctx.thread_id)
         self.user = await self._latest_user_texts(ctx)
-        self.memory = await recall(self.runtime, memory, "\n".join(self.user), assistant_id=ctx.assistant_id)
-        return self.memory.block or None
+        self.memory = memory = await recall(self.runtime, memory, "\n".join(self.user), assistant_id=ctx.assistant_id)
+        return memory.block or None
 
     async def after_run(self, ctx: RunContext, run: dict[str, Any], written: list[dict[str, Any]]) -> None:
         memory = self.memory or self._identify(ctx)
-        if not memory.active or run.get("status") != "completed":
+        if not isinstance(memory, Identified) or run.get("status") != "completed":
             return
         user = self.user or await self._latest_user_texts(ctx)
         answer = [message_text(m.get("content")) for m in written if m.get("role") == "assistant"]
@@ -74,5 +81,27 @@ class MemoryRunHooks(RunHooks):
         }
         await queue(
             self.runtime,
-            Turn(memory.tenant, memory.subject, "assistants", run["id"], user, answer, source, run.get("model")),
+            Turn(memory.owner, "assistants", run["id"], user, answer, source, run.get("model")),
         )
+
+
+async def bridge_engine(request: Request) -> Engine:
+    """The bridge's engine: the caller's tenant, the proxy's state store, the upstream with the caller's key.
+
+    Memory acts through :class:`MemoryRunHooks`, built per request (it needs the caller's headers:
+    ``X-Memory-User``, ``X-Memory: off``, the key for the upstream embedder).
+    """
+    runtime: Runtime = request.app.state.runtime
+    tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
+    if tenant is None:
+        raise AssistantsError(401, NO_KEY, code="missing_api_key")
+    upstream = HttpUpstream(runtime.http, runtime.settings.upstream_url, request.headers)
+    hooks = MemoryRunHooks(runtime, request)
+    engine = Engine(runtime.state, upstream, tenant, hooks)
+    hooks.engine = engine  # to read the thread's latest messages when a run brings none
+    return engine
+
+
+def bridge_routes() -> list[BaseRoute]:
+    """Mounted by ``proxy.app`` ahead of plain forwarding when ``assistants_mode == "bridge"``."""
+    return assistants_routes(bridge_engine, poll_after_ms=500)

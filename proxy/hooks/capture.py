@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from proxy.hooks.recall import RequestMemory, degrade
+from proxy.hooks.recall import report_fault
+from proxy.learn.turn import Turn, enqueue_turn
+from proxy.owner import Owner
 from proxy.runtime import Runtime
 from proxy.sse import Event, SSEParser
-from proxy.state import Subject
-from proxy.turns import Turn, enqueue_turn
 
 log = logging.getLogger("memproxy.hooks")
 
@@ -27,8 +27,10 @@ Builder = Callable[[Any], Turn | None]
 
 
 class TurnTap:
-    def __init__(self, runtime: Runtime, memory: RequestMemory, *, stream: bool, build: Builder) -> None:
-        self.runtime, self.memory, self.stream, self.build = runtime, memory, stream, build
+    """Keeps what a response's consumer needs (JSON body or SSE events) and queues its turn at the end."""
+
+    def __init__(self, runtime: Runtime, *, stream: bool, build: Builder) -> None:
+        self.runtime, self.stream, self.build = runtime, stream, build
         self.parser = SSEParser() if stream else None
         self.events: list[Event] = []
         self.chunks: list[bytes] = []
@@ -46,7 +48,7 @@ class TurnTap:
         try:
             await self.capture(status, complete)
         except Exception as exc:  # noqa: BLE001 - a lost memory, never a failed response
-            degrade(self.runtime, self.memory, "capture_error", exc)
+            report_fault(self.runtime, "capture_error", exc)
 
     def body(self) -> Any:
         """The parsed answer: the list of SSE events, or the JSON body (None if not JSON)."""
@@ -77,23 +79,27 @@ async def queue(runtime: Runtime, turn: Turn) -> None:
 PARKED_TTL = 86400.0
 
 
-async def park(runtime: Runtime, namespace: str, memory: RequestMemory, turn_id: str, **record: Any) -> None:
+async def park(runtime: Runtime, namespace: str, owner: Owner, turn_id: str, **record: Any) -> None:
     """A turn still being answered: keep who asked and what capturing it later needs, until it ends."""
-    owner = Subject(memory.tenant, memory.subject)
-    await runtime.state.set(
-        namespace, f"{memory.tenant}:{turn_id}", {"subject": memory.subject, **record}, ttl=PARKED_TTL, subject=owner
-    )
+    mine = runtime.state.tenant(owner.tenant)
+    await mine.set(namespace, turn_id, {"subject": owner.subject, **record}, ttl=PARKED_TTL, subject=owner)
 
 
-async def parked(runtime: Runtime, namespace: str, tenant: str, turn_id: str) -> dict[str, Any] | None:
-    found = await runtime.state.get(namespace, f"{tenant}:{turn_id}")
-    return found if isinstance(found, dict) else None
+Parked = tuple[Owner, dict[str, Any]]
+"""A parked turn's owner and the record kept with it."""
 
 
-async def unpark(runtime: Runtime, namespace: str, tenant: str, turn_id: str) -> dict[str, Any] | None:
-    """The parked record, to the one caller that removes it first: polls and followers may race."""
+async def parked(runtime: Runtime, namespace: str, tenant: str, turn_id: str) -> Parked | None:
+    found = await runtime.state.tenant(tenant).get(namespace, turn_id)
+    if not isinstance(found, dict) or not isinstance(found.get("subject"), str):
+        return None
+    return Owner.of(runtime.secret, tenant, found["subject"]), found
+
+
+async def unpark(runtime: Runtime, namespace: str, tenant: str, turn_id: str) -> Parked | None:
+    """The parked turn, to the one caller that removes it first: polls and followers may race."""
     found = await parked(runtime, namespace, tenant, turn_id)
-    if found is not None and await runtime.state.delete(namespace, f"{tenant}:{turn_id}"):
+    if found is not None and await runtime.state.tenant(tenant).delete(namespace, turn_id):
         return found
     return None
 
@@ -103,27 +109,3 @@ def event_json(event: Event) -> Any:
         return json.loads(event.data)
     except ValueError:
         return None
-
-
-def message_text(content: Any) -> str:
-    """Text of a message's content: a string, or a list of text parts of any API's flavour."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [part.get("text") for part in content if isinstance(part, dict)]
-        return "\n".join(part if isinstance(part, str) else part.get("value", "") for part in parts if part)
-    return ""
-
-
-def latest_user_texts(items: list[Any]) -> list[str]:
-    """The user messages of the newest turn: those after the last assistant message or tool output."""
-    texts: list[str] = []
-    for item in reversed(items):
-        if not isinstance(item, dict):
-            continue
-        role = item.get("role")
-        if role == "user":
-            texts.append(message_text(item.get("content")))
-        elif role == "assistant" or item.get("type") in ("function_call_output", "function_call"):
-            break
-    return [text for text in reversed(texts) if text.strip()]

@@ -12,11 +12,12 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text
-from proxy.hooks.recall import Plan, RequestMemory, append_text, encode, hooked, identify, recall
+from proxy.hooks.capture import TurnTap, event_json
+from proxy.hooks.recall import Identified, Plan, append_text, encode, hooked, identify, recall
 from proxy.identity import subject_for
+from proxy.learn.turn import Turn, latest_user_texts, message_text
+from proxy.owner import Owner
 from proxy.runtime import Runtime
-from proxy.turns import Turn
 
 
 def inject(messages: list[Any], block: str) -> list[Any]:
@@ -48,12 +49,12 @@ def answer(data: Any) -> tuple[str | None, str]:
     return completion_id, "".join(parts)
 
 
-def build_turn(memory: RequestMemory, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
+def build_turn(owner: Owner, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
     completion_id, text = answer(data)
     if not completion_id:
         return None
     source = {"completion_id": completion_id}
-    return Turn(memory.tenant, memory.subject, "chat", completion_id, user, [text], source, body.get("model"))
+    return Turn(owner, "chat", completion_id, user, [text], source, body.get("model"))
 
 
 @hooked
@@ -62,11 +63,11 @@ async def create_chat_completion(request: Request, runtime: Runtime, body: dict[
     if body is None or not isinstance(messages, list):
         return Plan()
     memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body))
-    if not memory.active:
+    if not isinstance(memory, Identified):
         return Plan(memory=memory)
     user = latest_user_texts(messages)
     memory = await recall(runtime, memory, "\n".join(user))
     if memory.block:
         body["messages"] = inject(messages, memory.block)
-    tap = TurnTap(runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))
+    tap = TurnTap(runtime, stream=bool(body.get("stream")), build=partial(build_turn, memory.owner, body, user))
     return Plan(encode(body) if memory.block else None, memory, tap)

@@ -11,45 +11,58 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.forward import Tap
-from proxy.identity import credential, subject_hash, tenant_for
+from proxy.identity import credential, tenant_for
 from proxy.memory.render import render_block
 from proxy.observe import timed
+from proxy.owner import Owner
 from proxy.runtime import Runtime
 
 log = logging.getLogger("memproxy.hooks")
 
 
-@dataclass
-class RequestMemory:
-    """What the before-hook decided for one request; its headers go back to the client."""
+Status = Literal["ok", "none", "off", "degraded"]
 
-    status: str  # ok | none | off | degraded
-    tenant: str | None = None
-    subject: str | None = None
-    subject_hash: str | None = None
+
+@dataclass(frozen=True, slots=True)
+class Off:
+    """Memory does not act on this request: switched off, no credential or subject, or the hook failed."""
+
+    status: Literal["off", "degraded"] = "off"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-memory-status": self.status, "x-memory-recalled": "0"}
+
+
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """Memory acts for ``owner``: what recall found (``block``), and the status the client is told."""
+
+    owner: Owner
+    status: Status = "none"
     block: str = ""
     recalled: int = 0
     api_key: str | None = field(default=None, repr=False)
 
-    @property
-    def active(self) -> bool:
-        return self.status in ("ok", "none", "degraded") and self.subject is not None
-
     def headers(self) -> dict[str, str]:
-        headers = {"x-memory-status": self.status, "x-memory-recalled": str(self.recalled)}
-        if self.subject_hash:
-            headers["x-memory-subject"] = self.subject_hash
-        return headers
+        return {
+            "x-memory-status": self.status,
+            "x-memory-recalled": str(self.recalled),
+            "x-memory-subject": self.owner.hash,
+        }
 
 
-OFF = RequestMemory("off")
+RequestMemory = Off | Identified
+"""What the before-hook decided for one request: immutable, so one request can never change another's."""
+
+OFF = Off()
+FAILED = Off("degraded")
 
 
 async def read_json(request: Request) -> dict[str, Any] | None:
@@ -69,43 +82,40 @@ def tenant_of(request: Request, runtime: Runtime) -> str | None:
 
 
 def identify(request: Request, runtime: Runtime, subject: str | None) -> RequestMemory:
-    """Tenant and subject, or OFF when memory is switched off, unidentified or unavailable."""
+    """The request's owner, or OFF when memory is switched off or the request names no one."""
     tenant = tenant_of(request, runtime)
     if tenant is None or subject is None:
         return OFF
-    hashed = subject_hash(runtime.secret, tenant, subject)
+    owner = Owner.of(runtime.secret, tenant, subject)
     if runtime.memory is None:
-        return RequestMemory("degraded", tenant, subject, hashed)
+        return Identified(owner, "degraded")
     api_key = credential(request.headers)
     runtime.keys.remember(tenant, api_key)  # process memory only: this tenant's extraction jobs need it
-    return RequestMemory("none", tenant, subject, hashed, api_key=api_key)
+    return Identified(owner, api_key=api_key)
 
 
-async def recall(runtime: Runtime, memory: RequestMemory, query: str, assistant_id: str | None = None) -> RequestMemory:
-    """Fill ``memory.block`` from the subject's memories relevant to ``query``, within the deadline."""
-    if not memory.active or memory.status == "degraded" or not query.strip() or runtime.memory is None:
+async def recall(runtime: Runtime, memory: Identified, query: str, assistant_id: str | None = None) -> Identified:
+    """``memory`` with the owner's memories relevant to ``query`` as its block, found within the deadline."""
+    if memory.status == "degraded" or not query.strip():
         return memory
-    settings = runtime.settings
-    search = runtime.memory.recall(
-        memory.tenant, memory.subject, query, assistant_id=assistant_id, api_key=memory.api_key
-    )
+    settings, service = runtime.settings, runtime.memory
+    if service is None:
+        return memory
+    search = service.of(memory.owner).recall(query, assistant_id=assistant_id, api_key=memory.api_key)
     try:
-        items = await timed(
-            runtime.observer.recall, asyncio.wait_for(search, settings.memory_recall_deadline_ms / 1000)
-        )
+        deadline = settings.memory_recall_deadline_ms / 1000
+        items = await timed(runtime.observer.recall, asyncio.wait_for(search, deadline))
     except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
-        return degrade(runtime, memory, "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error", exc)
+        report_fault(runtime, "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error", exc)
+        return replace(memory, status="degraded")
     block = render_block(items, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
-    memory.block, memory.recalled = block.text, block.count
-    memory.status = "ok" if block.count else "none"
-    return memory
+    return replace(memory, block=block.text, recalled=block.count, status="ok" if block.count else "none")
 
 
-def degrade(runtime: Runtime, memory: RequestMemory, cause: str, exc: BaseException | None = None) -> RequestMemory:
+def report_fault(runtime: Runtime, cause: str, exc: BaseException | None = None) -> None:
+    """Count and log a memory-layer fault (never its query, text or key); the request goes on."""
     runtime.count(f"degraded.{cause}")
     log.warning("memory degraded (%s): %s", cause, type(exc).__name__ if exc else "-")
-    memory.status = "degraded"
-    return memory
 
 
 def append_text(existing: Any, block: str) -> str:
@@ -124,7 +134,7 @@ class Plan:
     """What a before-hook decided: the body to send (None: the client's, untouched), headers, tap."""
 
     body: bytes | None = None
-    memory: RequestMemory = field(default_factory=lambda: RequestMemory("off"))
+    memory: RequestMemory = OFF
     tap: Tap | None = None
 
 
@@ -140,7 +150,8 @@ def hooked(planner: Planner) -> Callable[[Request], Awaitable[Response]]:
         try:
             plan = await planner(request, runtime, body)
         except Exception as exc:  # noqa: BLE001 - fail open: the original request goes upstream
-            plan = Plan(memory=degrade(runtime, RequestMemory("degraded"), "hook_error", exc))
+            report_fault(runtime, "hook_error", exc)
+            plan = Plan(memory=FAILED)
         return await runtime.forwarder.forward(request, plan.body, tap=plan.tap, headers=plan.memory.headers())
 
     endpoint.__name__ = endpoint.__qualname__ = planner.__name__

@@ -11,12 +11,14 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.hooks.capture import TurnTap, event_json, latest_user_texts, message_text, park, queue, unpark
-from proxy.hooks.recall import Plan, RequestMemory, append_text, encode, hooked, identify, recall, tenant_of
+from proxy.hooks.capture import TurnTap, event_json, park, queue, unpark
+from proxy.hooks.recall import Identified, Plan, append_text, encode, hooked, identify, recall, tenant_of
 from proxy.identity import subject_for
+from proxy.learn.turn import Turn, latest_user_texts, message_text
+from proxy.owner import Owner
+from proxy.ownership import record_conversation
 from proxy.runtime import Runtime
 from proxy.sse import Event
-from proxy.turns import Turn
 
 PENDING = "pending_response"
 
@@ -53,34 +55,30 @@ def completed_response(data: Any) -> dict[str, Any] | None:
     return None
 
 
-def build_turn(memory: RequestMemory, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
+def build_turn(owner: Owner, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
     response = completed_response(data)
     if response is None or not response.get("id"):
         return None
-    return response_turn(memory, response, user, conversation_id(body))
+    return response_turn(owner, response, user, conversation_id(body))
 
 
-def response_turn(memory: RequestMemory, response: dict[str, Any], user: list[str], conversation: str | None) -> Turn:
+def response_turn(owner: Owner, response: dict[str, Any], user: list[str], conversation: str | None) -> Turn:
     source = {"response_id": response["id"], "conversation_id": conversation}
     answer = [output_text(response)]
-    return Turn(memory.tenant, memory.subject, "responses", response["id"], user, answer, source, response.get("model"))
+    return Turn(owner, "responses", response["id"], user, answer, source, response.get("model"))
 
 
 class ResponseTap(TurnTap):
     """A background response answers ``queued``: park the turn until a GET sees it completed."""
 
-    def __init__(self, runtime: Runtime, memory: RequestMemory, body: dict[str, Any], user: list[str]) -> None:
-        super().__init__(
-            runtime, memory, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user)
-        )
-        self.user, self.conversation = user, conversation_id(body)
+    def __init__(self, runtime: Runtime, owner: Owner, body: dict[str, Any], user: list[str]) -> None:
+        super().__init__(runtime, stream=bool(body.get("stream")), build=partial(build_turn, owner, body, user))
+        self.owner, self.user, self.conversation = owner, user, conversation_id(body)
 
     async def capture(self, status: int, complete: bool) -> None:
         data = self.body() if status == 200 and complete else None
         if isinstance(data, dict) and data.get("status") in ("queued", "in_progress") and data.get("id"):
-            await park(
-                self.runtime, PENDING, self.memory, data["id"], user=self.user, conversation_id=self.conversation
-            )
+            await park(self.runtime, PENDING, self.owner, data["id"], user=self.user, conversation_id=self.conversation)
             return
         await super().capture(status, complete)
 
@@ -89,16 +87,18 @@ class PolledResponseTap(TurnTap):
     """GET /v1/responses/{id}: the first poll that sees a parked response completed queues its turn."""
 
     def __init__(self, runtime: Runtime, tenant: str) -> None:
-        super().__init__(runtime, RequestMemory("ok", tenant), stream=False, build=lambda data: None)
+        super().__init__(runtime, stream=False, build=lambda data: None)
+        self.tenant = tenant
 
     async def capture(self, status: int, complete: bool) -> None:
         response = self.body() if status == 200 and complete else None
         if not isinstance(response, dict) or response.get("status") != "completed":
             return
-        waiting = await unpark(self.runtime, PENDING, self.memory.tenant, response["id"])
+        waiting = await unpark(self.runtime, PENDING, self.tenant, response["id"])
         if waiting is not None:
-            memory = RequestMemory("ok", self.memory.tenant, waiting["subject"])
-            await queue(self.runtime, response_turn(memory, response, waiting["user"], waiting["conversation_id"]))
+            owner, record = waiting
+            turn = response_turn(owner, response, record.get("user") or [], record.get("conversation_id"))
+            await queue(self.runtime, turn)
 
 
 @hooked
@@ -108,17 +108,15 @@ async def create_response(request: Request, runtime: Runtime, body: dict[str, An
     conversation = conversation_id(body)
     fallback = f"conversation:{conversation}" if conversation else None
     memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body, fallback))
-    if not memory.active:
+    if not isinstance(memory, Identified):
         return Plan(memory=memory)
-    if conversation and memory.subject != fallback:  # a named user's conversation: erasure deletes it
-        from proxy.erasure import record_conversation
-
-        await record_conversation(runtime, memory.tenant, memory.subject, conversation)
+    if conversation and memory.owner.subject != fallback:  # a named user's conversation: erasure deletes it
+        await record_conversation(runtime.state, memory.owner, conversation)
     user = user_texts(body)
     memory = await recall(runtime, memory, "\n".join(user))
     if memory.block:
         body["instructions"] = append_text(body.get("instructions"), memory.block)
-    return Plan(encode(body) if memory.block else None, memory, ResponseTap(runtime, memory, body, user))
+    return Plan(encode(body) if memory.block else None, memory, ResponseTap(runtime, memory.owner, body, user))
 
 
 @hooked

@@ -1,11 +1,11 @@
 """The vector store interface, and what both backends share: scopes, filters, payload conversion.
 
 Isolation is built in, not left to callers: every store operation but the janitor's
-:meth:`MemoryStore.find_expired` takes a :class:`Scope` (tenant AND subject, both non-empty, checked
+:meth:`MemoryStore.find_expired` takes a :class:`Owner` (tenant AND subject, both non-empty, checked
 at construction), and every filter a backend sends is built by :func:`build_filter`, which always
 starts with ``tenant == scope.tenant AND subject == scope.subject``. A backend translates a filter
 through a small :class:`FilterDialect`, so the filter logic itself exists once. Likewise the store
-operations themselves live once, in :class:`QdrantStoreBase`; a backend supplies only its dialect and a
+operations themselves live once, in :class:`MemoryStore`; a backend supplies only its dialect and a
 few primitives that speak its API.
 """
 
@@ -15,7 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from proxy.owner import Owner
 
 from .models import Memory, as_utc
 
@@ -55,23 +57,9 @@ class DimensionMismatchError(StoreError):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """Whose memories an operation may touch: one subject inside one tenant. Both are required."""
-
-    tenant: str
-    subject: str
-
-    def __post_init__(self) -> None:
-        for name in ("tenant", "subject"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"a memory scope needs a non-empty {name}, got {value!r}")
-
-
-def require_scope(scope: object) -> Scope:
-    if not isinstance(scope, Scope):
-        raise TypeError(f"store operations take a Scope(tenant, subject), got {type(scope).__name__}")
+def require_scope(scope: object) -> Owner:
+    if not isinstance(scope, Owner):
+        raise TypeError(f"store operations take an Owner(tenant, subject), got {type(scope).__name__}")
     return scope
 
 
@@ -106,7 +94,7 @@ class Hit:
 class FilterSpec:
     """What a scoped read or write may see. ``now`` hides memories expired at ``now`` (None: show them)."""
 
-    scope: Scope
+    scope: Owner
     now: datetime | None = None
     include_deleted: bool = False
     assistant_id: str | None = None  # restrict to this assistant's memories + unassigned ones
@@ -200,92 +188,7 @@ class Page:
     next_cursor: str | None = None
 
 
-@runtime_checkable
-class MemoryStore(Protocol):
-    """Async vector store of memories. Every method but ``find_expired`` is confined to one Scope."""
-
-    collection: str
-    dim: int
-
-    async def start(self) -> None:
-        """Open or create the collection; raise DimensionMismatchError if its dense size differs from ``dim``."""
-
-    async def close(self) -> None: ...
-
-    async def upsert(self, scope: Scope, points: Sequence[MemoryPoint]) -> None:
-        """Insert or replace memories; every point must belong to ``scope``."""
-
-    async def set_payloads(self, scope: Scope, updates: dict[str, dict[str, Any]]) -> None:
-        """Merge payload fields into the given memories (id -> fields), if they exist in ``scope``."""
-
-    async def hybrid_query(
-        self,
-        scope: Scope,
-        dense: Sequence[float],
-        sparse: SparseVec,
-        *,
-        limit: int,
-        now: datetime,
-        assistant_id: str | None = None,
-    ) -> list[Hit]:
-        """Dense and BM25 candidates fused with RRF; not deleted, not expired at ``now``. Hits carry ``dense``."""
-
-    async def dense_query(
-        self,
-        scope: Scope,
-        dense: Sequence[float],
-        *,
-        limit: int,
-        now: datetime,
-        assistant_id: str | None = None,
-    ) -> list[Hit]:
-        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``."""
-
-    async def get(
-        self,
-        scope: Scope,
-        ids: Sequence[str],
-        *,
-        now: datetime | None = None,
-        include_deleted: bool = True,
-    ) -> list[Memory]:
-        """Memories of ``scope`` among ``ids``; ``now`` hides the expired."""
-
-    async def find(
-        self,
-        scope: Scope,
-        *,
-        content_hash: str,
-        now: datetime | None = None,
-        assistant_id: str | None = None,
-        limit: int = 1,
-    ) -> list[Memory]:
-        """Live (not deleted) memories of ``scope`` with this content hash."""
-
-    async def scroll(
-        self,
-        scope: Scope,
-        *,
-        cursor: str | None = None,
-        limit: int = 50,
-        now: datetime | None = None,
-        include_deleted: bool = False,
-    ) -> Page:
-        """A page of memories of ``scope`` in id order; pass ``next_cursor`` back for the next page."""
-
-    async def delete(self, scope: Scope, ids: Sequence[str], *, expired_at: datetime | None = None) -> None:
-        """Hard-delete memories of ``scope`` among ``ids`` (only those expired at ``expired_at`` if given)."""
-
-    async def delete_scope(self, scope: Scope) -> int:
-        """Hard-delete every memory of ``scope``, tombstones included; return how many there were."""
-
-    async def count(self, scope: Scope, *, now: datetime | None = None, include_deleted: bool = False) -> int: ...
-
-    async def find_expired(self, now: datetime, *, limit: int = 256) -> list[Memory]:
-        """Memories of any tenant expired at ``now`` (the janitor's read; the delete is scoped)."""
-
-
-def check_points(scope: Scope, points: Iterable[MemoryPoint], dim: int) -> list[MemoryPoint]:
+def check_points(scope: Owner, points: Iterable[MemoryPoint], dim: int) -> list[MemoryPoint]:
     """Refuse to write a memory outside ``scope`` or with a wrongly sized vector."""
     scope = require_scope(scope)
     checked = list(points)
@@ -301,8 +204,10 @@ def check_points(scope: Scope, points: Iterable[MemoryPoint], dim: int) -> list[
 # --- what both backends share ------------------------------------------------------------------------
 
 
-class QdrantStoreBase(ABC):
-    """The :class:`MemoryStore` operations, written once for both Qdrant backends.
+class MemoryStore(ABC):
+    """The vector store of memories, declared once: its operations, written once for both Qdrant backends.
+
+    Every operation but :meth:`find_expired` is confined to one :class:`~proxy.owner.Owner`.
 
     Each operation builds its filter here (always through :func:`build_filter`, so always scoped) and
     hands it to a primitive: a subclass sets ``dialect`` and implements the ``_``-prefixed abstract
@@ -316,6 +221,13 @@ class QdrantStoreBase(ABC):
 
     def _filter(self, spec: FilterSpec) -> Any:
         return build_filter(spec, self.dialect)
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open or create the collection; raise DimensionMismatchError if its dense size differs from ``dim``."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
 
     # --- primitives --------------------------------------------------------------------------------
 
@@ -357,12 +269,14 @@ class QdrantStoreBase(ABC):
 
     # --- writes ------------------------------------------------------------------------------------
 
-    async def upsert(self, scope: Scope, points: Sequence[MemoryPoint]) -> None:
+    async def upsert(self, scope: Owner, points: Sequence[MemoryPoint]) -> None:
+        """Insert or replace memories; every point must belong to ``scope``."""
         checked = check_points(scope, points, self.dim)
         if checked:
             await self._upsert(checked)
 
-    async def set_payloads(self, scope: Scope, updates: dict[str, dict[str, Any]]) -> None:
+    async def set_payloads(self, scope: Owner, updates: dict[str, dict[str, Any]]) -> None:
+        """Merge payload fields into the given memories (id -> fields), if they exist in ``scope``."""
         require_scope(scope)
         ops = [
             (self._filter(FilterSpec(scope, include_deleted=True, ids=(mid,))), fields)
@@ -371,13 +285,15 @@ class QdrantStoreBase(ABC):
         if ops:
             await self._set_payloads(ops)
 
-    async def delete(self, scope: Scope, ids: Sequence[str], *, expired_at: datetime | None = None) -> None:
+    async def delete(self, scope: Owner, ids: Sequence[str], *, expired_at: datetime | None = None) -> None:
+        """Hard-delete memories of ``scope`` among ``ids`` (only those expired at ``expired_at`` if given)."""
         require_scope(scope)
         if not ids:
             return
         await self._delete(self._filter(FilterSpec(scope, include_deleted=True, ids=tuple(ids), expired_at=expired_at)))
 
-    async def delete_scope(self, scope: Scope) -> int:
+    async def delete_scope(self, scope: Owner) -> int:
+        """Hard-delete every memory of ``scope``, tombstones included; return how many there were."""
         return await self._erase(self._filter(FilterSpec(scope, include_deleted=True)))
 
     # --- reads -------------------------------------------------------------------------------------
@@ -397,7 +313,7 @@ class QdrantStoreBase(ABC):
 
     async def hybrid_query(
         self,
-        scope: Scope,
+        scope: Owner,
         dense: Sequence[float],
         sparse: SparseVec,
         *,
@@ -405,29 +321,32 @@ class QdrantStoreBase(ABC):
         now: datetime,
         assistant_id: str | None = None,
     ) -> list[Hit]:
+        """Dense and BM25 candidates fused with RRF; not deleted, not expired at ``now``. Hits carry ``dense``."""
         flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
         return self._hits(await self._hybrid(flt, dense, sparse, limit), with_dense=True)
 
     async def dense_query(
         self,
-        scope: Scope,
+        scope: Owner,
         dense: Sequence[float],
         *,
         limit: int,
         now: datetime,
         assistant_id: str | None = None,
     ) -> list[Hit]:
+        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``."""
         flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
         return self._hits(await self._dense(flt, dense, limit), with_dense=False)
 
     async def get(
         self,
-        scope: Scope,
+        scope: Owner,
         ids: Sequence[str],
         *,
         now: datetime | None = None,
         include_deleted: bool = True,
     ) -> list[Memory]:
+        """Memories of ``scope`` among ``ids``; ``now`` hides the expired."""
         require_scope(scope)
         if not ids:
             return []
@@ -437,33 +356,37 @@ class QdrantStoreBase(ABC):
 
     async def find(
         self,
-        scope: Scope,
+        scope: Owner,
         *,
         content_hash: str,
         now: datetime | None = None,
         assistant_id: str | None = None,
         limit: int = 1,
     ) -> list[Memory]:
+        """Live (not deleted) memories of ``scope`` with this content hash."""
         flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id, content_hash=content_hash))
         memories, _ = await self._scroll(flt, limit)
         return memories
 
     async def scroll(
         self,
-        scope: Scope,
+        scope: Owner,
         *,
         cursor: str | None = None,
         limit: int = 50,
         now: datetime | None = None,
         include_deleted: bool = False,
     ) -> Page:
+        """A page of memories of ``scope`` in id order; pass ``next_cursor`` back for the next page."""
         flt = self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted))
         memories, next_cursor = await self._scroll(flt, limit, cursor)
         return Page(memories, next_cursor)
 
-    async def count(self, scope: Scope, *, now: datetime | None = None, include_deleted: bool = False) -> int:
+    async def count(self, scope: Owner, *, now: datetime | None = None, include_deleted: bool = False) -> int:
+        """How many memories of ``scope`` (unexpired at ``now`` if given)."""
         return await self._count(self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted)))
 
     async def find_expired(self, now: datetime, *, limit: int = 256) -> list[Memory]:
+        """Memories of any tenant expired at ``now`` (the janitor's read; the delete is scoped)."""
         memories, _ = await self._scroll(build_expired_filter(now, self.dialect), limit)
         return memories

@@ -24,7 +24,7 @@ from .store import (
     SPARSE,
     DimensionMismatchError,
     MemoryPoint,
-    QdrantStoreBase,
+    MemoryStore,
     SparseVec,
     StoreError,
     memory_to_payload,
@@ -64,7 +64,7 @@ def _sparse(vec: SparseVec) -> qe.SparseVector:
     return qe.SparseVector(list(vec.indices), list(vec.values))
 
 
-class EdgeStore(QdrantStoreBase):
+class EdgeStore(MemoryStore):
     """Memories in a Qdrant Edge shard under ``path`` (one directory = one collection)."""
 
     dialect = _D

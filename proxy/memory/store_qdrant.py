@@ -20,7 +20,7 @@ from .store import (
     SPARSE,
     DimensionMismatchError,
     MemoryPoint,
-    QdrantStoreBase,
+    MemoryStore,
     SparseVec,
     StoreError,
     memory_to_payload,
@@ -57,7 +57,7 @@ def _sparse(vec: SparseVec) -> qm.SparseVector:
     return qm.SparseVector(indices=list(vec.indices), values=list(vec.values))
 
 
-class QdrantStore(QdrantStoreBase):
+class QdrantStore(MemoryStore):
     """Memories in one collection of a Qdrant server (or a local-mode client)."""
 
     dialect = _D

@@ -16,7 +16,7 @@ from proxy.state.base import (
     ManualClock,
     RecordPage,
     State,
-    Subject,
+    TenantState,
     UnknownCursor,
 )
 
@@ -33,7 +33,7 @@ __all__ = [
     "ManualClock",
     "RecordPage",
     "State",
-    "Subject",
+    "TenantState",
     "UnknownCursor",
     "open_state",
 ]

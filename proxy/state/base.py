@@ -8,7 +8,7 @@ policy. A backend implements only storage primitives (the ``_``-prefixed abstrac
 Security: client API keys (``Authorization`` / ``api-key`` values) are never written to the state
 store. Jobs carry no credentials: a worker calls the upstream with the operator's own key, and
 :meth:`State.enqueue` refuses payloads that contain credential-named fields. Subjects (end-user ids,
-possibly e-mail addresses) appear in keys only as :attr:`Subject.hash`.
+possibly e-mail addresses) appear in keys only as :attr:`proxy.owner.Owner.hash`, their keyed pseudonym.
 
 Keys are ``(namespace, key)`` pairs; a key holds one kind of value (a JSON value, a list, or a set).
 Callers put the tenant into the key (``f"{tenant}:{thread_id}"``) so tenants never share an entry.
@@ -17,7 +17,6 @@ Callers put the tenant into the key (``f"{tenant}:{thread_id}"``) so tenants nev
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import time
 import uuid
@@ -25,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
+
+from proxy.owner import Owner
 
 if TYPE_CHECKING:
     from proxy.config import Settings
@@ -53,20 +54,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@dataclass(frozen=True)
-class Subject:
-    """Whose memories: a subject inside a tenant. Only :attr:`hash` is ever stored."""
-
-    tenant: str
-    subject: str
-
-    @property
-    def hash(self) -> str:
-        """Stable pseudonymous id, so keys and job metadata never spell out a user id or e-mail."""
-        raw = f"{len(self.tenant)}:{self.tenant}:{self.subject}".encode()
-        return hashlib.sha256(raw).hexdigest()[:32]
 
 
 @dataclass
@@ -144,14 +131,14 @@ class UnknownCursor(LookupError):
     """``after`` / ``before`` names a record that does not exist (the API answers 400/404)."""
 
 
-JobMatch = Subject | Callable[[Job], bool]
+JobMatch = Owner | Callable[[Job], bool]
 
 
 def job_matcher(match: JobMatch) -> Callable[[Job], bool]:
-    """Turn a subject into a predicate on jobs; predicates pass through."""
-    if isinstance(match, Subject):
-        subject_hash = match.hash
-        return lambda job: job.subject_hash == subject_hash
+    """Turn an owner into a predicate on jobs (its pseudonym, or wave 1's unkeyed hash); predicates pass."""
+    if isinstance(match, Owner):
+        hashes = {match.hash, match.legacy_hash}
+        return lambda job: job.subject_hash in hashes
     return match
 
 
@@ -216,6 +203,10 @@ class State(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def tenant(self, tenant: str) -> TenantState:
+        """The key/value part of the store as one tenant sees it (keys prefixed automatically)."""
+        return TenantState(self, tenant)
+
     # --- key/value ---------------------------------------------------------------------------
 
     async def get(self, ns: str, key: str) -> JSONValue:
@@ -223,7 +214,7 @@ class State(abc.ABC):
         return decode(await self._get(ns, key))
 
     async def set(
-        self, ns: str, key: str, value: JSONValue, *, ttl: float | None = None, subject: Subject | None = None
+        self, ns: str, key: str, value: JSONValue, *, ttl: float | None = None, subject: Owner | None = None
     ) -> None:
         """Store a JSON value, replacing the old value and its TTL (``ttl=None``: no expiry)."""
         check_ttl(ttl)
@@ -246,7 +237,7 @@ class State(abc.ABC):
         *values: JSONValue,
         max_len: int | None = None,
         ttl: float | None = None,
-        subject: Subject | None = None,
+        subject: Owner | None = None,
     ) -> int:
         """Append values, keep only the newest ``max_len``; returns the resulting length.
 
@@ -266,7 +257,7 @@ class State(abc.ABC):
         return [decode(raw) for raw in await self._list_range(ns, key, start, stop)]
 
     async def set_add(
-        self, ns: str, key: str, *members: str, ttl: float | None = None, subject: Subject | None = None
+        self, ns: str, key: str, *members: str, ttl: float | None = None, subject: Owner | None = None
     ) -> int:
         """Add string members; returns how many were new. ``ttl`` as in :meth:`list_push`."""
         check_ttl(ttl)
@@ -288,7 +279,7 @@ class State(abc.ABC):
     # --- records (assistants and runs of the Assistants bridge) ------------------------------
 
     async def put_record(
-        self, tenant: str, collection: str, id: str, record: dict[str, Any], *, subject: Subject | None = None
+        self, tenant: str, collection: str, id: str, record: dict[str, Any], *, subject: Owner | None = None
     ) -> None:
         """Create or replace a record; a replaced record keeps its place in creation order."""
         raw = encode(record)
@@ -339,7 +330,7 @@ class State(abc.ABC):
         payload: dict[str, Any],
         *,
         idempotency_key: str | None = None,
-        subject: Subject | None = None,
+        subject: Owner | None = None,
     ) -> str:
         """Queue a job; returns its id.
 
@@ -404,14 +395,17 @@ class State(abc.ABC):
 
     # --- erasure -------------------------------------------------------------------------------
 
-    async def forget_subject(self, subject: Subject) -> Erased:
-        """Remove every entry and record written with ``subject=``, and the subject's jobs."""
-        refs = await self.set_members(SUBJECT_INDEX_NS, subject.hash)
+    async def forget_subject(self, owner: Owner) -> Erased:
+        """Remove every entry and record written with ``subject=owner``, and the owner's jobs.
+
+        Entries an earlier version indexed under the unkeyed :attr:`Owner.legacy_hash` go too.
+        """
         removed = 0
-        for ref in refs:
-            removed += await self._forget_ref(json.loads(ref))
-        await self.delete(SUBJECT_INDEX_NS, subject.hash)
-        return Erased(entries=removed, jobs=await self.drop_jobs(subject))
+        for index in (owner.hash, owner.legacy_hash):
+            for ref in await self.set_members(SUBJECT_INDEX_NS, index):
+                removed += await self._forget_ref(json.loads(ref))
+            await self.delete(SUBJECT_INDEX_NS, index)
+        return Erased(entries=removed, jobs=await self.drop_jobs(owner))
 
     async def _forget_ref(self, ref: list[str]) -> int:
         kind, *parts = ref
@@ -419,7 +413,7 @@ class State(abc.ABC):
             return int(await self.delete(*parts))
         return int(await self.delete_record(*parts))
 
-    async def _track(self, subject: Subject | None, *ref: str) -> None:
+    async def _track(self, subject: Owner | None, *ref: str) -> None:
         """Index an entry under its subject before writing it, so a crash never leaves it unfindable."""
         if subject is not None:
             await self._set_add(SUBJECT_INDEX_NS, subject.hash, [encode(list(ref))], None)
@@ -470,3 +464,62 @@ class State(abc.ABC):
 
     @abc.abstractmethod
     async def _drop_jobs(self, predicate: Callable[[Job], bool]) -> int: ...
+
+
+class TenantState:
+    """One tenant's view of the key/value store: every key is stored as ``<tenant>:<key>``.
+
+    Hooks and the ownership register use it so no call site spells a tenant prefix by hand, and an
+    entry tagged with an owner of another tenant is refused.
+    """
+
+    def __init__(self, state: State, tenant: str) -> None:
+        if not tenant:
+            raise ValueError("a tenant-scoped state needs a tenant")
+        self.state, self.name = state, tenant
+
+    def _key(self, key: str) -> str:
+        return f"{self.name}:{key}"
+
+    def _owned(self, owner: Owner | None) -> Owner | None:
+        if owner is not None and owner.tenant != self.name:
+            raise ValueError("an entry of this tenant cannot be indexed under another tenant's owner")
+        return owner
+
+    async def get(self, ns: str, key: str) -> JSONValue:
+        return await self.state.get(ns, self._key(key))
+
+    async def set(
+        self, ns: str, key: str, value: JSONValue, *, ttl: float | None = None, subject: Owner | None = None
+    ) -> None:
+        await self.state.set(ns, self._key(key), value, ttl=ttl, subject=self._owned(subject))
+
+    async def delete(self, ns: str, key: str) -> bool:
+        return await self.state.delete(ns, self._key(key))
+
+    async def list_push(
+        self,
+        ns: str,
+        key: str,
+        *values: JSONValue,
+        max_len: int | None = None,
+        ttl: float | None = None,
+        subject: Owner | None = None,
+    ) -> int:
+        return await self.state.list_push(
+            ns, self._key(key), *values, max_len=max_len, ttl=ttl, subject=self._owned(subject)
+        )
+
+    async def list_range(self, ns: str, key: str, start: int = 0, stop: int = -1) -> list[JSONValue]:
+        return await self.state.list_range(ns, self._key(key), start, stop)
+
+    async def set_add(
+        self, ns: str, key: str, *members: str, ttl: float | None = None, subject: Owner | None = None
+    ) -> int:
+        return await self.state.set_add(ns, self._key(key), *members, ttl=ttl, subject=self._owned(subject))
+
+    async def set_members(self, ns: str, key: str) -> set[str]:
+        return await self.state.set_members(ns, self._key(key))
+
+    async def set_contains(self, ns: str, key: str, member: str) -> bool:
+        return await self.state.set_contains(ns, self._key(key), member)

@@ -55,7 +55,8 @@ def worker(
     """Run the extraction worker alone (no HTTP): drain the shared job queue into memories."""
     import asyncio
 
-    from proxy.jobs import run_standalone, standalone_problem
+    from proxy.cli.tasks import run_standalone
+    from proxy.learn.worker import standalone_problem
 
     settings = Settings(**({"worker_concurrency": concurrency} if concurrency is not None else {}))
     _configure_logging(settings.log_level)
@@ -205,7 +206,7 @@ def forget(
     """Erase a user (GDPR Art. 17): memories, state, pending jobs, and their upstream threads/conversations."""
     import asyncio
 
-    from proxy.erasure import run_forget
+    from proxy.cli.tasks import run_forget
 
     settings = Settings()
     _configure_logging("warning")
@@ -242,7 +243,7 @@ def export(user: UserOption, api_key: ApiKeyOption = None, tenant: TenantOption 
     import asyncio
     import json
 
-    from proxy.erasure import run_export
+    from proxy.cli.tasks import run_export
 
     settings = Settings()
     _configure_logging("warning")
@@ -258,7 +259,7 @@ def audit_verify(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> N
     """Check the tenant's audit hash chain: exit 0 if intact, 1 if an entry was edited or removed."""
     import asyncio
 
-    from proxy.erasure import run_verify
+    from proxy.cli.tasks import run_verify
 
     settings = Settings()
     _configure_logging("warning")
@@ -293,7 +294,7 @@ def migrate(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from proxy.migrate import run_migrate
+    from proxy.cli.tasks import run_migrate
 
     wanted = list(thread or [])
     if threads_file is not None:

@@ -18,7 +18,7 @@ is injected into later prompts, so it must never be able to steer the model.
 Credentials. The extraction call needs an upstream API key, and job payloads never carry one (see
 :mod:`proxy.state.base`). The key is ``MEMPROXY_LLM_API_KEY`` when set (the operator pays for
 extraction); otherwise the key of the tenant's own live requests, which the request hooks hand to a
-:class:`KeyRing` (``runtime.keys``): process memory only, never persisted or logged, forgotten after
+:class:`~proxy.learn.keys.KeyRing` (``runtime.keys``): process memory only, never persisted or logged, forgotten after
 ``MEMPROXY_EXTRACT_KEY_TTL`` seconds. The trade-off: without ``MEMPROXY_LLM_API_KEY`` each tenant pays
 for its own extraction and nothing secret is configured, but only a worker *inside the proxy process
 that saw the request* can run the job. A job whose tenant has no key here fails with a retryable
@@ -34,9 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -48,7 +46,7 @@ if TYPE_CHECKING:
     import httpx2
 
     from proxy.config import Settings
-    from proxy.turns import Turn
+    from proxy.learn.turn import Turn
 
 log = logging.getLogger("memproxy.extract")
 
@@ -76,53 +74,6 @@ class UpstreamError(ExtractionError):
 
 class NoCredentials(ExtractionError):
     """No API key for this tenant in this process (no ``MEMPROXY_LLM_API_KEY``, no recent request)."""
-
-
-# --- credentials -----------------------------------------------------------------------------------
-
-
-class KeyRing:
-    """tenant -> the latest upstream API key seen on a live request of that tenant.
-
-    In process memory only (never written anywhere, never in ``repr``), each entry forgotten ``ttl``
-    seconds after its last refresh, at most ``max_tenants`` entries (least recently refreshed go first).
-    """
-
-    def __init__(self, ttl: float = 3600.0, *, max_tenants: int = 10_000, clock: Callable[[], float] = time.monotonic):
-        self.ttl = ttl
-        self.max_tenants = max_tenants
-        self.clock = clock
-        self._keys: OrderedDict[str, tuple[str, float]] = OrderedDict()
-
-    def remember(self, tenant: str | None, key: str | None) -> None:
-        """Called by the request hooks with the tenant's credential; refreshes its expiry."""
-        if not tenant or not key or self.ttl <= 0:
-            return
-        self._keys[tenant] = (key, self.clock() + self.ttl)
-        self._keys.move_to_end(tenant)
-        while len(self._keys) > self.max_tenants:
-            self._keys.popitem(last=False)
-
-    def get(self, tenant: str) -> str | None:
-        entry = self._keys.get(tenant)
-        if entry is None:
-            return None
-        if entry[1] <= self.clock():
-            del self._keys[tenant]
-            return None
-        return entry[0]
-
-    def forget(self, tenant: str) -> None:
-        self._keys.pop(tenant, None)
-
-    def __len__(self) -> int:
-        now = self.clock()
-        for tenant in [t for t, (_, until) in self._keys.items() if until <= now]:
-            del self._keys[tenant]
-        return len(self._keys)
-
-    def __repr__(self) -> str:
-        return f"KeyRing({len(self)} tenants, ttl={self.ttl:g}s)"
 
 
 # --- operations ------------------------------------------------------------------------------------

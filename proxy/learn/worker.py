@@ -1,10 +1,10 @@
 """The extraction worker: claims ``extract`` jobs, mines each turn for memories, applies them, acks.
 
-A job is one finished turn (:class:`proxy.turns.Turn`, queued by the request hooks). The worker
+A job is one finished turn (:class:`proxy.learn.turn.Turn`, queued by the request hooks). The worker
 
 1. claims it from the state store (SQLite or Redis; a lease of ``MEMPROXY_JOB_LEASE_SECONDS``),
 2. looks up the subject's memories most similar to the turn's user messages (LLM extractor only),
-3. runs the extractor (:mod:`proxy.memory.extract`): one LLM call, or the user's messages verbatim,
+3. runs the extractor (:mod:`proxy.learn.extract`): one LLM call, or the user's messages verbatim,
 4. applies the operations through :class:`~proxy.memory.service.MemoryService` (add / update /
    delete; the source ids of the turn go with every new memory),
 5. acks the job, only now that its effect is stored.
@@ -15,7 +15,7 @@ job to be delivered again, and the replay is harmless (exact and near duplicates
 added; an update to the same text is a no-op; a memory already deleted is skipped).
 
 Runs in-process in ``memproxy serve`` (``MEMPROXY_WORKER_IN_PROXY``, started from the runtime) and
-standalone as ``memproxy worker``. Log lines carry job ids, counts and error classes only: never a
+standalone as ``memproxy worker`` (both built by :func:`proxy.runtime.build_worker`). Log lines carry job ids, counts and error classes only: never a
 turn's text, a memory or a key.
 """
 
@@ -33,23 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from proxy.memory.extract import (
+from proxy.learn.extract import (
     ExtractionError,
     Extractor,
-    KeyRing,
     MemoryOp,
     NoCredentials,
-    make_extractor,
 )
+from proxy.learn.keys import KeyRing
+from proxy.learn.turn import JOB_KIND, Turn
 from proxy.memory.models import Memory, Source
 from proxy.memory.service import MemoryNotFound, MemoryService
 from proxy.observe import NOOP, Observer, timed
 from proxy.state import Job, State
-from proxy.turns import JOB_KIND, Turn
 
 if TYPE_CHECKING:
     from proxy.config import Settings
-    from proxy.runtime import Runtime
 
 log = logging.getLogger("memproxy.worker")
 
@@ -95,15 +93,15 @@ class WorkerStats:
         }
 
 
-def turn_of(job: Job) -> Turn:
+def turn_of(job: Job, secret: bytes) -> Turn:
     """The job's turn; :class:`JobPayloadError` when the payload is not one."""
     try:
-        turn = Turn.from_payload(dict(job.payload))
+        turn = Turn.from_payload(dict(job.payload), secret)
+    except ValueError:
+        raise JobPayloadError("the job payload names no tenant and subject") from None
     except TypeError as exc:
         raise JobPayloadError(f"the job payload is not a turn ({type(exc).__name__})") from None
-    if not isinstance(turn.tenant, str) or not isinstance(turn.subject, str) or not turn.tenant or not turn.subject:
-        raise JobPayloadError("the job payload names no tenant and subject")
-    if job.tenant is not None and job.tenant != turn.tenant:
+    if job.tenant is not None and job.tenant != turn.owner.tenant:
         raise JobPayloadError("the job's tenant and its payload's tenant differ")
     if not isinstance(turn.user, list) or not isinstance(turn.assistant, list):
         raise JobPayloadError("the job payload's messages are not lists")
@@ -149,6 +147,7 @@ class Worker:
         extractor: Extractor,
         settings: Settings,
         *,
+        secret: bytes,
         keys: KeyRing | None = None,
         concurrency: int | None = None,
         poll_interval: float | None = None,
@@ -160,6 +159,8 @@ class Worker:
         self.memory = memory
         self.extractor = extractor
         self.settings = settings
+        self.secret = secret
+        """The server secret: the worker rebuilds each job's owner (and its pseudonym) with it."""
         self.observer = observer
         """Timings of the extractor calls (the in-process worker reports the runtime's)."""
         self.keys = keys if keys is not None else KeyRing(settings.extract_key_ttl)
@@ -281,8 +282,8 @@ class Worker:
         try:
             if job.kind != JOB_KIND:
                 raise JobPayloadError(f"this worker handles {JOB_KIND!r} jobs, not {job.kind!r}")
-            turn = turn_of(job)
-            key = self._key_for(turn.tenant)
+            turn = turn_of(job, self.secret)
+            key = self._key_for(turn.owner.tenant)
             await self._extract_and_apply(job, turn, key)
         except Exception as exc:  # noqa: BLE001 - any failure: hand the job back (cancellation is not one)
             await self._fail(job, exc, key)
@@ -316,9 +317,7 @@ class Worker:
         best: dict[str, tuple[float, Memory]] = {}
         queries = [m for m in turn.user if m.strip()][-SIMILAR_QUERIES:]
         for query in queries:
-            found = await self.memory.similar(
-                turn.tenant,
-                turn.subject,
+            found = await self.memory.of(turn.owner).similar(
                 query,
                 limit=self.settings.extract_similar,
                 assistant_id=assistant_id,
@@ -354,12 +353,11 @@ class Worker:
 
     async def _apply(self, turn: Turn, op: MemoryOp, source: Source, metadata: dict[str, Any], key: str | None) -> str:
         """Apply one operation; what happened: add, update, delete, unchanged or skipped."""
+        mine = self.memory.of(turn.owner)
         try:
             if op.op == "add":
                 assert op.text is not None
-                _, action = await self.memory.remember(
-                    turn.tenant,
-                    turn.subject,
+                _, action = await mine.remember(
                     op.text,
                     kind=op.kind,
                     ttl=timedelta(days=op.ttl_days) if op.ttl_days else None,
@@ -372,16 +370,14 @@ class Worker:
             assert op.memory_id is not None
             if op.op == "update":
                 assert op.text is not None
-                await self.memory.update(
-                    turn.tenant,
-                    turn.subject,
+                await mine.update(
                     op.memory_id,
                     op.text,
                     reason=f"extracted from {turn.route} turn {turn.turn_id}",
                     api_key=key,
                 )
                 return "update"
-            await self.memory.delete(turn.tenant, turn.subject, op.memory_id, reason=op.reason)
+            await mine.delete(op.memory_id, reason=op.reason)
             return "delete"
         except MemoryNotFound:  # deleted meanwhile, or by the first delivery of this very job
             return "skipped"
@@ -416,22 +412,6 @@ class Worker:
             )
 
 
-def build_worker(runtime: Runtime, **options: Any) -> Worker:
-    """A worker over the runtime's state store, memory service, upstream client and key ring."""
-    if runtime.memory is None:
-        raise RuntimeError(f"the memory layer is unavailable: {runtime.problems.get('memory', 'not opened')}")
-    settings = runtime.settings
-    keys = getattr(runtime, "keys", None)
-    return Worker(runtime.state, runtime.memory, make_extractor(settings, runtime.http), settings, keys=keys, **options)
-
-
-def start_worker(runtime: Runtime) -> Worker | None:
-    """The in-process worker of ``memproxy serve``, started; None when off or memory is unavailable."""
-    if not runtime.settings.worker_in_proxy or runtime.memory is None:
-        return None
-    return build_worker(runtime, observer=runtime.observer).start()
-
-
 def standalone_problem(settings: Settings) -> str | None:
     """Why ``memproxy worker`` cannot run with these settings, or None.
 
@@ -444,28 +424,3 @@ def standalone_problem(settings: Settings) -> str | None:
             "set MEMPROXY_LLM_API_KEY (or use MEMPROXY_EXTRACTOR=verbatim with the local embedder)"
         )
     return None
-
-
-async def run_standalone(settings: Settings, *, once: bool = False, embedder: Any = None) -> WorkerStats:
-    """``memproxy worker``: the runtime's parts without HTTP, one worker, until SIGINT/SIGTERM.
-
-    ``once``: handle the jobs due now, then return. Returns the worker's counters.
-    """
-    import signal
-
-    from proxy.runtime import open_runtime
-
-    settings = settings.model_copy(update={"worker_in_proxy": False})  # this process runs its own
-    async with open_runtime(settings, embedder=embedder) as runtime:
-        worker = build_worker(runtime)
-        if once:
-            await worker.drain()
-            return worker.stats
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, worker.request_stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-                pass
-        await worker.serve()
-        return worker.stats
