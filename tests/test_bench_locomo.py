@@ -8,17 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
-from proxy.bench.locomo import (
-    Evaluation,
-    _memory,
-    evaluate,
-    load_locomo,
-    parse_evidence,
-    recall_at,
-    report,
-    rrf,
-    truncate_transcript,
-)
+from proxy.bench.locomo.data import _memory, load_locomo, parse_evidence
+from proxy.bench.locomo.evaluate import Evaluation, evaluate, recall_at, rrf, truncate_transcript
+from proxy.bench.locomo.report import report
 from proxy.bench.membench import bench_settings
 from proxy.memory.render import CLOSE, HEADER, OPEN
 from proxy.memory.tokens import count_tokens

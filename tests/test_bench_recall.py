@@ -12,19 +12,10 @@ from typer.testing import CliRunner
 from proxy.bench.corpus import fact_pool, notes, queries
 from proxy.bench.harness import ms_percentile, pct
 from proxy.bench.membench import BenchService, bench_settings
-from proxy.bench.recall import (
-    NOW,
-    TENANT,
-    Layout,
-    bulk_load,
-    make_pool,
-    measure,
-    open_store,
-    parse_sizes,
-    report,
-    shares,
-    subject_name,
-)
+from proxy.bench.recall import parse_sizes
+from proxy.bench.recall.data import NOW, TENANT, Layout, bulk_load, make_pool, shares, subject_name
+from proxy.bench.recall.evaluate import measure, open_store
+from proxy.bench.recall.report import report
 
 
 def test_sizes_read_like_people_write_them():
@@ -156,9 +147,9 @@ def test_the_command_prints_its_tables(memory_model_dir):
 
 
 async def test_local_mode_is_measured_in_one_layout_past_its_own_limit(local_embedder, tmp_path, monkeypatch):
-    from proxy.bench import recall
+    from proxy.bench.recall import evaluate
 
-    monkeypatch.setattr(recall, "LOCAL_MODE_LIMIT", 40)
+    monkeypatch.setattr(evaluate, "LOCAL_MODE_LIMIT", 40)
     cells, _ = await measure(
         sizes=[30, 50],
         backends=["qdrant-local"],

@@ -21,7 +21,7 @@ import httpx2
 from proxy.bench.corpus import fact_pool, queries
 from proxy.bench.harness import Call, Child, Sample, child_server, drive, free_port
 from proxy.bench.membench import bench_settings, load_embedder
-from proxy.bench.recall import TENANT, Layout, bulk_load, make_pool, subject_name
+from proxy.bench.recall.data import TENANT, Layout, bulk_load, make_pool, subject_name
 from proxy.config import Settings
 from proxy.memory.store_edge import EdgeStore
 
