@@ -17,7 +17,10 @@ import re
 import sys
 import time
 from contextvars import ContextVar
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
 
 FORMATS = ("text", "json")
 FORMAT_ENV = "MEMPROXY_LOG_FORMAT"
@@ -47,7 +50,7 @@ class RequestInfo:
         "upstream",
     )
 
-    def __init__(self, request_id: str, start: float, scope: Any = None) -> None:
+    def __init__(self, request_id: str, start: float, scope: Scope | None = None) -> None:
         self.request_id = request_id
         self.local_id = request_id  # kept when the upstream's id replaces it, to join earlier lines
         self.start = start

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -103,9 +104,9 @@ class Metrics:
         )
         self.collector = RuntimeCollector()
         r.register(self.collector)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._routes: dict[str, tuple[Any, Any]] = {}
-        self._status: dict[str, Any] = {}
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._routes: dict[str, tuple[Histogram, Histogram]] = {}
+        self._status: dict[str, Counter] = {}
         self.observer = PrometheusObserver(self)
         """Installed as ``runtime.observer`` by the app: the timings of upstream calls, recalls, extractions."""
 
@@ -284,11 +285,22 @@ async def metrics_endpoint(request: Request) -> Response:
 def route_of(scope: Scope) -> str:
     """The matched route's template (``/v1/threads/{thread_id}/runs``), never the raw path."""
     route = scope.get("route")
-    path = getattr(route, "path", None)
+    path: str | None = getattr(route, "path", None)
     if path is None:
         return "unmatched"
-    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+    root_path: str = scope.get("root_path", "")
+    app_root_path: str = scope.get("app_root_path", "")
+    prefix = root_path[len(app_root_path) :]
     return prefix + path if prefix else path
+
+
+@dataclass(slots=True)
+class MemoryOutcome:
+    """What the hooks put on the response: ``x-memory-status`` (None: not a hooked request) and
+    ``x-memory-recalled``."""
+
+    status: str | None = None
+    recalled: int = 0
 
 
 class Observe:
@@ -304,7 +316,7 @@ class Observe:
             return
         info = logs.RequestInfo(logs.new_request_id(), time.perf_counter(), scope)
         token = logs.current.set(info)
-        memory: list[Any] = [None, 0]
+        memory = MemoryOutcome()
         done = False
 
         async def observed_send(message: Message) -> None:
@@ -319,9 +331,9 @@ class Observe:
                         if name == b"x-request-id":
                             info.request_id = value.decode("latin-1")
                         elif name == b"x-memory-status":
-                            memory[0] = value.decode("latin-1")
+                            memory.status = value.decode("latin-1")
                         elif name == b"x-memory-recalled":
-                            memory[1] = int(value) if value.isdigit() else 0
+                            memory.recalled = int(value) if value.isdigit() else 0
                         elif name == b"x-memory-subject":
                             info.subject = value.decode("latin-1")
             elif kind == "http.response.body" and not message.get("more_body", False) and not done:
@@ -343,10 +355,10 @@ class Observe:
             finally:
                 logs.current.reset(token)
 
-    def finish(self, scope: Scope, info: logs.RequestInfo, memory: list[Any]) -> None:
+    def finish(self, scope: Scope, info: logs.RequestInfo, memory: MemoryOutcome) -> None:
         end = time.perf_counter()
         route = route_of(scope)
-        self.metrics.observe(route, scope["method"], info, end, memory[0], memory[1])
+        self.metrics.observe(route, scope["method"], info, end, memory.status, memory.recalled)
         access = logs.access_log
         level = logging.DEBUG if route in QUIET_ROUTES and info.status < 400 else logging.INFO
         if access.isEnabledFor(level):
@@ -360,7 +372,7 @@ class Observe:
                 fields["local_id"] = info.local_id
             if info.upstream is not None:
                 fields["upstream_ms"] = round(info.upstream * 1000, 3)
-            if memory[0] is not None:
-                fields["memory"] = memory[0]
-                fields["recalled"] = memory[1]
+            if memory.status is not None:
+                fields["memory"] = memory.status
+                fields["recalled"] = memory.recalled
             access.log(level, "%s %s %d", scope["method"], route, info.status, extra=fields)

@@ -12,10 +12,11 @@ import time
 from typing import Any, Self
 
 import uvicorn
+from starlette.types import ASGIApp
 
 
 class ServerThread:
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         options.setdefault("log_level", "warning")
         options.setdefault("lifespan", "on")
         self.config = uvicorn.Config(app, host=host, port=port, **options)
@@ -27,7 +28,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerThread:
+    def start(self, timeout: float = 20.0) -> Self:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:

@@ -10,10 +10,10 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, runtime_checkable
 
 import httpx2
 
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from proxy.config import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 #: Output sizes of well-known upstream models (used when ``embed_dim`` is not set).
 KNOWN_UPSTREAM_DIMS = {
@@ -83,7 +86,7 @@ class LocalEmbedder:
         self.cache_hits = 0
         self.cache_misses = 0
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def _embed_queries(self, texts: list[str]) -> list[tuple[float, ...]]:

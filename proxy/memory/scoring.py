@@ -61,7 +61,8 @@ class ScoringWeights:
 
 def recency_score(age_seconds: float, half_life_seconds: float) -> float:
     """``0.5 ** (age / half_life)``: 1.0 now, 0.5 after one half-life. Negative ages (clock skew) count as 0."""
-    return 0.5 ** (max(0.0, age_seconds) / half_life_seconds)
+    score: float = 0.5 ** (max(0.0, age_seconds) / half_life_seconds)  # typeshed: float ** float is Any
+    return score
 
 
 def frequency_score(access_count: int, cap: int) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple, cast
 
 import qdrant_edge as qe
 
@@ -31,30 +31,33 @@ from .store import (
 )
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 _CONFIG_FILE = "edge_config.json"
 
 
 class _EdgeDialect:
-    def match(self, key: str, value: str) -> Any:
+    def match(self, key: str, value: str) -> qe.FieldCondition:
         return qe.FieldCondition(key, match=qe.MatchValue(value))
 
-    def expired(self, key: str, at: datetime) -> Any:
+    def expired(self, key: str, at: datetime) -> qe.FieldCondition:
         return qe.FieldCondition(key, range=qe.RangeDateTime(lte=at.isoformat()))
 
-    def is_empty(self, key: str) -> Any:
+    def is_empty(self, key: str) -> qe.IsEmptyCondition:
         return qe.IsEmptyCondition(key)
 
-    def has_ids(self, ids: Sequence[str]) -> Any:
+    def has_ids(self, ids: Sequence[str]) -> qe.HasIdCondition:
         return qe.HasIdCondition(set(ids))
 
-    def combine(self, must: list[Any], should: list[Any], must_not: list[Any]) -> qe.Filter:
+    def combine(
+        self, must: list[qe.ConditionType], should: list[qe.ConditionType], must_not: list[qe.ConditionType]
+    ) -> qe.Filter:
         return qe.Filter(must=must or None, should=should or None, must_not=must_not or None)
 
 
 _D = _EdgeDialect()
 
-_INDEX_SCHEMA: dict[str, Callable[[], Any]] = {
+_INDEX_SCHEMA: dict[str, Callable[[], qe.PayloadSchemaType]] = {
     "keyword": lambda: qe.PayloadSchemaType.Keyword,
     "datetime": lambda: qe.PayloadSchemaType.Datetime,
 }
@@ -145,7 +148,7 @@ class EdgeStore(MemoryStore):
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def _call(self, fn: Callable[..., T], *args: Any, started: bool = True) -> T:
+    async def _call(self, fn: Callable[[*Args], T], *args: *Args, started: bool = True) -> T:
         if self._executor is None or (started and self._shard is None):
             raise StoreError("the memory store is not started (call start())")
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
@@ -198,11 +201,15 @@ class EdgeStore(MemoryStore):
     async def _count(self, flt: qe.Filter) -> int:
         return await self._call(lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt)))
 
-    async def _scroll_records(self, flt: qe.Filter, limit: int, cursor: str | None) -> tuple[list[Any], Any]:
+    async def _scroll_records(
+        self, flt: qe.Filter, limit: int, cursor: str | None
+    ) -> tuple[list[qe.Record], qe.PointId | None]:
         request = qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=False)
         return await self._call(lambda: self.shard.scroll(request))
 
-    async def _hybrid(self, flt: qe.Filter, dense: Sequence[float], sparse: SparseVec, limit: int) -> list[Any]:
+    async def _hybrid(
+        self, flt: qe.Filter, dense: Sequence[float], sparse: SparseVec, limit: int
+    ) -> list[qe.ScoredPoint]:
         prefetches = [
             qe.Prefetch(limit=limit, query=qe.Query.Nearest([float(x) for x in dense], using=DENSE), filter=flt)
         ]
@@ -213,14 +220,15 @@ class EdgeStore(MemoryStore):
         request = qe.QueryRequest(
             limit=limit,
             prefetches=prefetches,
-            query=qe.Fusion.Rrf(k=RRF_K),
+            # the stub declares Rrf as a class nested in Fusion; at runtime it is a Fusion subclass
+            query=cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K)),
             filter=flt,
             with_payload=True,
             with_vector=[DENSE],
         )
         return await self._call(lambda: self.shard.query(request))
 
-    async def _dense(self, flt: qe.Filter, dense: Sequence[float], limit: int) -> list[Any]:
+    async def _dense(self, flt: qe.Filter, dense: Sequence[float], limit: int) -> list[qe.ScoredPoint]:
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest([float(x) for x in dense], using=DENSE),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
@@ -26,28 +26,31 @@ from .store import (
     memory_to_payload,
 )
 
+if TYPE_CHECKING:
+    from qdrant_client.conversions.common_types import PointId
+
 
 class _QdrantDialect:
-    def match(self, key: str, value: str) -> Any:
+    def match(self, key: str, value: str) -> qm.FieldCondition:
         return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
 
-    def expired(self, key: str, at: datetime) -> Any:
+    def expired(self, key: str, at: datetime) -> qm.FieldCondition:
         return qm.FieldCondition(key=key, range=qm.DatetimeRange(lte=at))
 
-    def is_empty(self, key: str) -> Any:
+    def is_empty(self, key: str) -> qm.IsEmptyCondition:
         return qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key))
 
-    def has_ids(self, ids: Sequence[str]) -> Any:
+    def has_ids(self, ids: Sequence[str]) -> qm.HasIdCondition:
         return qm.HasIdCondition(has_id=list(ids))
 
-    def combine(self, must: list[Any], should: list[Any], must_not: list[Any]) -> qm.Filter:
+    def combine(self, must: list[qm.Condition], should: list[qm.Condition], must_not: list[qm.Condition]) -> qm.Filter:
         return qm.Filter(must=must or None, should=should or None, must_not=must_not or None)
 
 
 _D = _QdrantDialect()
 
 
-def _index_schema(key: str, kind: str) -> Any:
+def _index_schema(key: str, kind: str) -> qm.PayloadSchemaType | qm.KeywordIndexParams:
     if key == "tenant":
         return qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
     return {"keyword": qm.PayloadSchemaType.KEYWORD, "datetime": qm.PayloadSchemaType.DATETIME}[kind]
@@ -146,12 +149,16 @@ class QdrantStore(MemoryStore):
     async def _count(self, flt: qm.Filter) -> int:
         return (await self.client.count(self.collection, count_filter=flt, exact=True)).count
 
-    async def _scroll_records(self, flt: qm.Filter, limit: int, cursor: str | None) -> tuple[list[Any], Any]:
+    async def _scroll_records(
+        self, flt: qm.Filter, limit: int, cursor: str | None
+    ) -> tuple[list[qm.Record], PointId | None]:
         return await self.client.scroll(
             self.collection, scroll_filter=flt, limit=limit, offset=cursor, with_payload=True, with_vectors=False
         )
 
-    async def _hybrid(self, flt: qm.Filter, dense: Sequence[float], sparse: SparseVec, limit: int) -> list[Any]:
+    async def _hybrid(
+        self, flt: qm.Filter, dense: Sequence[float], sparse: SparseVec, limit: int
+    ) -> list[qm.ScoredPoint]:
         prefetch = [qm.Prefetch(query=[float(x) for x in dense], using=DENSE, limit=limit, filter=flt)]
         if sparse.indices:
             prefetch.append(qm.Prefetch(query=_sparse(sparse), using=SPARSE, limit=limit, filter=flt))
@@ -166,7 +173,7 @@ class QdrantStore(MemoryStore):
         )
         return result.points
 
-    async def _dense(self, flt: qm.Filter, dense: Sequence[float], limit: int) -> list[Any]:
+    async def _dense(self, flt: qm.Filter, dense: Sequence[float], limit: int) -> list[qm.ScoredPoint]:
         result = await self.client.query_points(
             self.collection,
             query=[float(x) for x in dense],

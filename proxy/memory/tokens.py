@@ -6,17 +6,25 @@ first use, which a sidecar without egress (or this project's CI) cannot do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Protocol
 
 ENCODING = "o200k_base"
 
 
+class _Encoding(Protocol):
+    """The part of ``bpe_openai.Encoding`` used here (the package ships no type information)."""
+
+    def encode_ordinary(self, text: str) -> Sequence[int]: ...
+
+
 @lru_cache(maxsize=1)
-def _encoding() -> Any:
+def _encoding() -> _Encoding:
     import bpe_openai
 
-    return bpe_openai.get_encoding(ENCODING)
+    encoding: _Encoding = bpe_openai.get_encoding(ENCODING)
+    return encoding
 
 
 def count_tokens(text: str) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import cast
 
 from redis import ResponseError
 from redis.asyncio import Redis
@@ -80,6 +80,13 @@ else
 end
 return 1
 """
+
+# The client decodes replies (``decode_responses=True``, see :meth:`RedisState.connect`) and speaks
+# RESP2. redis-py types replies as ``bytes | str`` (it cannot see the decode flag) and stream replies
+# as a union over both protocols, so the replies used here are cast to what they are: strings, and
+# stream entries as ``(entry id, {field: value})`` pairs.
+_Entries = list[tuple[str, dict[str, str]]]
+"""Stream entries as XRANGE and XREADGROUP return them from the decoding client."""
 
 JOB_FIELDS = ("kind", "payload", "idempotency_key", "tenant", "subject_hash", "visible_at", "last_error", "created_at")
 
@@ -174,7 +181,7 @@ class RedisState(State):
     # --- key/value -----------------------------------------------------------------------------
 
     async def _get(self, ns: str, key: str) -> str | None:
-        return await self.redis.get(self._key("kv", ns, key))
+        return cast("str | None", await self.redis.get(self._key("kv", ns, key)))
 
     async def _set(self, ns: str, key: str, raw: str, ttl: float | None) -> None:
         await self.redis.set(self._key("kv", ns, key), raw, px=_ms(ttl) if ttl is not None else None)
@@ -187,7 +194,9 @@ class RedisState(State):
         if ttl is not None:
             return bool(await self.redis.pexpire(name, _ms(ttl)))
         async with self.redis.pipeline(transaction=True) as pipe:
-            exists, _ = await pipe.exists(name).persist(name).execute()
+            pipe.exists(name)
+            pipe.persist(name)
+            exists, _ = await pipe.execute()
         return bool(exists)
 
     async def _list_push(self, ns: str, key: str, raws: list[str], max_len: int | None, ttl: float | None) -> int:
@@ -203,7 +212,7 @@ class RedisState(State):
         return int(results[-1])
 
     async def _list_range(self, ns: str, key: str, start: int, stop: int) -> list[str]:
-        return await self.redis.lrange(self._key("kv", ns, key), start, stop)
+        return cast("list[str]", await self.redis.lrange(self._key("kv", ns, key), start, stop))
 
     async def _set_add(self, ns: str, key: str, members: list[str], ttl: float | None) -> int:
         name = self._key("kv", ns, key)
@@ -218,7 +227,7 @@ class RedisState(State):
         return int(await self.redis.srem(self._key("kv", ns, key), *members))
 
     async def set_members(self, ns: str, key: str) -> set[str]:
-        return set(await self.redis.smembers(self._key("kv", ns, key)))
+        return set(cast("set[str]", await self.redis.smembers(self._key("kv", ns, key))))
 
     async def set_contains(self, ns: str, key: str, member: str) -> bool:
         return bool(await self.redis.sismember(self._key("kv", ns, key), member))
@@ -232,15 +241,19 @@ class RedisState(State):
         bodies, order = self._record_keys(tenant, collection)
         seq = await self.redis.incr(self._key("rec", "seq"))
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.hset(bodies, id, raw).zadd(order, {id: seq}, nx=True).execute()
+            pipe.hset(bodies, id, raw)
+            pipe.zadd(order, {id: seq}, nx=True)
+            await pipe.execute()
 
     async def _get_record(self, tenant: str, collection: str, id: str) -> str | None:
-        return await self.redis.hget(self._record_keys(tenant, collection)[0], id)
+        return cast("str | None", await self.redis.hget(self._record_keys(tenant, collection)[0], id))
 
     async def delete_record(self, tenant: str, collection: str, id: str) -> bool:
         bodies, order = self._record_keys(tenant, collection)
         async with self.redis.pipeline(transaction=True) as pipe:
-            removed, _ = await pipe.hdel(bodies, id).zrem(order, id).execute()
+            pipe.hdel(bodies, id)
+            pipe.zrem(order, id)
+            removed, _ = await pipe.execute()
         return bool(removed)
 
     async def _scan_records(
@@ -254,19 +267,20 @@ class RedisState(State):
                 raise UnknownCursor(cursor)
             bound = f"({int(score)}"
         if ascending:
-            ids = await self.redis.zrangebyscore(order, bound, "+inf", start=0, num=limit)
+            ids = cast("list[str]", await self.redis.zrangebyscore(order, bound, "+inf", start=0, num=limit))
         else:
-            ids = await self.redis.zrevrangebyscore(order, bound, "-inf", start=0, num=limit)
+            ids = cast("list[str]", await self.redis.zrevrangebyscore(order, bound, "-inf", start=0, num=limit))
         if not ids:
             return []
-        return [raw for raw in await self.redis.hmget(bodies, ids) if raw is not None]
+        return [raw for raw in cast("list[str | None]", await self.redis.hmget(bodies, ids)) if raw is not None]
 
     # --- jobs ----------------------------------------------------------------------------------
 
     async def _enqueue(self, job: Job) -> str:
         keys = [self._idem_key(job), self._job_key(job.id), self._stream]
         use_idem = "1" if job.idempotency_key is not None else "0"
-        return await self._enqueue_script(keys=keys, args=[job.id, use_idem, *_job_fields(job)])
+        job_id: str = await self._enqueue_script(keys=keys, args=[job.id, use_idem, *_job_fields(job)])
+        return job_id  # the new id, or the one already holding the idempotency key
 
     async def _claim(self, consumer: str, count: int, lease: float) -> list[Job]:
         now = self.clock()
@@ -283,6 +297,7 @@ class RedisState(State):
         """Take over entries whose holder has been silent for a whole lease (a dead worker)."""
         found: list[tuple[str, str]] = []
         cursor = "0-0"
+        claimed: list[tuple[str, dict[str, str] | None]]  # no fields: an entry deleted while pending (Redis < 7)
         while len(found) < count:
             cursor, claimed, _deleted = await self.redis.xautoclaim(
                 self._stream, GROUP, consumer, _ms(lease), cursor, count=count - len(found)
@@ -300,16 +315,17 @@ class RedisState(State):
                 raise
             await self._ensure_group()  # the stream was deleted (FLUSHDB): start afresh
             return []
-        return [(entry, fields["job"]) for _stream, messages in reply for entry, fields in messages]
+        streams = cast("list[tuple[str, _Entries]]", reply)
+        return [(entry, fields["job"]) for _stream, messages in streams for entry, fields in messages]
 
     async def _start(self, entry: str, job_id: str, consumer: str, lease_until: float) -> Job | None:
         keys = [self._job_key(job_id), self._stream]
-        flat = await self._start_script(keys=keys, args=[GROUP, entry, consumer, lease_until])
+        flat: list[str] | None = await self._start_script(keys=keys, args=[GROUP, entry, consumer, lease_until])
         if not flat:
             return None
         return _job_from_hash(job_id, dict(zip(flat[::2], flat[1::2], strict=True)), entry)
 
-    async def _settle(self, job: Job, target: str, mode: str, *extra: Any) -> bool:
+    async def _settle(self, job: Job, target: str, mode: str, *extra: str | int) -> bool:
         keys = [self._job_key(job.id), self._stream, target, self._idem_key(job)]
         args = [job.attempts, GROUP, job.receipt or "0-0", mode, *extra]
         return bool(await self._settle_script(keys=keys, args=args))
@@ -325,22 +341,24 @@ class RedisState(State):
         return await self._settle(job, self._dead, "dead", dead.to_json())
 
     async def dead_letters(self, limit: int = 100) -> list[Job]:
-        entries = await self.redis.xrange(self._dead, count=limit)
+        entries = cast(_Entries, await self.redis.xrange(self._dead, count=limit))
         return [replace(Job.from_json(fields["job"]), receipt=entry) for entry, fields in entries]
 
     async def pending_count(self) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
-            streamed, delayed = await pipe.xlen(self._stream).zcard(self._delayed).execute()
+            pipe.xlen(self._stream)
+            pipe.zcard(self._delayed)
+            streamed, delayed = await pipe.execute()
         return int(streamed) + int(delayed)
 
     async def _drop_jobs(self, predicate: Callable[[Job], bool]) -> int:
         """Scan the stream, the retry set and the dead letters; rare (erasure), so a scan is fine."""
-        located = [(fields["job"], entry) for entry, fields in await self.redis.xrange(self._stream)]
-        located += [(job_id, "") for job_id in await self.redis.zrange(self._delayed, 0, -1)]
+        located = [(fields["job"], entry) for entry, fields in cast(_Entries, await self.redis.xrange(self._stream))]
+        located += [(job_id, "") for job_id in cast("list[str]", await self.redis.zrange(self._delayed, 0, -1))]
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id, _ in located:
                 pipe.hgetall(self._job_key(job_id))
-            hashes = await pipe.execute()
+            hashes: list[dict[str, str]] = await pipe.execute()
         doomed: dict[str, Job] = {}
         for (job_id, entry), h in zip(located, hashes, strict=True):
             if h:
@@ -351,8 +369,10 @@ class RedisState(State):
         async with self.redis.pipeline(transaction=True) as pipe:
             for job in doomed.values():
                 if job.receipt:
-                    pipe.xack(self._stream, GROUP, job.receipt).xdel(self._stream, job.receipt)
-                pipe.zrem(self._delayed, job.id).delete(self._job_key(job.id))
+                    pipe.xack(self._stream, GROUP, job.receipt)
+                    pipe.xdel(self._stream, job.receipt)
+                pipe.zrem(self._delayed, job.id)
+                pipe.delete(self._job_key(job.id))
                 if job.idempotency_key is not None:
                     pipe.delete(self._idem_key(job))
             for job in dead:

@@ -18,11 +18,12 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 from proxy.state.base import Clock, Job, JobPolicy, State, UnknownCursor, decode, encode, redis_slice
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 PURGE_INTERVAL = 60.0
 """Seconds between sweeps of expired keys that nobody reads again (reads expire keys lazily)."""
@@ -104,13 +105,13 @@ class SqliteState(State):
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=False)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection, *Args], T], *args: *Args) -> T:
         """Run ``fn(conn, *args)`` as one write transaction on the connection's thread."""
         if self._conn is None:
             raise RuntimeError("state store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, fn, args)
 
-    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _transaction(self, fn: Callable[[sqlite3.Connection, *Args], T], args: tuple[*Args]) -> T:
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
@@ -132,7 +133,8 @@ class SqliteState(State):
         if row[1] is not None and row[1] <= now:
             self._drop_key(conn, ns, key)
             return None
-        return row[0]
+        kind: str = row[0]
+        return kind
 
     @staticmethod
     def _drop_key(conn: sqlite3.Connection, ns: str, key: str) -> None:
@@ -167,7 +169,10 @@ class SqliteState(State):
         def run(conn: sqlite3.Connection, now: float) -> str | None:
             if self._kind(conn, ns, key, now) != "value":
                 return None
-            return conn.execute("SELECT value FROM kv_keys WHERE ns = ? AND key = ?", (ns, key)).fetchone()[0]
+            value: str | None = conn.execute(
+                "SELECT value FROM kv_keys WHERE ns = ? AND key = ?", (ns, key)
+            ).fetchone()[0]
+            return value
 
         return await self._run(run, self.clock())
 
@@ -212,7 +217,8 @@ class SqliteState(State):
                     "(SELECT id FROM kv_list WHERE ns = ? AND key = ? ORDER BY id DESC LIMIT ?)",
                     (ns, key, ns, key, max_len),
                 )
-            return conn.execute("SELECT COUNT(*) FROM kv_list WHERE ns = ? AND key = ?", (ns, key)).fetchone()[0]
+            length: int = conn.execute("SELECT COUNT(*) FROM kv_list WHERE ns = ? AND key = ?", (ns, key)).fetchone()[0]
+            return length
 
         return await self._run(run, self.clock())
 
@@ -341,7 +347,8 @@ class SqliteState(State):
             if conn.total_changes > before:
                 return job.id
             sql = "SELECT id FROM jobs WHERE idempotency_key = ? AND status != 'dead'"
-            return conn.execute(sql, (job.idempotency_key,)).fetchone()[0]
+            existing: str = conn.execute(sql, (job.idempotency_key,)).fetchone()[0]
+            return existing
 
         return await self._run(run)
 
@@ -389,7 +396,8 @@ class SqliteState(State):
 
     async def pending_count(self) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'ready'").fetchone()[0]
+            pending: int = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'ready'").fetchone()[0]
+            return pending
 
         return await self._run(run)
 
