@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.assistants import guards
 from proxy.assistants.engine import Engine, messages_of
 from proxy.assistants.objects import is_message_item, list_page, message_object, now
 from proxy.assistants.upstream import ITEMS_PER_CALL, UpstreamError
@@ -114,10 +115,8 @@ async def _record(engine: Engine, thread_id: str, message_id: str) -> dict[str, 
 
 
 async def create(engine: Engine, thread_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    from proxy.assistants.runs import ensure_idle
-
     thread = await engine.thread(thread_id)
-    await ensure_idle(engine, thread_id, "add messages to")
+    await guards.ensure_idle(engine, thread_id, "add messages to")
     return (await add(engine, thread, [body], ""))[0]
 
 

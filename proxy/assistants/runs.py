@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.assistants import assistants, messages, reconcile, threads
+from proxy.assistants import assistants, guards, messages, reconcile, threads
 from proxy.assistants.engine import Engine, runs_of, steps_of
 from proxy.assistants.hooks import RunContext
 from proxy.assistants.mapping import join_instructions, response_body
-from proxy.assistants.objects import ACTIVE, TERMINAL, list_page, new_id, now, public
+from proxy.assistants.objects import TERMINAL, list_page, new_id, now, public
 from proxy.assistants.validation import (
     AssistantsError,
     check_int,
@@ -144,15 +144,6 @@ async def get(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
     return await engine.get(runs_of(thread_id), run_id, "run")
 
 
-async def ensure_idle(engine: Engine, thread_id: str, action: str) -> None:
-    """400 while the thread's latest run is still active, as OpenAI refuses then."""
-    page = await engine.records.list_records(engine.tenant, runs_of(thread_id), limit=1, order="desc")
-    if page.items and page.items[0]["status"] in ACTIVE:
-        run = await reconcile.refresh(engine, page.items[0])
-        if run["status"] in ACTIVE:
-            raise AssistantsError(400, f"Can't {action} {thread_id} while a run {run['id']} is active.")
-
-
 # --- the endpoints ----------------------------------------------------------------------------------
 
 
@@ -174,7 +165,7 @@ async def prepare_create(engine: Engine, thread_id: str, body: dict[str, Any]) -
     """Validate, add ``additional_messages``, build the run record (not yet saved or started)."""
     thread = await engine.thread(thread_id)
     request = await validate(engine, body)
-    await ensure_idle(engine, thread_id, "create a run on")
+    await guards.ensure_idle(engine, thread_id, "create a run on")
     metadata = await threads.metadata_of(engine, thread)
     added = await messages.add(engine, thread, body.get("additional_messages") or [], "additional_messages")
     return await build(engine, request, thread, metadata, added)
