@@ -9,7 +9,7 @@ from __future__ import annotations
 from proxy.assistants import reconcile
 from proxy.assistants.engine import Engine, runs_of
 from proxy.assistants.objects import ACTIVE
-from proxy.assistants.validation import AssistantsError
+from proxy.errors import OpenAIError
 
 
 async def ensure_idle(engine: Engine, thread_id: str, action: str) -> None:
@@ -18,4 +18,4 @@ async def ensure_idle(engine: Engine, thread_id: str, action: str) -> None:
     if page.items and page.items[0]["status"] in ACTIVE:
         run = await reconcile.refresh(engine, page.items[0])
         if run["status"] in ACTIVE:
-            raise AssistantsError(400, f"Can't {action} {thread_id} while a run {run['id']} is active.")
+            raise OpenAIError(400, f"Can't {action} {thread_id} while a run {run['id']} is active.")

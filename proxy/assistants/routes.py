@@ -18,10 +18,15 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.assistants import assistants, messages, runs, threads
 from proxy.assistants.engine import Engine
+from proxy.assistants.errors import answer_error
 from proxy.assistants.translate import RunStream
-from proxy.assistants.upstream import HttpUpstream, UpstreamError
-from proxy.assistants.validation import AssistantsError, check_list_params
-from proxy.errors import error_response
+from proxy.assistants.upstream import HttpUpstream
+from proxy.assistants.validation import check_list_params
+from proxy.errors import MemproxyError, OpenAIError
+
+# Only bridge_engine (below, being moved out of this module as it is) still names the error type
+# AssistantsError; this import leaves with it (unused, ruff flags it), and nothing else may use it.
+from proxy.errors import OpenAIError as AssistantsError
 
 log = logging.getLogger("memproxy.assistants")
 
@@ -44,25 +49,28 @@ async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
-        raise AssistantsError(400, BAD_JSON) from None
+        raise OpenAIError(400, BAD_JSON) from None
     if not isinstance(body, dict):
-        raise AssistantsError(400, BAD_JSON)
+        raise OpenAIError(400, BAD_JSON)
     return body
 
 
 def _endpoint(
     factory: EngineFactory, handler: Handler, poll_after_ms: int | None
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler: engine, JSON body, errors as OpenAI envelopes, JSON or SSE out."""
+    """Wrap a handler: engine, JSON body, JSON or SSE out.
+
+    Errors are rendered by the exception handlers of :mod:`proxy.assistants.errors`, called here
+    directly because a ``Route`` cannot carry handlers and not every app mounting these routes
+    installs ``ASSISTANTS_EXCEPTION_HANDLERS`` yet (the emulator does; ``proxy.app`` will).
+    """
 
     async def endpoint(request: Request) -> Response:
         try:
             engine = await factory(request)
             result = await handler(engine, request, await _body(request))
-        except AssistantsError as exc:
-            return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
-        except UpstreamError as exc:
-            return JSONResponse(exc.body, status_code=exc.status)
+        except MemproxyError as exc:
+            return await answer_error(request, exc)
         if isinstance(result, RunStream):
             headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
             return StreamingResponse(result.body(), media_type="text/event-stream; charset=utf-8", headers=headers)

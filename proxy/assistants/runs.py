@@ -17,7 +17,6 @@ from proxy.assistants.hooks import RunContext
 from proxy.assistants.mapping import join_instructions, response_body
 from proxy.assistants.objects import TERMINAL, list_page, new_id, now, public
 from proxy.assistants.validation import (
-    AssistantsError,
     check_int,
     check_metadata,
     check_number,
@@ -29,6 +28,7 @@ from proxy.assistants.validation import (
     require,
     unsupported,
 )
+from proxy.errors import OpenAIError
 
 EXPIRES_AFTER = 600
 """Seconds a run may wait in ``requires_action`` before it expires, as on OpenAI."""
@@ -200,7 +200,7 @@ async def list_all(engine: Engine, thread_id: str, params: dict[str, Any]) -> di
 async def cancel(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
     run = await reconcile.refresh(engine, await get(engine, thread_id, run_id))
     if run["status"] in (*TERMINAL, "cancelling"):
-        raise AssistantsError(400, f"Cannot cancel run with status '{run['status']}'.", param="run_id")
+        raise OpenAIError(400, f"Cannot cancel run with status '{run['status']}'.", param="run_id")
     if run["status"] == "requires_action":
         await reconcile.close_tool_step(engine, run, "cancelled")
         reconcile.finish(run, "cancelled", {})
@@ -216,7 +216,7 @@ async def cancel(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
 def tool_outputs(run: dict[str, Any], body: dict[str, Any]) -> dict[str, str]:
     """``tool_call_id -> output``, checked against the calls the run is waiting for."""
     if run["status"] != "requires_action":
-        raise AssistantsError(400, f'Runs in status "{run["status"]}" do not accept tool outputs.', param="run_id")
+        raise OpenAIError(400, f'Runs in status "{run["status"]}" do not accept tool outputs.', param="run_id")
     require(body, "tool_outputs")
     given = body["tool_outputs"]
     if not isinstance(given, list) or not all(isinstance(o, dict) and o.get("tool_call_id") for o in given):
