@@ -13,8 +13,8 @@ from starlette.routing import BaseRoute, Route
 
 from proxy import __version__, api
 from proxy.api import memory_routes
+from proxy.assistants.errors import ASSISTANTS_EXCEPTION_HANDLERS
 from proxy.config import Settings, get_settings
-from proxy.errors import EXCEPTION_HANDLERS
 from proxy.hooks import assistants as hooks
 from proxy.hooks.bridge import bridge_routes
 from proxy.hooks.chat import create_chat_completion
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         Route("/v1", relay, methods=METHODS),
         Route("/v1/{path:path}", relay, methods=METHODS),
     ]
-    handlers = {**EXCEPTION_HANDLERS, **api.EXCEPTION_HANDLERS}
+    handlers = {**ASSISTANTS_EXCEPTION_HANDLERS, **api.EXCEPTION_HANDLERS}
     middleware = [Middleware(Observe, metrics=metrics)]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.settings = settings

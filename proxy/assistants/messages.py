@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.assistants import guards
 from proxy.assistants.engine import Engine, messages_of
 from proxy.assistants.objects import is_message_item, list_page, message_object, now
 from proxy.assistants.upstream import ITEMS_PER_CALL, UpstreamError
-from proxy.assistants.validation import AssistantsError, check_metadata, check_object, invalid, not_found, unsupported
+from proxy.assistants.validation import check_metadata, check_object, invalid, missing, not_found, unsupported
 
 UPSTREAM_PAGE = 100
 
@@ -22,12 +23,7 @@ def to_item(body: Any, param: str) -> tuple[dict[str, Any], dict[str, str]]:
     body = check_object(body, param)
     for name in ("role", "content"):
         if body.get(name) is None:
-            raise AssistantsError(
-                400,
-                f"Missing required parameter: '{_join(param, name)}'.",
-                code="missing_required_parameter",
-                param=_join(param, name),
-            )
+            raise missing(_join(param, name))
     role = body["role"]
     if role not in ("user", "assistant"):
         raise invalid(_join(param, "role"), f"expected one of 'user' or 'assistant', but got {role!r}.")
@@ -114,10 +110,8 @@ async def _record(engine: Engine, thread_id: str, message_id: str) -> dict[str, 
 
 
 async def create(engine: Engine, thread_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    from proxy.assistants.runs import ensure_idle
-
     thread = await engine.thread(thread_id)
-    await ensure_idle(engine, thread_id, "add messages to")
+    await guards.ensure_idle(engine, thread_id, "add messages to")
     return (await add(engine, thread, [body], ""))[0]
 
 

@@ -20,9 +20,8 @@ from starlette.routing import BaseRoute, Route
 from proxy.assistants import assistants, messages, runs, threads
 from proxy.assistants.engine import Engine
 from proxy.assistants.translate import RunStream
-from proxy.assistants.upstream import UpstreamError
-from proxy.assistants.validation import AssistantsError, check_list_params
-from proxy.errors import error_response
+from proxy.assistants.validation import check_list_params
+from proxy.errors import OpenAIError
 
 log = logging.getLogger("memproxy.assistants")
 
@@ -45,25 +44,24 @@ async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
-        raise AssistantsError(400, BAD_JSON) from None
+        raise OpenAIError(400, BAD_JSON) from None
     if not isinstance(body, dict):
-        raise AssistantsError(400, BAD_JSON)
+        raise OpenAIError(400, BAD_JSON)
     return body
 
 
 def _endpoint(
     factory: EngineFactory, handler: Handler, poll_after_ms: int | None
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler: engine, JSON body, errors as OpenAI envelopes, JSON or SSE out."""
+    """Wrap a handler: engine, JSON body, JSON or SSE out.
+
+    Errors are rendered by the app's exception handlers (:data:`proxy.assistants.errors.ASSISTANTS_EXCEPTION_HANDLERS`,
+    installed by the proxy and the emulator).
+    """
 
     async def endpoint(request: Request) -> Response:
-        try:
-            engine = await factory(request)
-            result = await handler(engine, request, await _body(request))
-        except AssistantsError as exc:
-            return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
-        except UpstreamError as exc:
-            return JSONResponse(exc.body, status_code=exc.status)
+        engine = await factory(request)
+        result = await handler(engine, request, await _body(request))
         if isinstance(result, RunStream):
             headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
             return StreamingResponse(result.body(), media_type="text/event-stream; charset=utf-8", headers=headers)

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.assistants import assistants, messages, reconcile, threads
+from proxy.assistants import assistants, guards, messages, reconcile, threads
 from proxy.assistants.engine import Engine, runs_of, steps_of
 from proxy.assistants.hooks import RunContext
 from proxy.assistants.mapping import join_instructions, response_body
-from proxy.assistants.objects import ACTIVE, TERMINAL, list_page, new_id, now, public
+from proxy.assistants.objects import TERMINAL, list_page, new_id, now, public
 from proxy.assistants.validation import (
-    AssistantsError,
     check_int,
     check_metadata,
     check_number,
@@ -29,6 +28,7 @@ from proxy.assistants.validation import (
     require,
     unsupported,
 )
+from proxy.errors import OpenAIError
 
 EXPIRES_AFTER = 600
 """Seconds a run may wait in ``requires_action`` before it expires, as on OpenAI."""
@@ -144,15 +144,6 @@ async def get(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
     return await engine.get(runs_of(thread_id), run_id, "run")
 
 
-async def ensure_idle(engine: Engine, thread_id: str, action: str) -> None:
-    """400 while the thread's latest run is still active, as OpenAI refuses then."""
-    page = await engine.records.list_records(engine.tenant, runs_of(thread_id), limit=1, order="desc")
-    if page.items and page.items[0]["status"] in ACTIVE:
-        run = await reconcile.refresh(engine, page.items[0])
-        if run["status"] in ACTIVE:
-            raise AssistantsError(400, f"Can't {action} {thread_id} while a run {run['id']} is active.")
-
-
 # --- the endpoints ----------------------------------------------------------------------------------
 
 
@@ -174,7 +165,7 @@ async def prepare_create(engine: Engine, thread_id: str, body: dict[str, Any]) -
     """Validate, add ``additional_messages``, build the run record (not yet saved or started)."""
     thread = await engine.thread(thread_id)
     request = await validate(engine, body)
-    await ensure_idle(engine, thread_id, "create a run on")
+    await guards.ensure_idle(engine, thread_id, "create a run on")
     metadata = await threads.metadata_of(engine, thread)
     added = await messages.add(engine, thread, body.get("additional_messages") or [], "additional_messages")
     return await build(engine, request, thread, metadata, added)
@@ -209,7 +200,7 @@ async def list_all(engine: Engine, thread_id: str, params: dict[str, Any]) -> di
 async def cancel(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
     run = await reconcile.refresh(engine, await get(engine, thread_id, run_id))
     if run["status"] in (*TERMINAL, "cancelling"):
-        raise AssistantsError(400, f"Cannot cancel run with status '{run['status']}'.", param="run_id")
+        raise OpenAIError(400, f"Cannot cancel run with status '{run['status']}'.", param="run_id")
     if run["status"] == "requires_action":
         await reconcile.close_tool_step(engine, run, "cancelled")
         reconcile.finish(run, "cancelled", {})
@@ -225,7 +216,7 @@ async def cancel(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
 def tool_outputs(run: dict[str, Any], body: dict[str, Any]) -> dict[str, str]:
     """``tool_call_id -> output``, checked against the calls the run is waiting for."""
     if run["status"] != "requires_action":
-        raise AssistantsError(400, f'Runs in status "{run["status"]}" do not accept tool outputs.', param="run_id")
+        raise OpenAIError(400, f'Runs in status "{run["status"]}" do not accept tool outputs.', param="run_id")
     require(body, "tool_outputs")
     given = body["tool_outputs"]
     if not isinstance(given, list) or not all(isinstance(o, dict) and o.get("tool_call_id") for o in given):

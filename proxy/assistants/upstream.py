@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import httpx2
 
+from proxy.errors import MemproxyError, envelope
+
 log = logging.getLogger("memproxy.assistants")
 
 PASSED_HEADERS = ("authorization", "api-key", "openai-organization", "openai-project")
@@ -22,17 +24,17 @@ ITEMS_PER_CALL = 20
 """The Conversations API accepts at most 20 items per create call."""
 
 
-class UpstreamError(Exception):
-    """The upstream refused or failed; ``body`` is an OpenAI error envelope."""
+class UpstreamError(MemproxyError):
+    """The upstream refused or failed; ``body`` is an OpenAI error envelope, relayed to the client as it came.
+
+    Not an :class:`~proxy.errors.OpenAIError`: memproxy did not word it, and the upstream's body may
+    carry more than the four envelope fields.
+    """
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(f"upstream answered {status}")
         self.status = status
         self.body = body
-
-
-def error_body(message: str, type: str = "server_error", code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": None, "code": code}}
 
 
 class Upstream(Protocol):
@@ -86,7 +88,9 @@ class HttpUpstream:
             )
         except httpx2.HTTPError as exc:
             log.warning("upstream %s %s failed: %s", method, path.split("/")[1], type(exc).__name__)
-            raise UpstreamError(502, error_body("The upstream API could not be reached.", "upstream_error")) from None
+            raise UpstreamError(
+                502, envelope("The upstream API could not be reached.", type="upstream_error")
+            ) from None
         if response.status_code >= 400:
             raise UpstreamError(response.status_code, _error_json(response.content, response.status_code))
         return response.json()
@@ -101,7 +105,9 @@ class HttpUpstream:
         try:
             response = await self.client.send(request, stream=True)
         except httpx2.HTTPError:
-            raise UpstreamError(502, error_body("The upstream API could not be reached.", "upstream_error")) from None
+            raise UpstreamError(
+                502, envelope("The upstream API could not be reached.", type="upstream_error")
+            ) from None
         if response.status_code >= 400:
             content = await response.aread()
             await response.aclose()
@@ -148,7 +154,7 @@ def _error_json(content: bytes, status: int) -> dict[str, Any]:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return body
-    return error_body(f"The upstream API answered {status}.", "upstream_error")
+    return envelope(f"The upstream API answered {status}.", type="upstream_error")
 
 
 async def _sse_events(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Request checks that answer OpenAI-shaped 400s, so SDK users see the errors the real API gave.
 
-Everything here raises :class:`AssistantsError`; the routes turn it into the ``{"error": ...}``
-envelope. Unsupported features are refused here, by name, rather than silently dropped.
+Everything here raises :class:`proxy.errors.OpenAIError`, which the app's exception handler turns
+into the ``{"error": ...}`` envelope. Unsupported features are refused here, by name, rather than
+silently dropped. The emulator words its own 400s with the same builders.
 """
 
 from __future__ import annotations
@@ -10,53 +11,43 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from proxy.errors import OpenAIError
+
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
-class AssistantsError(Exception):
-    """An error the Assistants API answers with (status + OpenAI error fields)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-
-
-def invalid(param: str, message: str, code: str = "invalid_value") -> AssistantsError:
+def invalid(param: str, message: str, code: str = "invalid_value") -> OpenAIError:
     """400 for a present but unusable parameter."""
-    return AssistantsError(400, f"Invalid '{param}': {message}", code=code, param=param)
+    return OpenAIError(400, f"Invalid '{param}': {message}", code=code, param=param)
 
 
-def unsupported(param: str, what: str) -> AssistantsError:
+def unsupported(param: str, what: str) -> OpenAIError:
     """400 naming a feature this implementation cannot map onto the Responses API."""
     message = (
         f"Unsupported parameter '{param}': {what} is not supported by this Assistants API "
         "implementation, which runs on the Responses API."
     )
-    return AssistantsError(400, message, code="unsupported_parameter", param=param)
+    return OpenAIError(400, message, code="unsupported_parameter", param=param)
 
 
-def not_found(kind: str, object_id: str) -> AssistantsError:
+def not_found(kind: str, object_id: str, *, param: str | None = None) -> OpenAIError:
     """404 worded as OpenAI words it: ``No thread found with id 'thread_x'.``"""
-    return AssistantsError(404, f"No {kind} found with id '{object_id}'.")
+    return OpenAIError(404, f"No {kind} found with id '{object_id}'.", param=param)
+
+
+def missing(param: str) -> OpenAIError:
+    """400 ``missing_required_parameter`` for one (possibly nested, e.g. ``tools[0].name``) parameter."""
+    return OpenAIError(400, f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param)
 
 
 def require(body: Mapping[str, Any], *fields: str) -> None:
+    """400 naming the first field of ``body`` that is absent (or null), as OpenAI does."""
     for name in fields:
         if body.get(name) is None:
-            raise AssistantsError(
-                400, f"Missing required parameter: '{name}'.", code="missing_required_parameter", param=name
-            )
+            raise missing(name)
 
 
 def check_object(body: Any, param: str = "body") -> dict[str, Any]:
@@ -157,12 +148,7 @@ def _tool(tool: Any, param: str) -> dict[str, Any]:
         )
     function = tool.get("function")
     if not isinstance(function, dict) or function.get("name") is None:
-        raise AssistantsError(
-            400,
-            f"Missing required parameter: '{param}.function.name'.",
-            code="missing_required_parameter",
-            param=f"{param}.function.name",
-        )
+        raise missing(f"{param}.function.name")
     if not isinstance(function["name"], str) or not FUNCTION_NAME.match(function["name"]):
         raise invalid(f"{param}.function.name", "must match ^[a-zA-Z0-9_-]{1,64}$.")
     normalized = {
@@ -193,12 +179,7 @@ def check_response_format(value: Any, param: str = "response_format") -> Any:
     if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
         raise invalid(param, "expected 'auto' or an object with type 'text', 'json_object' or 'json_schema'.")
     if value["type"] == "json_schema" and not isinstance(value.get("json_schema"), dict):
-        raise AssistantsError(
-            400,
-            f"Missing required parameter: '{param}.json_schema'.",
-            code="missing_required_parameter",
-            param=f"{param}.json_schema",
-        )
+        raise missing(f"{param}.json_schema")
     return value
 
 
@@ -208,12 +189,7 @@ def check_tool_choice(value: Any, param: str = "tool_choice") -> Any:
     if isinstance(value, dict) and value.get("type") == "function":
         name = (value.get("function") or {}).get("name")
         if not isinstance(name, str):
-            raise AssistantsError(
-                400,
-                f"Missing required parameter: '{param}.function.name'.",
-                code="missing_required_parameter",
-                param=f"{param}.function.name",
-            )
+            raise missing(f"{param}.function.name")
         return value
     if isinstance(value, dict) and value.get("type") in ("file_search", "code_interpreter"):
         raise unsupported(f"{param}.type", f"the '{value['type']}' tool")
@@ -234,5 +210,5 @@ def check_list_params(params: Mapping[str, str]) -> dict[str, Any]:
         raise invalid("order", f"expected one of 'asc' or 'desc', but got '{order}' instead.")
     after, before = params.get("after") or None, params.get("before") or None
     if after and before:
-        raise AssistantsError(400, "Only one of 'after' and 'before' may be given.", param="before")
+        raise OpenAIError(400, "Only one of 'after' and 'before' may be given.", param="before")
     return {"limit": limit, "order": order, "after": after, "before": before}

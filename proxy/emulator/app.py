@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.assistants.errors import ASSISTANTS_EXCEPTION_HANDLERS
 from proxy.emulator import assistants, chat, control, conversations, embeddings, files, models, responses
-from proxy.emulator.common import ApiError
 from proxy.emulator.middleware import EmulatorMiddleware
 from proxy.emulator.state import EmulatorState
 from proxy.errors import error_response
@@ -26,11 +26,6 @@ CONTROL_ROUTES = [
     Route("/_emulator/faults", control.clear_faults, methods=["DELETE"]),
     Route("/_emulator/reset", control.reset, methods=["POST"]),
 ]
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -72,7 +67,7 @@ def create_app(*, background_delay: float = 0.05) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[Middleware(EmulatorMiddleware)],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={**ASSISTANTS_EXCEPTION_HANDLERS, HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.emulator = state

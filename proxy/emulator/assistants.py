@@ -20,10 +20,11 @@ from starlette.routing import BaseRoute
 from proxy.assistants.engine import Engine
 from proxy.assistants.routes import assistants_routes
 from proxy.assistants.upstream import UpstreamError
-from proxy.emulator.common import ApiError, cursor_page
+from proxy.emulator.common import cursor_page
 from proxy.emulator.engine import ResponsesEngine
 from proxy.emulator.items import normalize_input
 from proxy.emulator.state import EmulatorState
+from proxy.errors import OpenAIError
 
 TENANT = "emulator"
 POLL_AFTER_MS = 25
@@ -31,12 +32,11 @@ T = TypeVar("T")
 
 
 async def _call(function: Callable[[], T]) -> T:
-    """Run emulator code, turning its :class:`ApiError` into the engine's :class:`UpstreamError`."""
+    """Run emulator code, turning its :class:`OpenAIError` into the engine's :class:`UpstreamError`."""
     try:
         return copy.deepcopy(function())
-    except ApiError as exc:
-        body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
-        raise UpstreamError(exc.status, body) from None
+    except OpenAIError as exc:
+        raise UpstreamError(exc.status, exc.envelope()) from None
 
 
 class InProcessUpstream:

@@ -14,12 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.assistants.validation import check_metadata, invalid, require
 from proxy.emulator import model
-from proxy.emulator.common import ApiError, check_metadata, invalid, now, parse_json_body, require, require_value
+from proxy.emulator.common import now, parse_json_body, require_value
 from proxy.emulator.ids import new_id
 from proxy.emulator.items import text_of
 from proxy.emulator.prompting import output_format, tool_choice
 from proxy.emulator.sse import DONE, encode_event, sse_response
+from proxy.errors import OpenAIError
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -58,7 +60,7 @@ def _message_turns(message: dict[str, Any], index: int, earlier: list[model.Turn
     call_id = message.get("tool_call_id")
     require_value(call_id, f"messages[{index}].tool_call_id")
     if not any(turn.role == "tool_call" and turn.call_id == call_id for turn in earlier):
-        raise ApiError(
+        raise OpenAIError(
             400,
             "Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
             "with 'tool_calls'.",

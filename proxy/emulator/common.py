@@ -1,8 +1,10 @@
-"""Helpers every emulator endpoint shares: errors, body parsing, validation, pagination.
+"""Helpers every emulator endpoint shares: body parsing, query parameters, pagination.
 
-Errors are raised as :class:`ApiError` anywhere (also in code with no HTTP in it, like the Responses
-engine) and turned into OpenAI-shaped JSON by one exception handler in ``app.py``, so every endpoint
-fails the way the real API does without repeating the envelope.
+Errors are :class:`proxy.errors.OpenAIError`, raised anywhere (also in code with no HTTP in it, like
+the Responses engine) and worded by :mod:`proxy.assistants.validation` (``invalid``, ``missing``,
+``not_found``, ``check_metadata``: one implementation of OpenAI's wording for the project); the
+exception handler installed in ``app.py`` renders them, so every endpoint fails the way the real API
+does without repeating the envelope.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from proxy.assistants import validation
+from proxy.assistants.validation import invalid, missing
+from proxy.errors import OpenAIError
 
 BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
@@ -22,34 +25,9 @@ BAD_JSON = (
 )
 
 
-class ApiError(Exception):
-    """An error the emulator answers with, in the OpenAI error envelope."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-
-
 def now() -> int:
     """Unix seconds, the unit of every ``created``/``created_at`` field."""
     return int(time.time())
-
-
-def not_found(kind: str, object_id: str, *, param: str | None = None) -> ApiError:
-    """404 for an unknown id, worded like OpenAI: ``No response found with id 'x'.``"""
-    return ApiError(404, f"No {kind} found with id '{object_id}'.", param=param)
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -57,35 +35,16 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, BAD_JSON) from None
+        raise OpenAIError(400, BAD_JSON) from None
     if not isinstance(body, dict):
-        raise ApiError(400, BAD_JSON)
+        raise OpenAIError(400, BAD_JSON)
     return body
-
-
-def require(body: Mapping[str, Any], *fields: str) -> None:
-    """400 ``missing_required_parameter`` naming the first absent field, as OpenAI does."""
-    for field in fields:
-        require_value(body.get(field), field)
 
 
 def require_value(value: Any, param: str) -> None:
     """400 ``missing_required_parameter`` for one (possibly nested, e.g. ``tools[0].name``) parameter."""
     if value is None:
-        raise ApiError(400, f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param)
-
-
-def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
-    """400 for a present but unusable parameter."""
-    return ApiError(400, f"Invalid '{param}': {message}", code=code, param=param)
-
-
-def check_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
-    """OpenAI's metadata limits, written once for the project (the Assistants engine's check)."""
-    try:
-        return validation.check_metadata(value, param)
-    except validation.AssistantsError as exc:
-        raise ApiError(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param) from None
+        raise missing(param)
 
 
 def query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

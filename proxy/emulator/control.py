@@ -47,7 +47,8 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.emulator.common import BAD_JSON, ApiError
+from proxy.emulator.common import BAD_JSON
+from proxy.errors import OpenAIError, envelope
 
 FAULT_HEADER = "x-emulator-fault"
 
@@ -100,14 +101,11 @@ class Fault:
         status = self.status or 500
         default_type = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
         default_code = "rate_limit_exceeded" if status == 429 else None
-        return {
-            "error": {
-                "message": self.message or f"Emulated fault: HTTP {status}.",
-                "type": self.type or default_type,
-                "param": None,
-                "code": self.code or default_code,
-            }
-        }
+        return envelope(
+            self.message or f"Emulated fault: HTTP {status}.",
+            type=self.type or default_type,
+            code=self.code or default_code,
+        )
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,10 +114,10 @@ class Fault:
 def fault_from_json(data: Any) -> Fault:
     """Validate a fault given as JSON (see module docstring)."""
     if not isinstance(data, dict):
-        raise ApiError(400, "A fault must be a JSON object.")
+        raise OpenAIError(400, "A fault must be a JSON object.")
     unknown = set(data) - _FIELDS
     if unknown:
-        raise ApiError(400, f"Unknown fault option(s): {', '.join(sorted(unknown))}.", param=min(unknown))
+        raise OpenAIError(400, f"Unknown fault option(s): {', '.join(sorted(unknown))}.", param=min(unknown))
     try:
         fault = Fault(**{key: value for key, value in data.items() if value is not None})
         fault.times = int(fault.times)
@@ -128,9 +126,9 @@ def fault_from_json(data: Any) -> Fault:
         fault.drop_after = int(fault.drop_after) if fault.drop_after is not None else None
         fault.headers = {str(k).lower(): str(v) for k, v in dict(fault.headers).items()}
     except (TypeError, ValueError) as exc:
-        raise ApiError(400, f"Invalid fault: {exc}.") from None
+        raise OpenAIError(400, f"Invalid fault: {exc}.") from None
     if fault.status is not None and not 100 <= fault.status <= 599:
-        raise ApiError(400, "Invalid fault: status must be an HTTP status code.", param="status")
+        raise OpenAIError(400, "Invalid fault: status must be an HTTP status code.", param="status")
     return fault
 
 
@@ -141,7 +139,7 @@ def fault_from_header(value: str) -> Fault:
         key, sep, raw = pair.partition("=")
         key, raw = key.strip().lower(), raw.strip()
         if not sep:
-            raise ApiError(400, f"Invalid {FAULT_HEADER} header: expected key=value, got '{pair}'.")
+            raise OpenAIError(400, f"Invalid {FAULT_HEADER} header: expected key=value, got '{pair}'.")
         if key.startswith("header."):
             data["headers"][key.removeprefix("header.")] = raw
         else:
@@ -278,7 +276,7 @@ async def add_faults(request: Request) -> Response:
     try:
         data = json.loads(await request.body())
     except ValueError:
-        raise ApiError(400, BAD_JSON) from None
+        raise OpenAIError(400, BAD_JSON) from None
     faults = [fault_from_json(item) for item in (data if isinstance(data, list) else [data])]
     book: FaultBook = request.app.state.emulator.faults
     return JSONResponse([book.add(fault).describe() for fault in faults])

@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.emulator.common import check_metadata, cursor_page, invalid, list_object, parse_json_body, require
+from proxy.assistants.validation import check_metadata, invalid, require
+from proxy.emulator.common import cursor_page, list_object, parse_json_body
 from proxy.emulator.items import normalize_input
 from proxy.emulator.state import Conversation, ConversationStore
 

@@ -21,9 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.emulator.common import ApiError, invalid, parse_json_body, require
+from proxy.assistants.validation import invalid, require
+from proxy.emulator.common import parse_json_body
 from proxy.emulator.model import count_tokens
 from proxy.emulator.models import EMBEDDING_DIMENSIONS
+from proxy.errors import OpenAIError
 
 DEFAULT_DIMENSIONS = 1536
 MAX_INPUTS = 2048
@@ -70,7 +72,7 @@ def _dimensions(body: dict[str, Any], model: str) -> int | None:
     if dimensions is None:
         return None
     if model == "text-embedding-ada-002":
-        raise ApiError(400, "This model does not support specifying dimensions.", param="dimensions")
+        raise OpenAIError(400, "This model does not support specifying dimensions.", param="dimensions")
     full = EMBEDDING_DIMENSIONS.get(model, DEFAULT_DIMENSIONS)
     if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= full:
         raise invalid("dimensions", f"must be an integer between 1 and {full}.", "invalid_value")

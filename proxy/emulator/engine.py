@@ -1,6 +1,6 @@
 """The Responses engine: a create-response request in, a ``response`` object or its events out.
 
-No HTTP here (errors are :class:`ApiError`), so the HTTP layer (``responses.py``) stays thin and the
+No HTTP here (errors are :class:`OpenAIError`), so the HTTP layer (``responses.py``) stays thin and the
 emulated Assistants engine can drive responses in-process. One request goes through
 :meth:`ResponsesEngine.prepare` (validation, context from ``previous_response_id`` or
 ``conversation``, the model's answer), then is finished synchronously, streamed as events, or run
@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.assistants.validation import check_metadata, invalid, not_found, require
 from proxy.emulator import model
-from proxy.emulator.common import ApiError, check_metadata, invalid, not_found, now, require, require_value
+from proxy.emulator.common import now, require_value
 from proxy.emulator.ids import new_id
 from proxy.emulator.items import item_text, items_to_turns, message_item, normalize_input, output_text_part
 from proxy.emulator.prompting import output_format, tool_choice
 from proxy.emulator.state import Conversation, EmulatorState, StoredResponse
+from proxy.errors import OpenAIError
 
 TERMINAL = ("completed", "failed", "cancelled", "incomplete")
 
@@ -60,7 +62,7 @@ class ResponsesEngine:
         require(body, "model")
         check_metadata(body.get("metadata"))
         if body.get("previous_response_id") and body.get("conversation"):
-            raise ApiError(
+            raise OpenAIError(
                 400,
                 "Mutually exclusive parameters: Ensure you are only providing one of: "
                 "'previous_response_id' or 'conversation'.",
@@ -177,7 +179,7 @@ class ResponsesEngine:
             return []
         stored = self.state.responses.get(previous_id)
         if stored is None:
-            raise ApiError(
+            raise OpenAIError(
                 400,
                 f"Previous response with id '{previous_id}' not found.",
                 param="previous_response_id",
@@ -197,7 +199,7 @@ class ResponsesEngine:
         """Cancel a background response still queued or in progress; a finished one is returned as is."""
         stored = self.stored(response_id)
         if not stored.response["background"]:
-            raise ApiError(400, "Only responses created with background=true can be cancelled.", param="response_id")
+            raise OpenAIError(400, "Only responses created with background=true can be cancelled.", param="response_id")
         if stored.response["status"] not in TERMINAL:
             if stored.task is not None:
                 stored.task.cancel()

@@ -13,9 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.emulator.common import ApiError, cursor_page, invalid, not_found, now, require_value
+from proxy.assistants.validation import invalid, not_found
+from proxy.emulator.common import cursor_page, now, require_value
 from proxy.emulator.ids import new_id
 from proxy.emulator.state import StoredFile
+from proxy.errors import OpenAIError
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 
@@ -35,7 +37,7 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
     """Parts of a ``multipart/form-data`` body by field name; 400 if it is not one."""
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if not content_type.startswith("multipart/form-data") or not match:
-        raise ApiError(400, "Invalid Content-Type header: expected multipart/form-data with a boundary.")
+        raise OpenAIError(400, "Invalid Content-Type header: expected multipart/form-data with a boundary.")
     delimiter = b"--" + match.group(1).encode("latin-1")
     parts: dict[str, Part] = {}
     for chunk in body.split(delimiter)[1:]:

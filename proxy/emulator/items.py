@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from proxy.emulator.common import ApiError, invalid
+from proxy.assistants.validation import invalid, missing
 from proxy.emulator.ids import new_id
 from proxy.emulator.model import Turn
+from proxy.errors import OpenAIError
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 _TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
@@ -72,14 +73,9 @@ def normalize_item(item: Any, param: str) -> dict[str, Any]:
             "output": item["output"],
         }
     if kind == "item_reference":
-        raise ApiError(400, f"Item references are not supported by the emulator ('{param}').", param=param)
+        raise OpenAIError(400, f"Item references are not supported by the emulator ('{param}').", param=param)
     if not isinstance(kind, str):
-        raise ApiError(
-            400,
-            f"Missing required parameter: '{param}.type'.",
-            code="missing_required_parameter",
-            param=f"{param}.type",
-        )
+        raise missing(f"{param}.type")
     return {**item, "id": item.get("id") or new_id("message"), "status": item.get("status") or "completed"}
 
 
@@ -91,12 +87,7 @@ def _message(item: dict[str, Any], param: str) -> dict[str, Any]:
     if isinstance(content, str):
         return message_item(role, content, item.get("id"))
     if not isinstance(content, list):
-        raise ApiError(
-            400,
-            f"Missing required parameter: '{param}.content'.",
-            code="missing_required_parameter",
-            param=f"{param}.content",
-        )
+        raise missing(f"{param}.content")
     parts = [_part(part, role) for part in content]
     return {
         "id": item.get("id") or new_id("message"),
@@ -119,12 +110,7 @@ def _part(part: Any, role: str) -> Any:
 def _require(item: dict[str, Any], param: str, *fields: str) -> None:
     for name in fields:
         if item.get(name) is None:
-            raise ApiError(
-                400,
-                f"Missing required parameter: '{param}.{name}'.",
-                code="missing_required_parameter",
-                param=f"{param}.{name}",
-            )
+            raise missing(f"{param}.{name}")
 
 
 def text_of(content: Any) -> str:

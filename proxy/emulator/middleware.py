@@ -13,12 +13,12 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from proxy.emulator.common import ApiError
 from proxy.emulator.control import FAULT_HEADER, Fault, fault_from_header
 from proxy.emulator.ids import new_id
-from proxy.errors import error_response
+from proxy.errors import OpenAIError, error_response, openai_error_handler
 
 log = logging.getLogger("memproxy.emulator")
 
@@ -39,7 +39,11 @@ RATE_LIMIT_HEADERS = {
 
 
 class _Dropped(Exception):
-    """Raised inside ``send`` to stop the app once a ``drop_after`` fault has cut the response."""
+    """Raised inside ``send`` to stop the app once a ``drop_after`` fault has cut the response.
+
+    Deliberately not a :class:`~proxy.errors.MemproxyError`: it is control flow, caught only by
+    :class:`EmulatorMiddleware` to end the connection, and nothing may answer it as an error.
+    """
 
 
 class EmulatorMiddleware:
@@ -60,9 +64,10 @@ class EmulatorMiddleware:
             body, receive = await _buffer_body(receive)
             try:
                 fault = _choose_fault(scope, state)
-            except ApiError as exc:
+            except OpenAIError as exc:
                 state.recorder.record(scope, body, request_id, None)
-                await error_response(exc.status, exc.message, param=exc.param)(scope, receive, shaper.send)
+                response = await openai_error_handler(Request(scope, receive), exc)
+                await response(scope, receive, shaper.send)
                 return
             state.recorder.record(scope, body, request_id, fault)
         shaper.fault = fault

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.emulator.common import ApiError
+from proxy.errors import OpenAIError
 
 CREATED = 1_700_000_000  # a fixed timestamp: the catalogue never changes
 
@@ -44,7 +44,7 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request) -> Response:
     model_id = request.path_params["model"]
     if model_id not in MODEL_IDS:
-        raise ApiError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
+        raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
     return JSONResponse(model_object(model_id))
 
 

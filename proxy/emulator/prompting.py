@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.emulator.common import invalid, require_value
+from proxy.assistants.validation import invalid
+from proxy.emulator.common import require_value
 from proxy.emulator.model import OutputFormat
 
 FORMAT_TYPES = ("text", "json_object", "json_schema")

@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.emulator.common import cursor_page, invalid, parse_json_body
+from proxy.assistants.validation import invalid
+from proxy.emulator.common import cursor_page, parse_json_body
 from proxy.emulator.engine import ResponsesEngine
 from proxy.emulator.sse import encode_event, sse_response
 

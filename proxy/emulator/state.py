@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.assistants.records import MemoryRecords
-from proxy.emulator.common import not_found, now
+from proxy.assistants.validation import not_found
+from proxy.emulator.common import now
 from proxy.emulator.control import FaultBook, Recorder
 from proxy.emulator.ids import new_id
 

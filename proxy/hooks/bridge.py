@@ -20,7 +20,7 @@ from proxy.assistants.engine import Engine
 from proxy.assistants.hooks import RunContext, RunHooks
 from proxy.assistants.routes import NO_KEY, assistants_routes
 from proxy.assistants.upstream import HttpUpstream
-from proxy.assistants.validation import AssistantsError
+from proxy.errors import OpenAIError
 from proxy.hooks.capture import queue
 from proxy.hooks.recall import Identified, RequestMemory, identify, recall
 from proxy.identity import subject_for, tenant_for
@@ -94,7 +94,7 @@ async def bridge_engine(request: Request) -> Engine:
     runtime: Runtime = request.app.state.runtime
     tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
     if tenant is None:
-        raise AssistantsError(401, NO_KEY, code="missing_api_key")
+        raise OpenAIError(401, NO_KEY, code="missing_api_key")
     upstream = HttpUpstream(runtime.http, runtime.settings.upstream_url, request.headers)
     hooks = MemoryRunHooks(runtime, request)
     engine = Engine(runtime.state, upstream, tenant, hooks)
