@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from conftest import validate_assistants_exchange
 
-from proxy.assistants import assistants, runs, threads
+from proxy.assistants import assistants, reconcile, runs, threads
 from proxy.assistants.engine import Engine
 from proxy.assistants.hooks import RunHooks
+from proxy.assistants.run_record import RunRecord
 from proxy.assistants.translate import RunStream
 from proxy.emulator.assistants import InProcessUpstream
 from proxy.emulator.state import EmulatorState
@@ -159,8 +160,9 @@ async def test_a_run_waiting_too_long_for_tool_outputs_expires(setup) -> None:
     run = await runs.create(engine, thread_id, {"assistant_id": assistant_id})
     waiting = await runs.retrieve(engine, thread_id, run["id"])
     assert waiting["status"] == "requires_action"
-    record = await engine.get(f"runs:{thread_id}", run["id"], "run")
-    await engine.put(f"runs:{thread_id}", {**record, "expires_at": record["created_at"] - 1})
+    record = await runs.get(engine, thread_id, run["id"])
+    record.public["expires_at"] = record.public["created_at"] - 1
+    await reconcile.save(engine, record)
     expired = await runs.retrieve(engine, thread_id, run["id"])
     assert expired["status"] == "expired" and expired["required_action"] is None
     [step] = (
@@ -187,3 +189,53 @@ async def test_a_run_whose_upstream_response_vanished_fails(setup) -> None:
     upstream.retrieve_response = gone
     failed = await runs.retrieve(engine, thread_id, run["id"])
     assert failed["status"] == "failed" and "no longer exists" in failed["last_error"]["message"]
+
+
+def _as_stored_before_run_record(run: RunRecord) -> dict[str, Any]:
+    """A run record as the engine stored it before :class:`RunRecord`: private fields under ``_`` keys."""
+    return {
+        **run.public,
+        "_response_id": run.response_id,
+        "_usage": run.usage,
+        "_tool_step": run.tool_step,
+        "_thread_metadata": run.thread_metadata,
+        "_body": run.body,
+    }
+
+
+async def test_a_run_stored_before_run_record_carries_on(setup) -> None:
+    """Runs left in the state store in the previous layout load, finish, and are saved in the new one."""
+    engine, upstream, assistant_id, thread_id = setup
+    upstream.output = [call(0)]
+    upstream.final = upstream.response("completed")
+    run = await runs.create(engine, thread_id, {"assistant_id": assistant_id, "metadata": {"k": "v"}})
+    await engine.put(f"runs:{thread_id}", _as_stored_before_run_record(await runs.get(engine, thread_id, run["id"])))
+
+    waiting = await runs.retrieve(engine, thread_id, run["id"])
+    assert waiting["status"] == "requires_action" and waiting["metadata"] == {"k": "v"}
+    assert not any(key.startswith("_") for key in waiting)
+    stored = await engine.records.get_record(engine.tenant, f"runs:{thread_id}", run["id"])
+    assert set(stored) == {"id", "public", "body", "response_id", "usage", "tool_step", "thread_metadata"}
+
+    # old layout again while waiting for tool outputs: the open tool step, usage and body carry over
+    await engine.put(f"runs:{thread_id}", _as_stored_before_run_record(RunRecord.from_stored(stored)))
+    upstream.output = [{**MESSAGE, "status": "completed"}]
+    upstream.final = upstream.response("completed")
+    body = {"tool_outputs": [{"tool_call_id": "call_0", "output": "4"}]}
+    assert (await runs.submit_tool_outputs(engine, thread_id, run["id"], body))["status"] == "queued"
+    done = await runs.retrieve(engine, thread_id, run["id"])
+    assert done["status"] == "completed" and done["usage"]["total_tokens"] == 10
+    params = {"limit": 20, "order": "asc", "after": None, "before": None}
+    steps = (await runs.list_steps(engine, thread_id, run["id"], params))["data"]
+    [tools] = [step for step in steps if step["type"] == "tool_calls"]
+    assert tools["status"] == "completed" and tools["step_details"]["tool_calls"][0]["function"]["output"] == "4"
+    assert engine.hooks.calls == ["completed"]
+
+
+def test_a_stored_record_of_either_layout_loads_to_the_same_run() -> None:
+    public = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "in_progress"}
+    old = {**public, "_body": {"model": "m"}, "_response_id": "resp_1", "_usage": None, "_tool_step": None}
+    loaded = RunRecord.from_stored(old)
+    assert loaded == RunRecord(public, {"model": "m"}, "resp_1", None, None, {})
+    assert RunRecord.from_stored(loaded.to_stored()) == loaded
+    assert loaded.to_stored()["id"] == "run_1" and loaded.answer() == public

@@ -9,13 +9,15 @@ from __future__ import annotations
 from proxy.assistants import reconcile
 from proxy.assistants.engine import Engine, runs_of
 from proxy.assistants.objects import ACTIVE
+from proxy.assistants.run_record import RunRecord
 from proxy.errors import OpenAIError
 
 
 async def ensure_idle(engine: Engine, thread_id: str, action: str) -> None:
     """400 while the thread's latest run is still active, as OpenAI refuses then."""
     page = await engine.records.list_records(engine.tenant, runs_of(thread_id), limit=1, order="desc")
-    if page.items and page.items[0]["status"] in ACTIVE:
-        run = await reconcile.refresh(engine, page.items[0])
-        if run["status"] in ACTIVE:
-            raise OpenAIError(400, f"Can't {action} {thread_id} while a run {run['id']} is active.")
+    latest = RunRecord.from_stored(page.items[0]) if page.items else None
+    if latest is not None and latest.status in ACTIVE:
+        run = await reconcile.refresh(engine, latest)
+        if run.status in ACTIVE:
+            raise OpenAIError(400, f"Can't {action} {thread_id} while a run {run.id} is active.")

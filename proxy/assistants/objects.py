@@ -1,8 +1,8 @@
 """Builders of spec-shaped Assistants objects (OpenAPI ``AssistantObject``, ``MessageObject``, ...).
 
 Every object the engine answers is built here, so the shapes that tests check against the spec
-live in one place. Records in the state store keep private fields under keys starting with ``_``;
-:func:`public` strips them.
+live in one place (the run object itself is built by ``runs.build`` into a
+:class:`~proxy.assistants.run_record.RunRecord`, next to the fields only the engine reads).
 """
 
 from __future__ import annotations
@@ -31,11 +31,6 @@ def new_id(prefix: str) -> str:
 def derived_id(prefix: str, *parts: str) -> str:
     """An id computed from others: two replicas reconciling the same run create the same step."""
     return prefix + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
-
-
-def public(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without its private ``_`` fields: what the API answers."""
-    return {key: value for key, value in record.items() if not key.startswith("_")}
 
 
 def list_page(data: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:

@@ -93,14 +93,14 @@ async def _create_run(engine: Engine, request: Request, body: dict[str, Any]) ->
     run = await runs.prepare_create(engine, _p(request, "thread_id"), body)
     if not body.get("stream"):
         return await runs.start(engine, run)
-    return RunStream(engine, run, await engine.upstream.stream_response(run["_body"]), [])
+    return RunStream(engine, run, await engine.upstream.stream_response(run.body), [])
 
 
 async def _create_thread_and_run(engine: Engine, request: Request, body: dict[str, Any]) -> Any:
     thread, run = await runs.prepare_create_and_run(engine, body)
     if not body.get("stream"):
         return await runs.start(engine, run)
-    events = await engine.upstream.stream_response(run["_body"])
+    events = await engine.upstream.stream_response(run.body)
     return RunStream(engine, run, events, [("thread.created", thread)])
 
 
@@ -108,7 +108,7 @@ async def _submit(engine: Engine, request: Request, body: dict[str, Any]) -> Any
     if not body.get("stream"):
         return await runs.submit_tool_outputs(engine, _p(request, "thread_id"), _p(request, "run_id"), body)
     submission = await runs.prepare_submit(engine, _p(request, "thread_id"), _p(request, "run_id"), body)
-    events = await engine.upstream.stream_response({**submission.run["_body"], "input": submission.items})
+    events = await engine.upstream.stream_response({**submission.run.body, "input": submission.items})
     step = await submission.close_step(engine)
     prelude = [("thread.run.step.completed", step)] if step else []
     return RunStream(engine, submission.run, events, prelude, resumed=True)

@@ -8,14 +8,15 @@ response's items), so two replicas polling the same run agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.assistants import assistants, guards, messages, reconcile, threads
 from proxy.assistants.engine import Engine, runs_of, steps_of
 from proxy.assistants.hooks import RunContext
 from proxy.assistants.mapping import join_instructions, response_body
-from proxy.assistants.objects import TERMINAL, list_page, new_id, now, public
+from proxy.assistants.objects import TERMINAL, list_page, new_id, now
+from proxy.assistants.run_record import RunRecord
 from proxy.assistants.validation import (
     check_int,
     check_metadata,
@@ -87,7 +88,7 @@ async def build(
     thread: dict[str, Any],
     thread_metadata: dict[str, str],
     new_messages: list[dict[str, Any]],
-) -> dict[str, Any]:
+) -> RunRecord:
     """The run record (status ``queued``), with the memory hook's instructions appended."""
     body, assistant = request.body, request.assistant
     instructions = join_instructions(_pick(body, assistant, "instructions"), body.get("additional_instructions"))
@@ -130,29 +131,24 @@ async def build(
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "response_format": _pick(body, assistant, "response_format", "auto"),
         "reasoning_effort": _pick(body, assistant, "reasoning_effort"),
-        "_response_id": None,
-        "_usage": None,
-        "_tool_step": None,
-        "_thread_metadata": thread_metadata,
     }
-    run["_body"] = response_body(run, thread["conversation_id"])
-    return run
+    return RunRecord(run, response_body(run, thread["conversation_id"]), thread_metadata=thread_metadata)
 
 
-async def get(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
+async def get(engine: Engine, thread_id: str, run_id: str) -> RunRecord:
     await engine.thread(thread_id)
-    return await engine.get(runs_of(thread_id), run_id, "run")
+    return RunRecord.from_stored(await engine.get(runs_of(thread_id), run_id, "run"))
 
 
 # --- the endpoints ----------------------------------------------------------------------------------
 
 
-async def start(engine: Engine, run: dict[str, Any], input_items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+async def start(engine: Engine, run: RunRecord, input_items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Start the run's next response in the background (polled runs)."""
-    body = {**run["_body"], "background": True, **({"input": input_items} if input_items else {})}
+    body = {**run.body, "background": True, **({"input": input_items} if input_items else {})}
     response = await engine.upstream.create_response(body)
     await reconcile.apply_response(engine, run, response)
-    return public(run)
+    return run.answer()
 
 
 async def create(engine: Engine, thread_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +157,7 @@ async def create(engine: Engine, thread_id: str, body: dict[str, Any]) -> dict[s
     return await start(engine, run)
 
 
-async def prepare_create(engine: Engine, thread_id: str, body: dict[str, Any]) -> dict[str, Any]:
+async def prepare_create(engine: Engine, thread_id: str, body: dict[str, Any]) -> RunRecord:
     """Validate, add ``additional_messages``, build the run record (not yet saved or started)."""
     thread = await engine.thread(thread_id)
     request = await validate(engine, body)
@@ -171,7 +167,7 @@ async def prepare_create(engine: Engine, thread_id: str, body: dict[str, Any]) -
     return await build(engine, request, thread, metadata, added)
 
 
-async def prepare_create_and_run(engine: Engine, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+async def prepare_create_and_run(engine: Engine, body: dict[str, Any]) -> tuple[dict[str, Any], RunRecord]:
     """``POST /threads/runs``: (thread object, run record); validated in full before creating either."""
     request = await validate(engine, {k: v for k, v in body.items() if k != "thread"})
     check_tool_resources(body.get("tool_resources"))
@@ -180,48 +176,49 @@ async def prepare_create_and_run(engine: Engine, body: dict[str, Any]) -> tuple[
 
 
 async def retrieve(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
-    return public(await reconcile.refresh(engine, await get(engine, thread_id, run_id)))
+    return (await reconcile.refresh(engine, await get(engine, thread_id, run_id))).answer()
 
 
 async def update(engine: Engine, thread_id: str, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
     run = await reconcile.refresh(engine, await get(engine, thread_id, run_id))
     if "metadata" in body:
-        run["metadata"] = check_metadata(body["metadata"])
+        run.public["metadata"] = check_metadata(body["metadata"])
         await reconcile.save(engine, run)
-    return public(run)
+    return run.answer()
 
 
 async def list_all(engine: Engine, thread_id: str, params: dict[str, Any]) -> dict[str, Any]:
     await engine.thread(thread_id)
     page = await engine.page(runs_of(thread_id), params)
-    return list_page([public(await reconcile.refresh(engine, run)) for run in page.items], page.has_more)
+    runs = [await reconcile.refresh(engine, RunRecord.from_stored(stored)) for stored in page.items]
+    return list_page([run.answer() for run in runs], page.has_more)
 
 
 async def cancel(engine: Engine, thread_id: str, run_id: str) -> dict[str, Any]:
     run = await reconcile.refresh(engine, await get(engine, thread_id, run_id))
-    if run["status"] in (*TERMINAL, "cancelling"):
-        raise OpenAIError(400, f"Cannot cancel run with status '{run['status']}'.", param="run_id")
-    if run["status"] == "requires_action":
+    if run.status in (*TERMINAL, "cancelling"):
+        raise OpenAIError(400, f"Cannot cancel run with status '{run.status}'.", param="run_id")
+    if run.status == "requires_action":
         await reconcile.close_tool_step(engine, run, "cancelled")
         reconcile.finish(run, "cancelled", {})
         await reconcile.save(engine, run)
         await reconcile.after_run(engine, run, [])
-        return public(run)
-    response = await engine.upstream.cancel_response(run["_response_id"])
-    run["status"] = "cancelling"
+        return run.answer()
+    response = await engine.upstream.cancel_response(run.response_id or "")
+    run.public["status"] = "cancelling"
     await reconcile.apply_response(engine, run, response)
-    return public(run)
+    return run.answer()
 
 
-def tool_outputs(run: dict[str, Any], body: dict[str, Any]) -> dict[str, str]:
+def tool_outputs(run: RunRecord, body: dict[str, Any]) -> dict[str, str]:
     """``tool_call_id -> output``, checked against the calls the run is waiting for."""
-    if run["status"] != "requires_action":
-        raise OpenAIError(400, f'Runs in status "{run["status"]}" do not accept tool outputs.', param="run_id")
+    if run.status != "requires_action":
+        raise OpenAIError(400, f'Runs in status "{run.status}" do not accept tool outputs.', param="run_id")
     require(body, "tool_outputs")
     given = body["tool_outputs"]
     if not isinstance(given, list) or not all(isinstance(o, dict) and o.get("tool_call_id") for o in given):
         raise invalid("tool_outputs", "expected an array of objects with a 'tool_call_id'.")
-    expected = [call["id"] for call in run["required_action"]["submit_tool_outputs"]["tool_calls"]]
+    expected = [call["id"] for call in run.public["required_action"]["submit_tool_outputs"]["tool_calls"]]
     outputs = {o["tool_call_id"]: o.get("output") or "" for o in given}
     if sorted(outputs) != sorted(expected):
         raise invalid("tool_outputs", f"expected tool outputs for call_ids {expected}, got {list(outputs)}.")
@@ -232,7 +229,7 @@ def tool_outputs(run: dict[str, Any], body: dict[str, Any]) -> dict[str, str]:
 class Submission:
     """Tool outputs accepted for a run, not yet sent: the run, its tool step and the output items."""
 
-    run: dict[str, Any]
+    run: RunRecord
     step_id: str
     outputs: dict[str, str]
 
@@ -245,15 +242,15 @@ class Submission:
 
     async def close_step(self, engine: Engine) -> dict[str, Any] | None:
         """Mark the tool step completed with its outputs, once the upstream took them."""
-        run = {**self.run, "_tool_step": self.step_id}
-        await reconcile.close_tool_step(engine, run, "completed", self.outputs)
-        return await engine.records.get_record(engine.tenant, steps_of(run["id"]), self.step_id)
+        await reconcile.close_tool_step(engine, replace(self.run, tool_step=self.step_id), "completed", self.outputs)
+        return await engine.records.get_record(engine.tenant, steps_of(self.run.id), self.step_id)
 
 
 async def prepare_submit(engine: Engine, thread_id: str, run_id: str, body: dict[str, Any]) -> Submission:
     run = await reconcile.refresh(engine, await get(engine, thread_id, run_id))
-    submission = Submission(run, run["_tool_step"] or "", tool_outputs(run, body))
-    run.update(status="queued", required_action=None, _tool_step=None)
+    submission = Submission(run, run.tool_step or "", tool_outputs(run, body))
+    run.public.update(status="queued", required_action=None)
+    run.tool_step = None
     return submission
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from proxy.assistants import reconcile
 from proxy.assistants.engine import Engine, messages_of
-from proxy.assistants.objects import message_object, now, public, text_content
+from proxy.assistants.objects import message_object, now, text_content
+from proxy.assistants.run_record import RunRecord
 
 log = logging.getLogger("memproxy.assistants")
 
@@ -42,7 +43,7 @@ class RunStream:
     def __init__(
         self,
         engine: Engine,
-        run: dict[str, Any],
+        run: RunRecord,
         upstream: AsyncIterator[dict[str, Any]],
         prelude: list[Event],
         *,
@@ -79,20 +80,20 @@ class RunStream:
         return await handler(event) if handler else []
 
     def _run(self, name: str) -> Event:
-        return name, public(self.run)
+        return name, self.run.answer()
 
     # --- run lifecycle ---------------------------------------------------------------------------
 
     async def _on_created(self, event: dict[str, Any]) -> list[Event]:
         self.response_id = event["response"]["id"]
-        self.run["_response_id"] = self.response_id
+        self.run.response_id = self.response_id
         await reconcile.save(self.engine, self.run)
         opening = [] if self.resumed else [self._run("thread.run.created")]
         return [*opening, self._run("thread.run.queued")]
 
     async def _on_in_progress(self, event: dict[str, Any]) -> list[Event]:
-        self.run["status"] = "in_progress"
-        self.run["started_at"] = self.run["started_at"] or now()
+        self.run.public["status"] = "in_progress"
+        self.run.public["started_at"] = self.run.public["started_at"] or now()
         await reconcile.save(self.engine, self.run)
         return [self._run("thread.run.in_progress")]
 
@@ -101,7 +102,7 @@ class RunStream:
         written = await reconcile.apply_response(self.engine, self.run, event["response"])
         self.finished = True
         cut = [("thread.message.incomplete", m) for m in written if m["id"] in self.open_messages]
-        return [*cut, self._run(FINAL_EVENTS[self.run["status"]])]
+        return [*cut, self._run(FINAL_EVENTS[self.run.status])]
 
     _on_completed = _on_incomplete = _on_failed = _final
 
@@ -129,12 +130,12 @@ class RunStream:
             "id": item["id"],
             "created_at": now(),
             "metadata": {},
-            "run_id": self.run["id"],
-            "assistant_id": self.run["assistant_id"],
+            "run_id": self.run.id,
+            "assistant_id": self.run.public["assistant_id"],
         }
-        await self.engine.put(messages_of(self.run["thread_id"]), record)
+        await self.engine.put(messages_of(self.run.thread_id), record)
         step = await reconcile.save_step(self.engine, self.run, reconcile.message_step(self.run, item["id"]))
-        message = message_object({**item, "content": [], "status": "in_progress"}, self.run["thread_id"], record)
+        message = message_object({**item, "content": [], "status": "in_progress"}, self.run.thread_id, record)
         self.open_messages.add(item["id"])
         return [
             ("thread.run.step.created", step),
@@ -183,7 +184,7 @@ class RunStream:
         if item.get("type") != "message":
             return []
         self.open_messages.discard(item["id"])
-        collection = messages_of(self.run["thread_id"])
+        collection = messages_of(self.run.thread_id)
         record = await self.engine.records.get_record(self.engine.tenant, collection, item["id"]) or {}
         record["completed_at"] = now()
         await self.engine.put(collection, {"id": item["id"], **record})
@@ -191,6 +192,6 @@ class RunStream:
             self.engine, self.run, reconcile.message_step(self.run, item["id"]), "completed"
         )
         return [
-            ("thread.message.completed", message_object(item, self.run["thread_id"], record)),
+            ("thread.message.completed", message_object(item, self.run.thread_id, record)),
             ("thread.run.step.completed", step),
         ]
