@@ -21,13 +21,14 @@ from proxy.hooks.chat import create_chat_completion
 from proxy.hooks.responses import create_response, retrieve_response
 from proxy.memory.embed import Embedder
 from proxy.metrics import Metrics, Observe, metrics_endpoint
-from proxy.runtime import STARTING, open_runtime
+from proxy.runtime import STARTING, Runtime, open_runtime
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 async def relay(request: Request) -> Response:
-    return await request.app.state.runtime.forwarder.forward(request)
+    runtime: Runtime = request.app.state.runtime
+    return await runtime.forwarder.forward(request)
 
 
 async def healthz(request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from starlette.datastructures import Headers
 
@@ -60,7 +61,7 @@ def tenant_for(headers: Headers, settings: Settings, secret: bytes) -> str | Non
     return "t_" + digest(secret, "tenant", key) if key else None
 
 
-def subject_for(headers: Headers, settings: Settings, body: dict, fallback: str | None = None) -> str | None:
+def subject_for(headers: Headers, settings: Settings, body: dict[str, Any], fallback: str | None = None) -> str | None:
     """Whose memories, first match wins: header, metadata key, the body's user fields, ``fallback``.
 
     ``fallback`` is the thread or conversation itself (memory that outlives truncation inside one

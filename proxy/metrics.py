@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -28,6 +29,7 @@ from proxy import logs
 from proxy.observe import Observer
 
 if TYPE_CHECKING:
+    from proxy.learn.worker import Worker
     from proxy.runtime import Runtime
 
 log = logging.getLogger("memproxy.metrics")
@@ -48,62 +50,49 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "memproxy_requests",
-            "Requests served, by route template, method and status.",
-            ["route", "method", "status"],
-            registry=r,
+        counter, histogram = partial(Counter, registry=self.registry), partial(Histogram, registry=self.registry)
+        self.requests = counter(
+            "memproxy_requests", "Requests served, by route template, method and status.", ["route", "method", "status"]
         )
-        self.duration = Histogram(
+        self.duration = histogram(
             "memproxy_request_duration_seconds",
             "Time from the request's arrival to its last response byte.",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.upstream = Histogram(
+        self.upstream = histogram(
             "memproxy_upstream_latency_seconds",
             "Time from sending a request upstream to the upstream's response headers.",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.added = Histogram(
+        self.added = histogram(
             "memproxy_added_latency_seconds",
             "Time the proxy adds before the response starts: time to response headers minus upstream latency "
             "(includes recall).",
             ["route"],
             buckets=FAST_BUCKETS,
-            registry=r,
         )
-        self.recall = Histogram(
+        self.recall = histogram(
             "memproxy_recall_duration_seconds",
             "Memory recall latency (hooks and memory API), by outcome.",
             ["outcome"],
             buckets=FAST_BUCKETS,
-            registry=r,
         )
-        self.extraction = Histogram(
+        self.extraction = histogram(
             "memproxy_extraction_duration_seconds",
             "LLM extraction of one job (in-process worker), by outcome.",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.memory_status = Counter(
+        self.memory_status = counter(
             "memproxy_memory_requests",
             "Hooked requests by memory outcome (x-memory-status): ok, none, off, degraded.",
             ["status"],
-            registry=r,
         )
-        self.injected = Counter(
-            "memproxy_memories_injected",
-            "Memories injected into upstream requests.",
-            registry=r,
-        )
+        self.injected = counter("memproxy_memories_injected", "Memories injected into upstream requests.")
         self.collector = RuntimeCollector()
-        r.register(self.collector)
+        self.registry.register(self.collector)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._routes: dict[str, tuple[Histogram, Histogram]] = {}
         self._status: dict[str, Counter] = {}
@@ -172,7 +161,11 @@ class RuntimeCollector:
         runtime = self.runtime
         if runtime is None:
             return []
-        out: list[Metric] = []
+        return [*self._events(runtime), *self._gauges(runtime), *self._worker(runtime.worker)]
+
+    @staticmethod
+    def _events(runtime: Runtime) -> list[Metric]:
+        """Degraded requests by cause, other runtime events, captured turns."""
         degraded = CounterMetricFamily(
             "memproxy_degraded", "Requests sent upstream without memory, by cause.", labels=["cause"]
         )
@@ -185,68 +178,59 @@ class RuntimeCollector:
                 events.add_metric([name], value)
         for cause, value in sorted(counts.items()):
             degraded.add_metric([cause], value)
-        out += [degraded, events]
-        out.append(
-            CounterMetricFamily(
-                "memproxy_turns_captured",
-                "Finished turns queued for extraction.",
-                value=runtime.counters.get("turns.captured", 0),
-            )
-        )
-        out.append(
-            GaugeMetricFamily(
+        captured = runtime.counters.get("turns.captured", 0)
+        turns = CounterMetricFamily("memproxy_turns_captured", "Finished turns queued for extraction.", value=captured)
+        return [degraded, events, turns]
+
+    def _gauges(self, runtime: Runtime) -> list[Metric]:
+        """What is open, up and waiting now."""
+        worker = runtime.worker
+        values: list[tuple[str, str, float | None]] = [
+            (
                 "memproxy_open_upstream_responses",
                 "Upstream responses being relayed now (open streams).",
-                value=runtime.forwarder.open_responses,
-            )
-        )
-        out.append(
-            GaugeMetricFamily(
+                runtime.forwarder.open_responses,
+            ),
+            (
                 "memproxy_memory_up",
                 "1 when the memory layer is available, 0 when the proxy only forwards.",
-                value=1 if runtime.memory is not None else 0,
-            )
-        )
-        if self.queue_depth is not None:
-            out.append(
-                GaugeMetricFamily(
-                    "memproxy_queue_depth",
-                    "Extraction jobs pending: waiting, leased or scheduled for a retry.",
-                    value=self.queue_depth,
-                )
-            )
-        if self.dead_letters is not None:
-            out.append(
-                GaugeMetricFamily(
-                    "memproxy_dead_letters",
-                    f"Jobs dead-lettered after their last attempt (counted up to {DEAD_LETTER_CAP}).",
-                    value=self.dead_letters,
-                )
-            )
-        worker = runtime.worker
-        out.append(
-            GaugeMetricFamily(
+                1 if runtime.memory is not None else 0,
+            ),
+            (
+                "memproxy_queue_depth",
+                "Extraction jobs pending: waiting, leased or scheduled for a retry.",
+                self.queue_depth,
+            ),
+            (
+                "memproxy_dead_letters",
+                f"Jobs dead-lettered after their last attempt (counted up to {DEAD_LETTER_CAP}).",
+                self.dead_letters,
+            ),
+            (
                 "memproxy_worker_running",
                 "1 when the in-process extraction worker runs.",
-                value=1 if worker is not None and worker.running else 0,
-            )
+                1 if worker is not None and worker.running else 0,
+            ),
+        ]
+        return [GaugeMetricFamily(name, text, value=value) for name, text, value in values if value is not None]
+
+    @staticmethod
+    def _worker(worker: Worker | None) -> list[Metric]:
+        """Jobs and memory operations of this process's worker."""
+        if worker is None:
+            return []
+        stats = worker.stats
+        jobs = CounterMetricFamily(
+            "memproxy_jobs", "Jobs handled by this process's worker, by outcome.", labels=["outcome"]
         )
-        if worker is not None:
-            stats = worker.stats
-            jobs = CounterMetricFamily(
-                "memproxy_jobs", "Jobs handled by this process's worker, by outcome.", labels=["outcome"]
-            )
-            for outcome in JOB_OUTCOMES:
-                jobs.add_metric([outcome], getattr(stats, outcome, 0))
-            ops = CounterMetricFamily(
-                "memproxy_memory_operations", "Extracted memory operations, by result.", labels=["op"]
-            )
-            for op in MEMORY_OPS:
-                ops.add_metric(
-                    [op], stats.ops.get(op, 0) if op in ("add", "update", "delete") else getattr(stats, op, 0)
-                )
-            out += [jobs, ops]
-        return out
+        for outcome in JOB_OUTCOMES:
+            jobs.add_metric([outcome], getattr(stats, outcome, 0))
+        ops = CounterMetricFamily(
+            "memproxy_memory_operations", "Extracted memory operations, by result.", labels=["op"]
+        )
+        for op in MEMORY_OPS:
+            ops.add_metric([op], stats.ops.get(op, 0) if op in ("add", "update", "delete") else getattr(stats, op, 0))
+        return [jobs, ops]
 
 
 # --- the observer: timings reported by the forwarder, the recall hook and the worker -------------

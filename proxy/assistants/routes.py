@@ -65,12 +65,12 @@ def _endpoint(
         if isinstance(result, RunStream):
             headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
             return StreamingResponse(result.body(), media_type="text/event-stream; charset=utf-8", headers=headers)
-        headers = (
+        polled: dict[str, str] | None = (
             {"openai-poll-after-ms": str(poll_after_ms)}
             if poll_after_ms and result.get("object") == "thread.run"
             else None
         )
-        return JSONResponse(result, headers=headers)
+        return JSONResponse(result, headers=polled)
 
     return endpoint
 
@@ -114,17 +114,23 @@ async def _submit(engine: Engine, request: Request, body: dict[str, Any]) -> Any
     return RunStream(engine, submission.run, events, prelude, resumed=True)
 
 
-def _table() -> list[tuple[str, str, Handler]]:
-    """(method, path under /v1, handler) for every Assistants v2 endpoint."""
-    a, t, m, r = assistants, threads, messages, runs
+def _assistant_table() -> list[tuple[str, str, Handler]]:
+    """Assistants: create, list, retrieve, update, delete."""
+    a = assistants
     return [
         ("POST", "/assistants", lambda e, q, b: a.create(e, b)),
         ("GET", "/assistants", lambda e, q, b: a.list_all(e, _list(q))),
         ("GET", "/assistants/{assistant_id}", lambda e, q, b: a.retrieve(e, _p(q, "assistant_id"))),
         ("POST", "/assistants/{assistant_id}", lambda e, q, b: a.update(e, _p(q, "assistant_id"), b)),
         ("DELETE", "/assistants/{assistant_id}", lambda e, q, b: a.delete(e, _p(q, "assistant_id"))),
+    ]
+
+
+def _thread_table() -> list[tuple[str, str, Handler]]:
+    """Threads and their messages."""
+    t, m = threads, messages
+    return [
         ("POST", "/threads", lambda e, q, b: t.create(e, b)),
-        ("POST", "/threads/runs", _create_thread_and_run),
         ("GET", "/threads/{thread_id}", lambda e, q, b: t.retrieve(e, _p(q, "thread_id"))),
         ("POST", "/threads/{thread_id}", lambda e, q, b: t.update(e, _p(q, "thread_id"), b)),
         ("DELETE", "/threads/{thread_id}", lambda e, q, b: t.delete(e, _p(q, "thread_id"))),
@@ -149,6 +155,14 @@ def _table() -> list[tuple[str, str, Handler]]:
             "/threads/{thread_id}/messages/{message_id}",
             lambda e, q, b: m.delete(e, _p(q, "thread_id"), _p(q, "message_id")),
         ),
+    ]
+
+
+def _run_table() -> list[tuple[str, str, Handler]]:
+    """Runs (create-and-run included), tool outputs and run steps."""
+    r = runs
+    return [
+        ("POST", "/threads/runs", _create_thread_and_run),
         ("POST", "/threads/{thread_id}/runs", _create_run),
         ("GET", "/threads/{thread_id}/runs", lambda e, q, b: r.list_all(e, _p(q, "thread_id"), _list(q))),
         (
@@ -178,6 +192,11 @@ def _table() -> list[tuple[str, str, Handler]]:
             lambda e, q, b: r.retrieve_step(e, _p(q, "thread_id"), _p(q, "run_id"), _p(q, "step_id")),
         ),
     ]
+
+
+def _table() -> list[tuple[str, str, Handler]]:
+    """(method, path under /v1, handler) for every Assistants v2 endpoint."""
+    return [*_assistant_table(), *_run_table(), *_thread_table()]  # /threads/runs before /threads/{thread_id}
 
 
 def assistants_routes(factory: EngineFactory, *, poll_after_ms: int | None = None) -> list[BaseRoute]:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
 
 from proxy.config import Settings
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from proxy.migrate import Summary
 
 app = typer.Typer(help="memproxy: long-term memory for OpenAI API applications.", no_args_is_help=True)
 bench = typer.Typer(help="Benchmarks; each prints a table.", no_args_is_help=True)
@@ -31,7 +36,8 @@ def serve(
     """Serve the proxy. Point an app at it with OPENAI_BASE_URL=http://HOST:PORT/v1."""
     from proxy.app import create_app
 
-    overrides = {k: v for k, v in {"host": host, "port": port, "upstream_url": upstream}.items() if v is not None}
+    given: dict[str, Any] = {"host": host, "port": port, "upstream_url": upstream}
+    overrides = {name: value for name, value in given.items() if value is not None}
     settings = Settings(**overrides)
     _configure_logging(settings.log_level)
     # The upstream's Date and Server headers pass through; uvicorn must not add a second pair.
@@ -58,7 +64,8 @@ def worker(
     from proxy.cli.tasks import run_standalone
     from proxy.learn.worker import standalone_problem
 
-    settings = Settings(**({"worker_concurrency": concurrency} if concurrency is not None else {}))
+    overrides: dict[str, Any] = {"worker_concurrency": concurrency} if concurrency is not None else {}
+    settings = Settings(**overrides)
     _configure_logging(settings.log_level)
     problem = standalone_problem(settings)
     if problem:
@@ -274,6 +281,19 @@ def audit_verify(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> N
     raise typer.Exit(1)
 
 
+def _migration_table(summary: Summary) -> Table:
+    """One row per thread: how far it got and what it taught."""
+    from rich.table import Table
+
+    table = Table(title=f"migration of {summary.subject_hash}")
+    for name in ("thread", "status", "messages", "chunks", "skipped", "added", "unchanged", "error"):
+        table.add_column(name, justify="right" if name not in ("thread", "status", "error") else "left")
+    for result in summary.threads:
+        counts = (result.messages, result.chunks, result.skipped_chunks, result.added, result.unchanged)
+        table.add_row(result.thread, result.status, *map(str, counts), result.error or "")
+    return table
+
+
 @app.command()
 def migrate(
     user: UserOption,
@@ -291,8 +311,7 @@ def migrate(
     import asyncio
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     from proxy.cli.tasks import run_migrate
 
@@ -312,7 +331,7 @@ def migrate(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(thread_id: str, messages: int, chunks: int) -> None:
             if thread_id not in tasks:
@@ -325,21 +344,7 @@ def migrate(
             )
         except ValueError as exc:
             raise _fail(str(exc)) from None
-    table = Table(title=f"migration of {summary.subject_hash}")
-    for name in ("thread", "status", "messages", "chunks", "skipped", "added", "unchanged", "error"):
-        table.add_column(name, justify="right" if name not in ("thread", "status", "error") else "left")
-    for result in summary.threads:
-        table.add_row(
-            result.thread,
-            result.status,
-            str(result.messages),
-            str(result.chunks),
-            str(result.skipped_chunks),
-            str(result.added),
-            str(result.unchanged),
-            result.error or "",
-        )
-    Console().print(table)
+    Console().print(_migration_table(summary))
     if not summary.ok:
         raise typer.Exit(1)
 

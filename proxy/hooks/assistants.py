@@ -251,7 +251,8 @@ async def assistant_instructions(request: Request, runtime: Runtime, tenant: str
 async def create_thread_and_run(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     if body is None:
         return Plan()
-    thread = body.get("thread") if isinstance(body.get("thread"), dict) else {}
+    given = body.get("thread")
+    thread: dict[str, Any] = given if isinstance(given, dict) else {}
     named = subject_for(request.headers, runtime.settings, body) or subject_for(
         request.headers, runtime.settings, thread
     )

@@ -36,14 +36,17 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from proxy.errors import MemproxyError
 from proxy.memory.models import KNOWN_KINDS, Memory
 
 if TYPE_CHECKING:
     import httpx2
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.shared_params import ResponseFormatJSONSchema
 
     from proxy.config import Settings
     from proxy.learn.turn import Turn
@@ -61,7 +64,7 @@ MAX_MEMORY_CHARS = 500
 MAX_TTL_DAYS = 3650.0
 
 
-class ExtractionError(Exception):
+class ExtractionError(MemproxyError):
     """The extraction could not be done (invalid model output, upstream error); the job retries.
 
     Messages are safe to store and log: never a turn's text, the model's output or a key.
@@ -347,8 +350,8 @@ class LLMExtractor:
         try:
             completion = await self._client.with_options(api_key=api_key).chat.completions.create(
                 model=self.model,
-                messages=build_messages(turn, refs),  # type: ignore[arg-type]
-                response_format=RESPONSE_FORMAT,  # type: ignore[arg-type]
+                messages=cast("list[ChatCompletionMessageParam]", build_messages(turn, refs)),
+                response_format=cast("ResponseFormatJSONSchema", RESPONSE_FORMAT),  # a plain dict, checked by tests
             )
         except openai.APIStatusError as exc:
             code = getattr(exc, "code", None)

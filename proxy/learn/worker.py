@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from proxy.errors import MemproxyError
 from proxy.learn.extract import (
     ExtractionError,
     Extractor,
@@ -57,7 +58,7 @@ SIMILAR_QUERIES = 4
 STOP_GRACE = 5.0
 
 
-class JobPayloadError(Exception):
+class JobPayloadError(MemproxyError):
     """The job's payload is not a turn (the job goes to the dead letters after its retries)."""
 
 

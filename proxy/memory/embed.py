@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, runtime_
 
 import httpx2
 
+from proxy.errors import MemproxyError
+
 if TYPE_CHECKING:
     from proxy.config import Settings
 
@@ -33,7 +35,7 @@ KNOWN_UPSTREAM_DIMS = {
 }
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(MemproxyError, RuntimeError):
     """The embedder could not produce vectors (model missing, upstream error, wrong size)."""
 
 

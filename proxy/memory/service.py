@@ -13,6 +13,7 @@ at once may lose an increment.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import uuid
 import weakref
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
+from proxy.errors import MemproxyError
 from proxy.owner import Owner
 
 from .embed import Embedder
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class MemoryNotFound(LookupError):
+class MemoryNotFound(MemproxyError, LookupError):
     """No live memory with this id in this tenant and subject (it may exist in another scope)."""
 
 
@@ -397,7 +399,7 @@ class OwnerMemory:
         *,
         min_similarity: float | None = None,
         api_key: str | None = None,
-    ) -> list[ScoredMemory]:
+    ) -> builtins.list[ScoredMemory]:
         """Memories relevant to ``query``, best first, with their confidence terms.
 
         Candidates come from a hybrid query (dense + BM25, RRF-fused, ``memory_candidates`` each)
@@ -439,7 +441,7 @@ class OwnerMemory:
         now: datetime,
         min_similarity: float,
         min_confidence: float,
-    ) -> list[ScoredMemory]:
+    ) -> builtins.list[ScoredMemory]:
         ranked = []
         for rank, hit in enumerate(hits):
             memory = hit.memory
@@ -514,9 +516,9 @@ class OwnerMemory:
             self.owner, cursor=cursor, limit=limit, now=self.service._now(now), include_deleted=include_deleted
         )
 
-    async def export(self) -> list[Memory]:
+    async def export(self) -> builtins.list[Memory]:
         """Everything stored about a subject: history, tombstones and not-yet-removed expired memories."""
-        out: list[Memory] = []
+        out: builtins.list[Memory] = []
         cursor: str | None = None
         while True:
             page = await self.service.store.scroll(self.owner, cursor=cursor, limit=256, include_deleted=True)

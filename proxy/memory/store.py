@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from proxy.errors import MemproxyError
 from proxy.owner import Owner
 
 from .models import Memory, as_utc
@@ -41,7 +42,7 @@ STATE_ACTIVE = "active"
 STATE_DELETED = "deleted"
 
 
-class StoreError(RuntimeError):
+class StoreError(MemproxyError, RuntimeError):
     """The vector store cannot be used as configured."""
 
 
@@ -108,16 +109,18 @@ class FilterSpec:
 
 C = TypeVar("C")
 F = TypeVar("F")
+C_co = TypeVar("C_co", covariant=True)
+F_co = TypeVar("F_co", covariant=True)
 
 
-class FilterDialect(Protocol[C, F]):
+class FilterDialect(Protocol[C_co, F_co]):
     """How one backend spells the few conditions memory filters use."""
 
-    def match(self, key: str, value: str) -> C: ...
-    def expired(self, key: str, at: datetime) -> C: ...  # key holds a datetime <= at
-    def is_empty(self, key: str) -> C: ...
-    def has_ids(self, ids: Sequence[str]) -> C: ...
-    def combine(self, must: list[Any], should: list[Any], must_not: list[Any]) -> F: ...
+    def match(self, key: str, value: str) -> C_co: ...
+    def expired(self, key: str, at: datetime) -> C_co: ...  # key holds a datetime <= at
+    def is_empty(self, key: str) -> C_co: ...
+    def has_ids(self, ids: Sequence[str]) -> C_co: ...
+    def combine(self, must: list[Any], should: list[Any], must_not: list[Any]) -> F_co: ...
 
 
 def build_filter(spec: FilterSpec, d: FilterDialect[C, F]) -> F:

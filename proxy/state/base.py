@@ -17,6 +17,7 @@ Callers put the tenant into the key (``f"{tenant}:{thread_id}"``) so tenants nev
 from __future__ import annotations
 
 import abc
+import builtins
 import json
 import time
 import uuid
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from proxy.errors import MemproxyError
 from proxy.owner import Owner
 
 if TYPE_CHECKING:
@@ -108,7 +110,8 @@ class JobPolicy:
 
     def backoff(self, attempts: int) -> float:
         """Delay before the next delivery after ``attempts`` failed ones: exponential, capped."""
-        return min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempts - 1))
+        delay: float = self.backoff_base * 2.0 ** max(0, attempts - 1)
+        return min(self.backoff_cap, delay)
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Erased:
     jobs: int
 
 
-class UnknownCursor(LookupError):
+class UnknownCursor(MemproxyError, LookupError):
     """``after`` / ``before`` names a record that does not exist (the API answers 400/404)."""
 
 
@@ -271,7 +274,7 @@ class State(abc.ABC):
         return await self._set_remove(ns, key, list(members)) if members else 0
 
     @abc.abstractmethod
-    async def set_members(self, ns: str, key: str) -> set[str]: ...
+    async def set_members(self, ns: str, key: str) -> builtins.set[str]: ...
 
     @abc.abstractmethod
     async def set_contains(self, ns: str, key: str, member: str) -> bool: ...
@@ -288,7 +291,8 @@ class State(abc.ABC):
 
     async def get_record(self, tenant: str, collection: str, id: str) -> dict[str, Any] | None:
         """The record, or None; another tenant's record with the same id is never returned."""
-        return decode(await self._get_record(tenant, collection, id))
+        found = decode(await self._get_record(tenant, collection, id))
+        return found if isinstance(found, dict) else None
 
     @abc.abstractmethod
     async def delete_record(self, tenant: str, collection: str, id: str) -> bool: ...
@@ -518,7 +522,7 @@ class TenantState:
     ) -> int:
         return await self.state.set_add(ns, self._key(key), *members, ttl=ttl, subject=self._owned(subject))
 
-    async def set_members(self, ns: str, key: str) -> set[str]:
+    async def set_members(self, ns: str, key: str) -> builtins.set[str]:
         return await self.state.set_members(ns, self._key(key))
 
     async def set_contains(self, ns: str, key: str, member: str) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import qdrant_edge as qe
@@ -152,7 +153,7 @@ async def _ranking(
         request = qe.QueryRequest(
             limit=limit,
             prefetches=[qe.Prefetch(limit=limit, query=q, filter=flt) for q in queries],
-            query=qe.Fusion.Rrf(k=RRF_K),
+            query=cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K)),  # Rrf is a Fusion; the stub says otherwise
             filter=flt,
             with_payload=False,
             with_vector=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,21 @@ FUSION_VARIANTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def ranked_by(method: str) -> Callable[[QuestionResult], Sequence[str]]:
+    """The ranking a result holds for ``method``."""
+
+    def ranking(result: QuestionResult) -> Sequence[str]:
+        return result.ranked[method]
+
+    return ranking
+
+
 def recall_rows(ev: Evaluation, ks: Sequence[int] = KS) -> list[list[str]]:
     groups = by_category(ev.results)
     rows = []
     for method, label in METHODS.items():
         for k in ks:
-            cells = [pct(mean_recall(groups[c], lambda r, m=method: r.ranked[m], k)) for c in [*CATEGORIES, None]]
+            cells = [pct(mean_recall(groups[c], ranked_by(method), k)) for c in [*CATEGORIES, None]]
             published = pct(PUBLISHED_BM25[k]) + " (BM25)" if method == "bm25" and k in PUBLISHED_BM25 else ""
             if method == "hybrid" and k == 10:
                 published = f"target {pct(TARGET_HYBRID_AT_10)}"
@@ -117,7 +126,7 @@ def fusion_rows(ev: Evaluation, ks: Sequence[int] = KS) -> list[list[str]]:
 def recency_rows(ev: Evaluation) -> list[list[str]]:
     """Recall@10 of hybrid vs the service, by where the evidence sits in the conversation's timeline."""
     buckets: dict[str, list[QuestionResult]] = {"oldest third of sessions": [], "middle third": [], "newest third": []}
-    last_session = {}
+    last_session: dict[str, int] = {}
     for r in ev.results:
         last_session[r.sample_id] = max(last_session.get(r.sample_id, 0), *r.evidence_sessions)
     for r in ev.results:

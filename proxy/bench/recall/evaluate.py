@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from proxy.bench.corpus import notes, queries
 from proxy.bench.membench import BenchService, TimedEmbedder, TimedStore
@@ -27,6 +27,7 @@ from proxy.bench.recall.data import (
 from proxy.config import Settings
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.render import render_block
+from proxy.memory.store import MemoryStore
 from proxy.owner import Owner
 
 BACKENDS = ("edge", "qdrant-local")
@@ -175,7 +176,7 @@ async def measure_cell(
     name = f"{backend}-{size}-{layout.subjects}"
     timed_embedder = TimedEmbedder(embedder)
     store = TimedStore(open_store(backend, workdir, embedder.dim, name))
-    service = BenchService(store, timed_embedder, settings)
+    service = BenchService(cast(MemoryStore, store), timed_embedder, settings)  # a timing proxy of one
     await service.start()
     try:
         say(f"{backend}: loading {size:,} memories ({layout.name}) ...")
