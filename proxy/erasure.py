@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ from proxy.assistants import threads
 from proxy.assistants.engine import THREADS, Engine
 from proxy.assistants.upstream import HttpUpstream, UpstreamError
 from proxy.errors import MemproxyError
+from proxy.fence import raise_fence
+from proxy.ids import upstream_path
 from proxy.owner import Owner
 from proxy.ownership import Known, credential_headers, known_upstream, record_conversation, record_thread
 from proxy.runtime import Runtime
@@ -141,13 +144,13 @@ async def _delete_upstream(
                 return
             if bridge:
                 raise _Gone()  # the bridge knows no such thread: nothing upstream answers /threads
-            await _http_delete(runtime, f"/threads/{thread_id}", headers)
+            await _http_delete(runtime, upstream_path("/threads/{t}", t=thread_id), headers)
 
         await _settle(runtime, attempt, "thread", thread_id, report)
     for conversation in sorted(known.conversations):
         await _settle(
             runtime,
-            lambda c=conversation: _http_delete(runtime, f"/conversations/{c}", headers),
+            lambda c=conversation: _http_delete(runtime, upstream_path("/conversations/{c}", c=c), headers),
             "conversation",
             conversation,
             report,
@@ -174,8 +177,9 @@ async def erase_subject(
     """Erase everything of ``owner`` (see the module docstring); the report says what went where."""
     memory, state = runtime.require_memory().of(owner), runtime.state
     report = ErasureReport(owner.hash, kept_upstream=keep_upstream)
-    jobs = await state.drop_jobs(owner)  # first: a worker must not re-add what is erased next
-    known = await known_upstream(state, owner, await memory.export())
+    await raise_fence(state, owner, time.time())  # first: nothing begun before now may write again
+    jobs = await state.drop_jobs(owner)
+    known = await known_upstream(state, owner)
     memories = await memory.erase()
     if not keep_upstream:
         await _delete_upstream(runtime, owner.tenant, known, credential_headers(api_key, headers), report)
@@ -206,7 +210,7 @@ async def export_subject(runtime: Runtime, owner: Owner) -> dict[str, Any]:
     """GDPR Art. 15/20: memories (history, tombstones), upstream ids known, audit entries about them."""
     state = runtime.state
     memories = await runtime.require_memory().of(owner).export()
-    known = await known_upstream(state, owner, memories)
+    known = await known_upstream(state, owner)
     await audit.append(state, "export", owner=owner, counts={"memories": len(memories)})
     trail: list[dict[str, Any]] = []
     after: str | None = None

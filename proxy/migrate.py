@@ -21,6 +21,7 @@ Nothing here logs a message body or a key: thread ids, counts and error classes 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,9 +30,10 @@ import httpx2
 
 from proxy.assistants.engine import THREADS
 from proxy.errors import MemproxyError
+from proxy.ids import InvalidId, upstream_path
 from proxy.learn.turn import JOB_KIND, Turn, message_text
 from proxy.owner import Owner
-from proxy.ownership import credential_headers, known_upstream
+from proxy.ownership import credential_headers, known_upstream, record_conversation, record_thread
 from proxy.runtime import build_worker
 from proxy.state import Job
 
@@ -118,13 +120,13 @@ class ThreadReader:
 
     async def _path(self) -> tuple[str, str]:
         if self.thread.startswith("conv_"):
-            return f"/conversations/{self.thread}/items", "items"
+            return upstream_path("/conversations/{c}/items", c=self.thread), "items"
         if self.runtime.settings.assistants_mode == "bridge":
             record = await self.runtime.state.get_record(self.tenant, THREADS, self.thread)
             if record is None:
                 raise MigrationError(f"no thread found with id '{self.thread}'")
-            return f"/conversations/{record['conversation_id']}/items", "items"
-        return f"/threads/{self.thread}/messages", "messages"
+            return upstream_path("/conversations/{c}/items", c=record["conversation_id"]), "items"
+        return upstream_path("/threads/{t}/messages", t=self.thread), "messages"
 
     async def pages(self, after: str | None) -> AsyncIterator[list[Message]]:
         path, kind = await self._path()
@@ -181,6 +183,7 @@ class Migration:
         worker: Worker | None = None,
     ) -> None:
         self.runtime, self.owner = runtime, owner
+        self.started_at = time.time()  # an erasure from now on fences every chunk of this migration
         self.mine = runtime.state.tenant(owner.tenant)
         self.headers = credential_headers(api_key, headers)
         settings = runtime.settings
@@ -237,10 +240,13 @@ class Migration:
                 await state.set(CURSOR_NS, self._key(thread), cursor, subject=self.owner)
                 if progress is not None:
                     progress(thread, result.messages, result.chunks)
-        except MigrationError as exc:
+        except (MigrationError, InvalidId) as exc:
             result.status, result.error = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - one thread's failure must not stop the others
             result.status, result.error = "failed", type(exc).__name__
+        if result.status != "failed":  # read with the caller's credential: the owner's, by the caller's word
+            record = record_conversation if thread.startswith("conv_") else record_thread
+            await record(self.runtime.state, self.owner, thread)
         log.info(
             "migration of %s for %s: %s, %d messages, %d chunks, %d added",
             thread,
@@ -260,7 +266,7 @@ class Migration:
             return  # nothing the user said: nothing to learn about them
         assistant = [text for role, text in units if role == "assistant"]
         source = {"thread_id": thread, "message_ids": [message.id for message in batch]}
-        turn = Turn(self.owner, "migration", turn_id, user, assistant, source)
+        turn = Turn(self.owner, "migration", turn_id, user, assistant, source, started_at=self.started_at)
         stats = self.worker.stats
         added, unchanged = stats.ops["add"], stats.unchanged
         job = Job(id=turn_id, kind=JOB_KIND, payload={}, attempts=1)
@@ -271,5 +277,5 @@ class Migration:
 
 async def seen_threads(runtime: Runtime, owner: Owner) -> list[str]:
     """Every thread and conversation the proxy has seen for the owner."""
-    known = await known_upstream(runtime.state, owner, await runtime.require_memory().of(owner).export())
+    known = await known_upstream(runtime.state, owner)
     return sorted(known.threads) + sorted(known.conversations)

@@ -138,6 +138,7 @@ async def test_a_finished_turn_becomes_memories_of_its_tenant_and_subject(parts,
         "ops": {"add": 2, "update": 0, "delete": 0},
         "unchanged": 0,
         "skipped": 0,
+        "fenced": 0,
     }
     assert len(emulator.requests("/v1/chat/completions")) == 1
 

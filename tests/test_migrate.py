@@ -160,7 +160,7 @@ def test_the_migrate_endpoint_mines_a_thread_once(make_proxy, emulator) -> None:
     assert first["ok"] and first["totals"] == {"messages": 3, "chunks": 1, "added": 2}
     memories = httpx.get(proxy.url + "/memory/v1/users/dana/memories", headers=headers).json()["data"]
     assert {m["source"]["thread_id"] for m in memories} == {thread} and len(memories) == 2
-    again = httpx.post(url, headers=headers, json={"seen": True}, timeout=30).json()  # seen: from the sources
+    again = httpx.post(url, headers=headers, json={"seen": True}, timeout=30).json()  # seen: migrated before
     assert again["threads"][0]["thread"] == thread and again["totals"] == {"messages": 0, "chunks": 0, "added": 0}
     refused = httpx.post(url, headers=headers, json={"threads": []})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "threads"

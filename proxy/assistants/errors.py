@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.assistants.upstream import UpstreamError
-from proxy.errors import EXCEPTION_HANDLERS
+from proxy.errors import EXCEPTION_HANDLERS, OpenAIError
+from proxy.ids import InvalidId
 
 
 async def upstream_error_handler(request: Request, exc: Exception) -> Response:
@@ -23,5 +24,15 @@ async def upstream_error_handler(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body, status_code=exc.status)
 
 
-ASSISTANTS_EXCEPTION_HANDLERS: dict[Any, Any] = {**EXCEPTION_HANDLERS, UpstreamError: upstream_error_handler}
+async def invalid_id_handler(request: Request, exc: Exception) -> Response:
+    """An id that cannot be an OpenAI id names nothing: 404, as the API answers unknown ids."""
+    failure = OpenAIError(404, "No object found with that id.", code="not_found")
+    return JSONResponse(failure.envelope(), status_code=failure.status)
+
+
+ASSISTANTS_EXCEPTION_HANDLERS: dict[Any, Any] = {
+    **EXCEPTION_HANDLERS,
+    UpstreamError: upstream_error_handler,
+    InvalidId: invalid_id_handler,
+}
 """Pass to ``Starlette(exception_handlers=...)`` (it includes :data:`proxy.errors.EXCEPTION_HANDLERS`)."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import httpx2
 
 from proxy.errors import MemproxyError, envelope
+from proxy.ids import upstream_path
 
 log = logging.getLogger("memproxy.assistants")
 
@@ -115,36 +116,60 @@ class HttpUpstream:
         return _sse_events(response)
 
     async def retrieve_response(self, response_id: str) -> dict[str, Any]:
-        return await self._call("GET", f"/responses/{response_id}")
+        return await self._call("GET", upstream_path("/responses/{response_id}", response_id=response_id))
 
     async def cancel_response(self, response_id: str) -> dict[str, Any]:
-        return await self._call("POST", f"/responses/{response_id}/cancel")
+        return await self._call("POST", upstream_path("/responses/{response_id}/cancel", response_id=response_id))
 
     async def create_conversation(self, metadata: dict[str, str]) -> dict[str, Any]:
         return await self._call("POST", "/conversations", {"metadata": metadata})
 
     async def retrieve_conversation(self, conversation_id: str) -> dict[str, Any]:
-        return await self._call("GET", f"/conversations/{conversation_id}")
+        return await self._call(
+            "GET", upstream_path("/conversations/{conversation_id}", conversation_id=conversation_id)
+        )
 
     async def update_conversation(self, conversation_id: str, metadata: dict[str, str]) -> dict[str, Any]:
-        return await self._call("POST", f"/conversations/{conversation_id}", {"metadata": metadata})
+        return await self._call(
+            "POST",
+            upstream_path("/conversations/{conversation_id}", conversation_id=conversation_id),
+            {"metadata": metadata},
+        )
 
     async def delete_conversation(self, conversation_id: str) -> None:
-        await self._call("DELETE", f"/conversations/{conversation_id}")
+        await self._call("DELETE", upstream_path("/conversations/{conversation_id}", conversation_id=conversation_id))
 
     async def create_items(self, conversation_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        page = await self._call("POST", f"/conversations/{conversation_id}/items", {"items": items})
+        page = await self._call(
+            "POST",
+            upstream_path("/conversations/{conversation_id}/items", conversation_id=conversation_id),
+            {"items": items},
+        )
         return page["data"]
 
     async def list_items(self, conversation_id: str, *, limit: int, order: str, after: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit, "order": order, **({"after": after} if after else {})}
-        return await self._call("GET", f"/conversations/{conversation_id}/items", params=params)
+        return await self._call(
+            "GET",
+            upstream_path("/conversations/{conversation_id}/items", conversation_id=conversation_id),
+            params=params,
+        )
 
     async def retrieve_item(self, conversation_id: str, item_id: str) -> dict[str, Any]:
-        return await self._call("GET", f"/conversations/{conversation_id}/items/{item_id}")
+        return await self._call(
+            "GET",
+            upstream_path(
+                "/conversations/{conversation_id}/items/{item_id}", conversation_id=conversation_id, item_id=item_id
+            ),
+        )
 
     async def delete_item(self, conversation_id: str, item_id: str) -> None:
-        await self._call("DELETE", f"/conversations/{conversation_id}/items/{item_id}")
+        await self._call(
+            "DELETE",
+            upstream_path(
+                "/conversations/{conversation_id}/items/{item_id}", conversation_id=conversation_id, item_id=item_id
+            ),
+        )
 
 
 def _error_json(content: bytes, status: int) -> dict[str, Any]:

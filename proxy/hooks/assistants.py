@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.hooks.capture import TurnTap, event_json, park, parked, queue, unpark
+from proxy.hooks.capture import TurnTap, event_json, park, parked, queue, started_of, unpark
 from proxy.hooks.recall import (
     Identified,
     Plan,
@@ -27,6 +27,7 @@ from proxy.hooks.recall import (
     tenant_of,
 )
 from proxy.identity import subject_for
+from proxy.ids import check_id, upstream_path
 from proxy.learn.turn import Turn, message_text
 from proxy.owner import Owner
 from proxy.ownership import record_thread
@@ -49,9 +50,9 @@ def user_texts(messages: Any) -> list[str]:
 async def remember_thread(runtime: Runtime, owner: Owner, thread_id: str, texts: list[str]) -> None:
     """Keep what later runs of this thread need: whose it is and what the user said last."""
     mine = runtime.state.tenant(owner.tenant)
+    await record_thread(runtime.state, owner, thread_id)  # erasure deletes it, whoever its owner is
     if not owner.subject.startswith("thread:"):
         await mine.set("thread_subject", thread_id, owner.subject, ttl=THREAD_TTL, subject=owner)
-        await record_thread(runtime.state, owner, thread_id)
     if texts:
         await mine.list_push("thread_user", thread_id, *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner)
 
@@ -68,7 +69,7 @@ async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any
     known = await mine.get("thread_subject", thread_id)
     if isinstance(known, str):
         return known
-    thread = await runtime.forwarder.fetch_json(request, f"/threads/{thread_id}")
+    thread = await runtime.forwarder.fetch_json(request, upstream_path("/threads/{t}", t=thread_id))
     from_thread = subject_for(request.headers, runtime.settings, thread) if isinstance(thread, dict) else None
     if from_thread:  # once per thread: later runs find it in the state store
         owner = Owner.of(runtime.secret, tenant, from_thread)
@@ -80,9 +81,8 @@ async def recent_user_texts(request: Request, runtime: Runtime, owner: Owner, th
     known = await runtime.state.tenant(owner.tenant).list_range("thread_user", thread_id, -2, -1)
     if known:
         return [str(text) for text in known]
-    listing = await runtime.forwarder.fetch_json(
-        request, f"/threads/{thread_id}/messages", {"limit": 5, "order": "desc"}
-    )
+    path = upstream_path("/threads/{t}/messages", t=thread_id)
+    listing = await runtime.forwarder.fetch_json(request, path, {"limit": 5, "order": "desc"})
     messages = listing.get("data", []) if isinstance(listing, dict) else []
     return list(reversed(user_texts(messages)))[-2:]
 
@@ -106,9 +106,9 @@ def streamed_answer(events: list[Event]) -> list[str]:
     return [message_text(m.get("content")) for m in completed if isinstance(m, dict) and m.get("role") == "assistant"]
 
 
-def make_turn(owner: Owner, run: dict[str, Any], user: list[str], answer: list[str]) -> Turn:
+def make_turn(owner: Owner, started_at: float, run: dict[str, Any], user: list[str], answer: list[str]) -> Turn:
     source = {"thread_id": run.get("thread_id"), "run_id": run["id"], "assistant_id": run.get("assistant_id")}
-    return Turn(owner, "assistants", run["id"], user, answer, source, run.get("model"))
+    return Turn(owner, "assistants", run["id"], user, answer, source, run.get("model"), started_at=started_at)
 
 
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
@@ -120,22 +120,24 @@ class RunTap(TurnTap):
     """A run answer: streamed to the end it is a turn now; polled, it is parked until a GET sees it
     finish; a stream the client abandoned is followed by polling until the run ends."""
 
-    def __init__(self, runtime: Runtime, request: Request, owner: Owner, user: list[str], stream: bool) -> None:
+    def __init__(
+        self, runtime: Runtime, request: Request, owner: Owner, started_at: float, user: list[str], stream: bool
+    ) -> None:
         super().__init__(runtime, stream=stream, build=self._streamed)
-        self.request, self.owner, self.user = request, owner, user
+        self.request, self.owner, self.started_at, self.user = request, owner, started_at, user
 
     def _streamed(self, data: Any) -> Turn | None:
         run = run_from(data)
         if run is None or not self.stream or run.get("status") != "completed":
             return None
-        return make_turn(self.owner, run, self.user, streamed_answer(data))
+        return make_turn(self.owner, self.started_at, run, self.user, streamed_answer(data))
 
     async def capture(self, status: int, complete: bool) -> None:
         run = run_from(self.body()) if status == 200 else None
         if run and run.get("thread_id"):
             await remember_thread(self.runtime, self.owner, run["thread_id"], [])
         if run and run.get("status") not in TERMINAL:
-            await park(self.runtime, PENDING, self.owner, run["id"], user=self.user)
+            await park(self.runtime, PENDING, self.owner, run["id"], self.started_at, user=self.user)
             if self.stream and not complete and run.get("thread_id"):
                 await follow(self.runtime, self.request, self.owner.tenant, run)
         await super().capture(status, complete)
@@ -143,7 +145,7 @@ class RunTap(TurnTap):
 
 async def follow(runtime: Runtime, request: Request, tenant: str, run: dict[str, Any]) -> None:
     """Poll a run nobody listens to any more until it ends, and capture it like a client's poll would."""
-    path = f"/threads/{run['thread_id']}/runs/{run['id']}"
+    path = upstream_path("/threads/{t}/runs/{r}", t=run["thread_id"], r=run["id"])
     deadline = asyncio.get_running_loop().time() + FOLLOW_SECONDS
     while asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(FOLLOW_INTERVAL)
@@ -186,13 +188,12 @@ async def finish_parked_run(runtime: Runtime, request: Request, tenant: str, run
     waiting = await unpark(runtime, PENDING, tenant, run["id"])
     if waiting is None:
         return  # never parked here, or another poll took it first
-    listing = await runtime.forwarder.fetch_json(
-        request, f"/threads/{run['thread_id']}/messages", {"run_id": run["id"], "order": "asc"}
-    )
+    path = upstream_path("/threads/{t}/messages", t=run["thread_id"])
+    listing = await runtime.forwarder.fetch_json(request, path, {"run_id": check_id(run["id"]), "order": "asc"})
     messages = listing.get("data", []) if isinstance(listing, dict) else []
     answer = [message_text(m.get("content")) for m in messages if m.get("role") == "assistant"]
     owner, record = waiting
-    await queue(runtime, make_turn(owner, run, record.get("user") or [], answer))
+    await queue(runtime, make_turn(owner, started_of(record), run, record.get("user") or [], answer))
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ async def create_run(request: Request, runtime: Runtime, body: dict[str, Any] | 
     memory = await recall(runtime, memory, "\n".join(user), assistant_id=body.get("assistant_id"))
     if memory.block:
         body["additional_instructions"] = append_text(body.get("additional_instructions"), memory.block)
-    tap = RunTap(runtime, request, memory.owner, user, stream=bool(body.get("stream")))
+    tap = RunTap(runtime, request, memory.owner, memory.at, user, stream=bool(body.get("stream")))
     return Plan(encode(body) if memory.block else None, memory, tap)
 
 
@@ -240,7 +241,7 @@ async def assistant_instructions(request: Request, runtime: Runtime, tenant: str
     cached = await mine.get("assistant_instructions", assistant_id)
     if isinstance(cached, str):
         return cached
-    assistant = await runtime.forwarder.fetch_json(request, f"/assistants/{assistant_id}")
+    assistant = await runtime.forwarder.fetch_json(request, upstream_path("/assistants/{a}", a=assistant_id))
     instructions = (assistant or {}).get("instructions") or ""
     if assistant is not None:
         await mine.set("assistant_instructions", assistant_id, instructions, ttl=ASSISTANT_TTL)
@@ -266,7 +267,7 @@ async def create_thread_and_run(request: Request, runtime: Runtime, body: dict[s
         if not own and isinstance(body.get("assistant_id"), str):
             own = await assistant_instructions(request, runtime, memory.owner.tenant, body["assistant_id"])
         body["instructions"] = append_text(own, memory.block)
-    tap = RunTap(runtime, request, memory.owner, user, stream=bool(body.get("stream")))
+    tap = RunTap(runtime, request, memory.owner, memory.at, user, stream=bool(body.get("stream")))
     return Plan(encode(body) if memory.block else None, memory, tap)
 
 
@@ -282,7 +283,8 @@ async def submit_tool_outputs(request: Request, runtime: Runtime, body: dict[str
     if waiting is None:
         return Plan()
     owner, record = waiting
-    return Plan(tap=RunTap(runtime, request, owner, record.get("user") or [], stream=stream))
+    tap = RunTap(runtime, request, owner, started_of(record), record.get("user") or [], stream=stream)
+    return Plan(tap=tap)
 
 
 @hooked

@@ -61,8 +61,7 @@ class MemoryRunHooks(RunHooks):
         memory = self._identify(ctx)
         if not isinstance(memory, Identified):
             return None
-        if not memory.owner.subject.startswith("thread:"):  # a named user's thread: erasure must find it
-            await record_thread(self.runtime.state, memory.owner, ctx.thread_id)
+        await record_thread(self.runtime.state, memory.owner, ctx.thread_id)  # erasure must find it
         self.user = await self._latest_user_texts(ctx)
         self.memory = memory = await recall(self.runtime, memory, "\n".join(self.user), assistant_id=ctx.assistant_id)
         return memory.block or None
@@ -81,7 +80,7 @@ class MemoryRunHooks(RunHooks):
         }
         await queue(
             self.runtime,
-            Turn(memory.owner, "assistants", run["id"], user, answer, source, run.get("model")),
+            Turn(memory.owner, "assistants", run["id"], user, answer, source, run.get("model"), started_at=memory.at),
         )
 
 

@@ -79,14 +79,21 @@ async def queue(runtime: Runtime, turn: Turn) -> None:
 PARKED_TTL = 86400.0
 
 
-async def park(runtime: Runtime, namespace: str, owner: Owner, turn_id: str, **record: Any) -> None:
-    """A turn still being answered: keep who asked and what capturing it later needs, until it ends."""
+async def park(runtime: Runtime, namespace: str, owner: Owner, turn_id: str, started_at: float, **record: Any) -> None:
+    """A turn still being answered: keep who asked, when, and what capturing it later needs, until it ends."""
     mine = runtime.state.tenant(owner.tenant)
-    await mine.set(namespace, turn_id, {"subject": owner.subject, **record}, ttl=PARKED_TTL, subject=owner)
+    kept = {"subject": owner.subject, "started_at": started_at, **record}
+    await mine.set(namespace, turn_id, kept, ttl=PARKED_TTL, subject=owner)
 
 
 Parked = tuple[Owner, dict[str, Any]]
 """A parked turn's owner and the record kept with it."""
+
+
+def started_of(record: dict[str, Any]) -> float:
+    """When a parked turn began (0 for a record parked before the time was kept: its job's creation counts)."""
+    value = record.get("started_at")
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 async def parked(runtime: Runtime, namespace: str, tenant: str, turn_id: str) -> Parked | None:

@@ -16,7 +16,6 @@ from proxy.hooks.capture import TurnTap, event_json
 from proxy.hooks.recall import Identified, Plan, append_text, encode, hooked, identify, recall
 from proxy.identity import subject_for
 from proxy.learn.turn import Turn, latest_user_texts, message_text
-from proxy.owner import Owner
 from proxy.runtime import Runtime
 
 
@@ -49,12 +48,13 @@ def answer(data: Any) -> tuple[str | None, str]:
     return completion_id, "".join(parts)
 
 
-def build_turn(owner: Owner, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
+def build_turn(memory: Identified, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
     completion_id, text = answer(data)
     if not completion_id:
         return None
     source = {"completion_id": completion_id}
-    return Turn(owner, "chat", completion_id, user, [text], source, body.get("model"))
+    model = body.get("model")
+    return Turn(memory.owner, "chat", completion_id, user, [text], source, model, started_at=memory.at)
 
 
 @hooked
@@ -69,5 +69,5 @@ async def create_chat_completion(request: Request, runtime: Runtime, body: dict[
     memory = await recall(runtime, memory, "\n".join(user))
     if memory.block:
         body["messages"] = inject(messages, memory.block)
-    tap = TurnTap(runtime, stream=bool(body.get("stream")), build=partial(build_turn, memory.owner, body, user))
+    tap = TurnTap(runtime, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))
     return Plan(encode(body) if memory.block else None, memory, tap)

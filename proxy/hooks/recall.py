@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -49,6 +50,8 @@ class Identified:
     block: str = ""
     recalled: int = 0
     api_key: str | None = field(default=None, repr=False)
+    at: float = field(default_factory=time.time)
+    """When the request arrived: the turn's start, which an erasure from then on fences."""
 
     def headers(self) -> dict[str, str]:
         return {

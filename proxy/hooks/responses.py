@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.hooks.capture import TurnTap, event_json, park, queue, unpark
+from proxy.hooks.capture import TurnTap, event_json, park, queue, started_of, unpark
 from proxy.hooks.recall import Identified, Plan, append_text, encode, hooked, identify, recall, tenant_of
 from proxy.identity import subject_for
 from proxy.learn.turn import Turn, latest_user_texts, message_text
@@ -55,30 +55,37 @@ def completed_response(data: Any) -> dict[str, Any] | None:
     return None
 
 
-def build_turn(owner: Owner, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
+def build_turn(owner: Owner, started_at: float, body: dict[str, Any], user: list[str], data: Any) -> Turn | None:
     response = completed_response(data)
     if response is None or not response.get("id"):
         return None
-    return response_turn(owner, response, user, conversation_id(body))
+    return response_turn(owner, started_at, response, user, conversation_id(body))
 
 
-def response_turn(owner: Owner, response: dict[str, Any], user: list[str], conversation: str | None) -> Turn:
+def response_turn(
+    owner: Owner, started_at: float, response: dict[str, Any], user: list[str], conversation: str | None
+) -> Turn:
     source = {"response_id": response["id"], "conversation_id": conversation}
     answer = [output_text(response)]
-    return Turn(owner, "responses", response["id"], user, answer, source, response.get("model"))
+    model = response.get("model")
+    return Turn(owner, "responses", response["id"], user, answer, source, model, started_at=started_at)
 
 
 class ResponseTap(TurnTap):
     """A background response answers ``queued``: park the turn until a GET sees it completed."""
 
-    def __init__(self, runtime: Runtime, owner: Owner, body: dict[str, Any], user: list[str]) -> None:
-        super().__init__(runtime, stream=bool(body.get("stream")), build=partial(build_turn, owner, body, user))
-        self.owner, self.user, self.conversation = owner, user, conversation_id(body)
+    def __init__(self, runtime: Runtime, memory: Identified, body: dict[str, Any], user: list[str]) -> None:
+        build = partial(build_turn, memory.owner, memory.at, body, user)
+        super().__init__(runtime, stream=bool(body.get("stream")), build=build)
+        self.memory, self.user, self.conversation = memory, user, conversation_id(body)
 
     async def capture(self, status: int, complete: bool) -> None:
         data = self.body() if status == 200 and complete else None
         if isinstance(data, dict) and data.get("status") in ("queued", "in_progress") and data.get("id"):
-            await park(self.runtime, PENDING, self.owner, data["id"], user=self.user, conversation_id=self.conversation)
+            owner, started_at = self.memory.owner, self.memory.at
+            await park(
+                self.runtime, PENDING, owner, data["id"], started_at, user=self.user, conversation_id=self.conversation
+            )
             return
         await super().capture(status, complete)
 
@@ -97,7 +104,8 @@ class PolledResponseTap(TurnTap):
         waiting = await unpark(self.runtime, PENDING, self.tenant, response["id"])
         if waiting is not None:
             owner, record = waiting
-            turn = response_turn(owner, response, record.get("user") or [], record.get("conversation_id"))
+            user, conversation = record.get("user") or [], record.get("conversation_id")
+            turn = response_turn(owner, started_of(record), response, user, conversation)
             await queue(self.runtime, turn)
 
 
@@ -110,13 +118,13 @@ async def create_response(request: Request, runtime: Runtime, body: dict[str, An
     memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body, fallback))
     if not isinstance(memory, Identified):
         return Plan(memory=memory)
-    if conversation and memory.owner.subject != fallback:  # a named user's conversation: erasure deletes it
+    if conversation:  # the owner's conversation (its own subject, or a named user's): erasure deletes it
         await record_conversation(runtime.state, memory.owner, conversation)
     user = user_texts(body)
     memory = await recall(runtime, memory, "\n".join(user))
     if memory.block:
         body["instructions"] = append_text(body.get("instructions"), memory.block)
-    return Plan(encode(body) if memory.block else None, memory, ResponseTap(runtime, memory.owner, body, user))
+    return Plan(encode(body) if memory.block else None, memory, ResponseTap(runtime, memory, body, user))
 
 
 @hooked

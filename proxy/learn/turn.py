@@ -29,11 +29,14 @@ class Turn:
     assistant: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
+    started_at: float = 0.0
+    """When the turn began (seconds since the epoch): an erasure from then on fences it
+    (:mod:`proxy.fence`). 0 for turns queued before this field existed: the job's creation stands in."""
 
     def payload(self) -> dict[str, Any]:
         """The job payload (tenant and subject spelled out: the worker rebuilds the owner from them)."""
         fields = {"route": self.route, "turn_id": self.turn_id, "user": self.user, "assistant": self.assistant}
-        extra = {"source": self.source, "model": self.model}
+        extra = {"source": self.source, "model": self.model, "started_at": self.started_at}
         return {"tenant": self.owner.tenant, "subject": self.owner.subject, **fields, **extra}
 
     @classmethod

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from proxy.errors import MemproxyError
+from proxy.fence import fenced
 from proxy.learn.extract import (
     ExtractionError,
     Extractor,
@@ -80,6 +81,8 @@ class WorkerStats:
     """Adds the memory already held (duplicates, touched instead)."""
     skipped: int = 0
     """Proposed operations not applied: unknown reference, memory gone, text refused."""
+    fenced: int = 0
+    """Jobs whose owner was erased after their turn began: nothing of them is stored (:mod:`proxy.fence`)."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ class WorkerStats:
             "ops": {kind: self.ops.get(kind, 0) for kind in ("add", "update", "delete")},
             "unchanged": self.unchanged,
             "skipped": self.skipped,
+            "fenced": self.fenced,
         }
 
 
@@ -331,16 +335,33 @@ class Worker:
         return [memory for _, memory in ranked[: self.settings.extract_similar]]
 
     async def _extract_and_apply(self, job: Job, turn: Turn, key: str | None) -> None:
+        began = turn.started_at or job.created_at
+        if await fenced(self.state, turn.owner, began):
+            self._fenced(job)
+            return
+        created: list[str] = []
+        counts = await self._learn(job, turn, key, created)
+        if created and await fenced(self.state, turn.owner, began):  # an erasure started while we wrote
+            await self.memory.of(turn.owner).purge(created)
+            self._fenced(job)
+            return
+        self.stats.ops.update({kind: counts[kind] for kind in ("add", "update", "delete") if counts[kind]})
+        self.stats.unchanged += counts["unchanged"]
+        self.stats.skipped += counts["skipped"]
+
+    def _fenced(self, job: Job) -> None:
+        self.stats.fenced += 1
+        log.info("job %s: its owner was erased after the turn began; nothing stored", job.id)
+
+    async def _learn(self, job: Job, turn: Turn, key: str | None, created: list[str]) -> Counter[str]:
+        """Extract the turn's operations and apply them; ids of new memories go to ``created``."""
         source, metadata = source_of(turn, self.extractor.name)
         existing = await self._similar(turn, key, source.assistant_id) if self.extractor.uses_existing else []
         extraction = await timed(self.observer.extraction, self.extractor.extract(turn, existing, api_key=key))
         self.stats.skipped += extraction.dropped
         counts: Counter[str] = Counter()
         for op in extraction.ops:
-            counts[await self._apply(turn, op, source, metadata, key)] += 1
-        self.stats.ops.update({kind: counts[kind] for kind in ("add", "update", "delete") if counts[kind]})
-        self.stats.unchanged += counts["unchanged"]
-        self.stats.skipped += counts["skipped"]
+            counts[await self._apply(turn, op, source, metadata, key, created)] += 1
         log.debug(
             "job %s (attempt %d): add %d, update %d, delete %d, unchanged %d, skipped %d",
             job.id,
@@ -351,14 +372,17 @@ class Worker:
             counts["unchanged"],
             counts["skipped"] + extraction.dropped,
         )
+        return counts
 
-    async def _apply(self, turn: Turn, op: MemoryOp, source: Source, metadata: dict[str, Any], key: str | None) -> str:
+    async def _apply(
+        self, turn: Turn, op: MemoryOp, source: Source, metadata: dict[str, Any], key: str | None, created: list[str]
+    ) -> str:
         """Apply one operation; what happened: add, update, delete, unchanged or skipped."""
         mine = self.memory.of(turn.owner)
         try:
             if op.op == "add":
                 assert op.text is not None
-                _, action = await mine.remember(
+                memory, action = await mine.remember(
                     op.text,
                     kind=op.kind,
                     ttl=timedelta(days=op.ttl_days) if op.ttl_days else None,
@@ -367,7 +391,10 @@ class Worker:
                     assistant_id=source.assistant_id,
                     api_key=key,
                 )
-                return "add" if action == "created" else "unchanged"
+                if action != "created":
+                    return "unchanged"
+                created.append(memory.id)
+                return "add"
             assert op.memory_id is not None
             if op.op == "update":
                 assert op.text is not None

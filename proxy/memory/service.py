@@ -383,6 +383,14 @@ class OwnerMemory:
             await self.service.store.set_payloads(self.owner, {found.id: tombstone_payload(now, reason)})
             return found.model_copy(update={"deleted_at": now, "deleted_reason": reason})
 
+    async def purge(self, ids: builtins.list[str]) -> None:
+        """Hard-delete these memories of the owner (a write that must not stand: see :mod:`proxy.fence`)."""
+        async with self.service._lock(self.owner):
+            await self.service.store.delete(self.owner, ids)
+            pending = self.service._pending.get(self.owner, {})
+            for memory_id in ids:
+                pending.pop(memory_id, None)
+
     async def erase(self) -> int:
         """Hard-delete everything of a subject, tombstones included (GDPR Art. 17). Returns the count."""
         async with self.service._lock(self.owner):
