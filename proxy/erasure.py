@@ -37,7 +37,7 @@ from proxy.errors import MemproxyError
 from proxy.fence import raise_fence
 from proxy.ids import upstream_path
 from proxy.owner import Owner
-from proxy.ownership import Known, credential_headers, known_upstream, record_conversation, record_thread
+from proxy.ownership import Kind, Known, credential_headers, known_upstream, record
 from proxy.runtime import Runtime
 from proxy.state import State
 
@@ -47,10 +47,12 @@ log = logging.getLogger("memproxy.erasure")
 @dataclass
 class Failure:
     system: str
-    kind: str
+    kind: Kind
     id: str
     error: str
     attempts: int
+    route: str = ""
+    """The route the id was recorded through (kept for the next erasure to retry through it)."""
 
     def as_json(self) -> dict[str, Any]:
         return {"system": self.system, "kind": self.kind, "id": self.id, "error": self.error, "attempts": self.attempts}
@@ -155,12 +157,15 @@ async def _delete_upstream(
             conversation,
             report,
         )
+    for upstream_id, (kind, route) in sorted(known.elsewhere.items()):  # never reported as deleted
+        error = "recorded through another upstream or Assistants mode: erase where the proxy serves it"
+        report.failed.append(Failure("upstream", kind, upstream_id, error, 0, route))
 
 
-async def _settle(runtime: Runtime, attempt: Any, kind: str, upstream_id: str, report: ErasureReport) -> None:
+async def _settle(runtime: Runtime, attempt: Any, kind: Kind, upstream_id: str, report: ErasureReport) -> None:
     result, attempts, error = await _with_retries(runtime, attempt)
     if result == "failed":
-        report.failed.append(Failure("upstream", kind, upstream_id, error, attempts))
+        report.failed.append(Failure("upstream", kind, upstream_id, error, attempts, runtime.route))
         log.warning("erasure: deleting upstream %s %s failed after %d attempts: %s", kind, upstream_id, attempts, error)
     elif result == "deleted":
         report.deleted[kind + "s"].append(upstream_id)
@@ -179,7 +184,7 @@ async def erase_subject(
     report = ErasureReport(owner.hash, kept_upstream=keep_upstream)
     await raise_fence(state, owner, time.time())  # first: nothing begun before now may write again
     jobs = await state.drop_jobs(owner)
-    known = await known_upstream(state, owner)
+    known = await known_upstream(state, owner, runtime.route)
     memories = await memory.erase()
     if not keep_upstream:
         await _delete_upstream(runtime, owner.tenant, known, credential_headers(api_key, headers), report)
@@ -202,15 +207,14 @@ async def erase_subject(
 async def _retrack_failures(state: State, owner: Owner, report: ErasureReport) -> None:
     """Keep what could not be deleted upstream findable, so the next erasure call retries it."""
     for failure in report.failed:
-        record = record_conversation if failure.kind == "conversation" else record_thread
-        await record(state, owner, failure.id)
+        await record(state, owner, failure.kind, failure.id, failure.route)
 
 
 async def export_subject(runtime: Runtime, owner: Owner) -> dict[str, Any]:
     """GDPR Art. 15/20: memories (history, tombstones), upstream ids known, audit entries about them."""
     state = runtime.state
     memories = await runtime.require_memory().of(owner).export()
-    known = await known_upstream(state, owner)
+    known = await known_upstream(state, owner, runtime.route)
     await audit.append(state, "export", owner=owner, counts={"memories": len(memories)})
     trail: list[dict[str, Any]] = []
     after: str | None = None

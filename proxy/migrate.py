@@ -33,7 +33,7 @@ from proxy.errors import MemproxyError
 from proxy.ids import InvalidId, upstream_path
 from proxy.learn.turn import JOB_KIND, Turn, message_text
 from proxy.owner import Owner
-from proxy.ownership import credential_headers, known_upstream, record_conversation, record_thread
+from proxy.ownership import Kind, credential_headers, known_upstream, record
 from proxy.runtime import build_worker
 from proxy.state import Job
 
@@ -245,8 +245,8 @@ class Migration:
         except Exception as exc:  # noqa: BLE001 - one thread's failure must not stop the others
             result.status, result.error = "failed", type(exc).__name__
         if result.status != "failed":  # read with the caller's credential: the owner's, by the caller's word
-            record = record_conversation if thread.startswith("conv_") else record_thread
-            await record(self.runtime.state, self.owner, thread)
+            kind: Kind = "conversation" if thread.startswith("conv_") else "thread"
+            await record(self.runtime.state, self.owner, kind, thread, self.runtime.route)
         log.info(
             "migration of %s for %s: %s, %d messages, %d chunks, %d added",
             thread,
@@ -277,5 +277,5 @@ class Migration:
 
 async def seen_threads(runtime: Runtime, owner: Owner) -> list[str]:
     """Every thread and conversation the proxy has seen for the owner."""
-    known = await known_upstream(runtime.state, owner)
+    known = await known_upstream(runtime.state, owner, runtime.route)
     return sorted(known.threads) + sorted(known.conversations)

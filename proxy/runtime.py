@@ -29,6 +29,7 @@ from proxy.memory.embed import Embedder, make_embedder
 from proxy.memory.factory import create_memory_service
 from proxy.memory.service import MemoryService
 from proxy.observe import NOOP, Observer
+from proxy.ownership import route_of
 from proxy.state import State, open_state
 
 log = logging.getLogger("memproxy.runtime")
@@ -56,6 +57,11 @@ class Runtime:
     """The in-process extraction worker (``MEMPROXY_WORKER_IN_PROXY``)."""
     observer: Observer = NOOP
     """Timings of recalls and extractions (the app installs its metrics'; the forwarder has its own)."""
+
+    @property
+    def route(self) -> str:
+        """The upstream and Assistants mode this process acts through (:func:`proxy.ownership.route_of`)."""
+        return route_of(self.settings)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Event counters (degraded causes, captured turns); exported as metrics."""

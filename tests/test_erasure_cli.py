@@ -98,3 +98,24 @@ def test_forget_reports_a_failed_upstream_delete_and_exits_1(env, emulator) -> N
 def test_commands_need_a_tenant(env) -> None:
     result = run("audit", "verify")
     assert result.exit_code == 2 and "--tenant" in result.output
+
+
+def test_forget_through_another_upstream_or_mode_reports_partial_and_keeps_the_record(env, emulator, monkeypatch):
+    """Threads recorded through passthrough to one upstream are not 'gone' for a bridge elsewhere."""
+    headers = {"authorization": f"Bearer {KEY}"}
+    thread = httpx.post(
+        f"{emulator.base_url}/threads",
+        headers=headers,
+        json={"messages": [{"role": "user", "content": "I live in Oslo"}]},
+    ).json()["id"]
+    assert run("migrate", "-u", USER, "-t", thread, "--api-key", KEY).exit_code == 0
+    monkeypatch.setenv("MEMPROXY_ASSISTANTS", "bridge")  # the operator forgot the serve's configuration
+
+    forgot = run("forget", "--user", USER, "--api-key", KEY)
+
+    assert forgot.exit_code == 1 and "outcome partial" in forgot.output and thread in forgot.output
+    assert httpx.get(f"{emulator.base_url}/threads/{thread}", headers=headers).status_code == 200
+    monkeypatch.setenv("MEMPROXY_ASSISTANTS", "passthrough")  # where it was seen: now it goes
+    again = run("forget", "--user", USER, "--api-key", KEY)
+    assert again.exit_code == 0 and "outcome ok" in again.output
+    assert httpx.get(f"{emulator.base_url}/threads/{thread}", headers=headers).status_code == 404

@@ -50,7 +50,7 @@ def user_texts(messages: Any) -> list[str]:
 async def remember_thread(runtime: Runtime, owner: Owner, thread_id: str, texts: list[str]) -> None:
     """Keep what later runs of this thread need: whose it is and what the user said last."""
     mine = runtime.state.tenant(owner.tenant)
-    await record_thread(runtime.state, owner, thread_id)  # erasure deletes it, whoever its owner is
+    await record_thread(runtime.state, owner, thread_id, runtime.route)  # erasure deletes it, whoever its owner is
     if not owner.subject.startswith("thread:"):
         await mine.set("thread_subject", thread_id, owner.subject, ttl=THREAD_TTL, subject=owner)
     if texts:

@@ -61,7 +61,7 @@ class MemoryRunHooks(RunHooks):
         memory = self._identify(ctx)
         if not isinstance(memory, Identified):
             return None
-        await record_thread(self.runtime.state, memory.owner, ctx.thread_id)  # erasure must find it
+        await record_thread(self.runtime.state, memory.owner, ctx.thread_id, self.runtime.route)  # erasure finds it
         self.user = await self._latest_user_texts(ctx)
         self.memory = memory = await recall(self.runtime, memory, "\n".join(self.user), assistant_id=ctx.assistant_id)
         return memory.block or None

@@ -119,7 +119,7 @@ async def create_response(request: Request, runtime: Runtime, body: dict[str, An
     if not isinstance(memory, Identified):
         return Plan(memory=memory)
     if conversation:  # the owner's conversation (its own subject, or a named user's): erasure deletes it
-        await record_conversation(runtime.state, memory.owner, conversation)
+        await record_conversation(runtime.state, memory.owner, conversation, runtime.route)
     user = user_texts(body)
     memory = await recall(runtime, memory, "\n".join(user))
     if memory.block:
