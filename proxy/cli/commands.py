@@ -277,7 +277,8 @@ def audit_verify(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> N
     if verdict.ok:
         typer.echo(f"audit log of {resolved}: OK, {verdict.checked} entries, chain intact")
         return
-    typer.echo(f"audit log of {resolved}: BROKEN at entry {verdict.broken_at} (after {verdict.checked} good entries)")
+    where = f" at entry {verdict.broken_at}" if verdict.broken_at else ""
+    typer.echo(f"audit log of {resolved}: BROKEN{where}: {verdict.reason} (after {verdict.checked} good entries)")
     raise typer.Exit(1)
 
 

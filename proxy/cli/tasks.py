@@ -88,10 +88,11 @@ async def run_export(settings: Settings, user: str, *, tenant: str | None, api_k
 
 
 async def run_verify(settings: Settings, *, tenant: str | None, api_key: str | None) -> tuple[str, Verdict]:
-    """``memproxy audit verify``: the tenant's hash chain, checked from the start."""
-    resolved = cli_tenant(settings, load_secret(settings), tenant, api_key)
+    """``memproxy audit verify``: the tenant's keyed chain from the start, against its stored head."""
+    secret = load_secret(settings)
+    resolved = cli_tenant(settings, secret, tenant, api_key)
     async with await open_state(settings) as state:
-        return resolved, await verify(state, resolved)
+        return resolved, await verify(state, resolved, secret=secret)
 
 
 async def run_migrate(
