@@ -209,3 +209,71 @@ def test_heads_kept_outside_are_parsed_strictly() -> None:
     for bad in ("12", "0:" + "a" * 64, "3:abc", "x:" + "a" * 64, "3:" + "g" * 64):
         with pytest.raises(audit.BadHead):
             audit.parse_head(bad)
+
+
+# --- the command line: audit head, audit verify --head ------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """The embedded default under tmp_path (SQLite, the generated secret), as an operator's shell has it."""
+    monkeypatch.setenv("MEMPROXY_DATA_DIR", str(tmp_path))
+    for name in ("MEMPROXY_REDIS_URL", "MEMPROXY_TENANT", "MEMPROXY_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def cli(*args: str):
+    from typer.testing import CliRunner
+
+    from proxy.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def write_with_the_servers_secret(data_dir, count: int) -> list[dict]:
+    from proxy.config import Settings
+    from proxy.identity import load_secret
+    from proxy.state.sqlite import SqliteState
+
+    secret = load_secret(Settings())
+
+    async def write() -> list[dict]:
+        async with await SqliteState.open(data_dir / "state.sqlite3") as state:
+            return [await audit.append(state, "erase", secret=secret, tenant=TENANT) for _ in range(count)]
+
+    return asyncio.run(write())
+
+
+def test_audit_head_and_verify_with_a_head_kept_outside_from_the_command_line(cli_env) -> None:
+    import sqlite3
+
+    assert "audit head of t_audit: none" in cli("audit", "head", "--tenant", TENANT).output
+    entries = write_with_the_servers_secret(cli_env, 5)
+
+    printed = cli("audit", "head", "--tenant", TENANT)
+    assert printed.exit_code == 0 and printed.output.strip() == f"audit head of {TENANT}: 5:{entries[-1]['hash']}"
+    kept = printed.output.split()[-1]  # what the operator pastes into a ticket
+    verified = cli("audit", "verify", "--tenant", TENANT, "--head", kept)
+    assert verified.exit_code == 0, verified.output
+    assert (
+        "OK, 5 entries, chain intact, head 5:" in verified.output and "reaches the head kept outside" in verified.output
+    )
+
+    with sqlite3.connect(cli_env / "state.sqlite3") as db:  # log and head rolled back to seq 3, consistently
+        db.execute(
+            "DELETE FROM records WHERE collection = 'audit' AND id IN (?, ?)", (entries[3]["id"], entries[4]["id"])
+        )
+        db.execute("UPDATE kv_keys SET value = ? WHERE ns = ?", (ChainHead.of(entries[2]).encode(), CHAIN_HEAD_NS))
+    assert cli("audit", "verify", "--tenant", TENANT).exit_code == 0  # the store alone cannot tell
+    rolled_back = cli("audit", "verify", "--tenant", TENANT, "--head", kept)
+    assert rolled_back.exit_code == 1
+    assert "BROKEN: the log ends at seq 3 but the head kept outside says seq 5" in rolled_back.output
+
+    with sqlite3.connect(cli_env / "state.sqlite3") as db:  # the newest entry deleted, the head left alone
+        db.execute("DELETE FROM records WHERE collection = 'audit' AND id = ?", (entries[2]["id"],))
+    cut = cli("audit", "verify", "--tenant", TENANT)
+    assert cut.exit_code == 1 and "BROKEN: the log ends at seq 2 but the stored head says seq 3" in cut.output
+
+    malformed = cli("audit", "verify", "--tenant", TENANT, "--head", "5")
+    assert malformed.exit_code == 2 and "SEQ:HASH" in malformed.output
