@@ -174,6 +174,11 @@ async def test_audit_chain_detects_tampering(proxy, alice) -> None:
     runtime, tenant = proxy.app.state.runtime, tenant_of(proxy, "sk-tenant-a")
     state = runtime.state
     assert (await audit.verify(state, tenant, secret=runtime.secret)).ok
+    async with AsyncMemory(proxy.url, api_key="sk-tenant-a") as memory:
+        listed = await memory.audit()
+    assert not listed["has_more"]
+    newest = listed["data"][-1]
+    assert listed["head"] == {"seq": newest["seq"], "hash": newest["hash"]}
     entries, _ = await audit.entries(state, tenant)
     forged = {**entries[0], "counts": {"memories": 0}}
     await state.put_record(tenant, audit.COLLECTION, forged["id"], forged)
