@@ -263,7 +263,8 @@ async def audit_log(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     tenant = resolve_tenant(request, runtime)
     items, more = await audit.entries(runtime.state, tenant, limit=100, after=request.query_params.get("after"))
-    return JSONResponse({"object": "list", "data": items, "has_more": more})
+    head = await audit.head(runtime.state, tenant)
+    return JSONResponse({"object": "list", "data": items, "has_more": more, "head": head and head.as_json()})
 
 
 def memory_routes() -> list[BaseRoute]:

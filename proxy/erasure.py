@@ -198,7 +198,9 @@ async def erase_subject(
         "upstream_conversations": len(report.deleted["conversations"]),
         "upstream_failed": len(report.failed),
     }
-    entry = await audit.append(state, "erase", owner=owner, counts=report.counts, outcome=report.outcome)
+    entry = await audit.append(
+        state, "erase", secret=runtime.secret, owner=owner, counts=report.counts, outcome=report.outcome
+    )
     report.audit_id = entry["id"]
     log.info("erasure of %s: %s (%s)", owner.hash, report.outcome, report.counts)
     return report
@@ -215,7 +217,7 @@ async def export_subject(runtime: Runtime, owner: Owner) -> dict[str, Any]:
     state = runtime.state
     memories = await runtime.require_memory().of(owner).export()
     known = await known_upstream(state, owner, runtime.route)
-    await audit.append(state, "export", owner=owner, counts={"memories": len(memories)})
+    await audit.append(state, "export", secret=runtime.secret, owner=owner, counts={"memories": len(memories)})
     trail: list[dict[str, Any]] = []
     after: str | None = None
     while True:

@@ -27,7 +27,7 @@ async def sweep(memory: MemoryService, state: State, secret: bytes, now: datetim
     removed = await memory.expire(owner_of, now)
     per_subject = Counter(owner_of(item.tenant, item.subject) for item in removed)
     for owner, count in per_subject.items():
-        await audit.append(state, "expire", owner=owner, counts={"memories": count})
+        await audit.append(state, "expire", secret=secret, owner=owner, counts={"memories": count})
     if removed:
         log.info("janitor removed %d expired memories of %d subjects", len(removed), len(per_subject))
     return len(removed)

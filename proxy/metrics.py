@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy import logs
+from proxy import audit, logs
 from proxy.observe import Observer
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class RuntimeCollector:
         runtime = self.runtime
         if runtime is None:
             return []
-        return [*self._events(runtime), *self._gauges(runtime), *self._worker(runtime.worker)]
+        return [*self._events(runtime), *self._gauges(runtime), *self._worker(runtime.worker), self._audit(runtime)]
 
     @staticmethod
     def _events(runtime: Runtime) -> list[Metric]:
@@ -213,6 +213,15 @@ class RuntimeCollector:
             ),
         ]
         return [GaugeMetricFamily(name, text, value=value) for name, text, value in values if value is not None]
+
+    @staticmethod
+    def _audit(runtime: Runtime) -> Metric:
+        """Audit entries this process appended; per tenant, the log line of each append says seq and hash."""
+        return CounterMetricFamily(
+            "memproxy_audit_entries_appended",
+            "Audit entries appended by this process (each one also logged with its tenant, seq and hash prefix).",
+            value=runtime.state.chain_appends.get(audit.COLLECTION, 0),
+        )
 
     @staticmethod
     def _worker(worker: Worker | None) -> list[Metric]:

@@ -171,12 +171,18 @@ async def test_async_client_round_trip(proxy) -> None:
 async def test_audit_chain_detects_tampering(proxy, alice) -> None:
     alice.remember("Temporary note")
     alice.forget()
-    state, tenant = proxy.app.state.runtime.state, tenant_of(proxy, "sk-tenant-a")
-    assert (await audit.verify(state, tenant)).ok
+    runtime, tenant = proxy.app.state.runtime, tenant_of(proxy, "sk-tenant-a")
+    state = runtime.state
+    assert (await audit.verify(state, tenant, secret=runtime.secret)).ok
+    async with AsyncMemory(proxy.url, api_key="sk-tenant-a") as memory:
+        listed = await memory.audit()
+    assert not listed["has_more"]
+    newest = listed["data"][-1]
+    assert listed["head"] == {"seq": newest["seq"], "hash": newest["hash"]}
     entries, _ = await audit.entries(state, tenant)
     forged = {**entries[0], "counts": {"memories": 0}}
     await state.put_record(tenant, audit.COLLECTION, forged["id"], forged)
-    verdict = await audit.verify(state, tenant)
+    verdict = await audit.verify(state, tenant, secret=runtime.secret)
     assert not verdict.ok and verdict.broken_at == forged["id"]
 
 

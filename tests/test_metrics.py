@@ -153,3 +153,16 @@ def test_each_proxy_has_its_own_numbers(make_proxy, proxy, emulator) -> None:
     fresh = make_proxy()
     sdk(proxy, "sk-metrics-1").models.list()
     assert value(scrape(fresh), "memproxy_requests_total", route="/v1/{path:path}", method="GET", status="200") == 0
+
+
+def test_audit_appends_are_counted(proxy, request) -> None:
+    before = scrape(proxy)
+    with Memory(proxy.url, api_key="sk-metrics-audit") as memory:
+        user = memory.user(f"user-{request.node.name}")
+        user.export()
+        user.forget()
+    after = scrape(proxy)
+    assert (
+        value(after, "memproxy_audit_entries_appended_total") - value(before, "memproxy_audit_entries_appended_total")
+        == 2
+    )

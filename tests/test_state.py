@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from proxy.owner import Owner
-from proxy.state import Erased, Job, ManualClock, RecordPage, State, UnknownCursor
+from proxy.state import ChainHead, Erased, Job, ManualClock, RecordPage, State, UnknownCursor
 from proxy.state.base import SUBJECT_INDEX_NS
 
 ALICE = Owner.of(b"secret", "tenant-a", "alice@example.com")
@@ -164,6 +164,36 @@ async def test_records_are_scoped_by_tenant(state: State) -> None:
         await state.list_records("tenant-b", "runs", after="run_0")
     assert await state.get_record("tenant-a", "runs", "run_0") == {"id": "run_0", "n": 0}
     assert _ids(await state.list_records("tenant-a", "runs")) == ["run_1", "run_0"]
+
+
+# --- chained records -------------------------------------------------------------------------------
+
+
+def _link(head: ChainHead | None) -> dict:
+    """A chained record on ``head``: pure, as :meth:`State.append_chained` requires."""
+    seq = (head.seq if head else 0) + 1
+    prev = head.hash if head else "genesis"
+    return {"id": f"entry_{seq}_{prev[-6:]}", "seq": seq, "prev": prev, "hash": f"{prev[-6:]}>{seq}"}
+
+
+async def test_concurrent_chained_appends_on_two_replicas_never_share_a_head(state_factory) -> None:  # type: ignore[no-untyped-def]
+    first, second = await state_factory(), await state_factory()
+    await asyncio.gather(*(replica.append_chained("t", "log", _link) for replica in [first, second] * 25))
+    records = (await first.list_records("t", "log", order="asc", limit=100)).items
+    assert [record["seq"] for record in records] == list(range(1, 51))
+    assert [record["prev"] for record in records[1:]] == [record["hash"] for record in records[:-1]]
+    assert await second.chain_head("t", "log") == ChainHead(50, records[-1]["hash"])
+    assert await second.chain_head("other-tenant", "log") is None
+    assert first.chain_appends["log"] + second.chain_appends["log"] == 50
+
+
+async def test_a_chain_without_a_stored_head_continues_from_its_newest_record(state: State) -> None:
+    await state.put_record("t", "log", "old", {"id": "old", "hash": "from-before"})  # no seq: seq 0
+    record = await state.append_chained("t", "log", _link)
+    assert (record["seq"], record["prev"]) == (1, "from-before")
+    assert await state.chain_head("t", "log") == ChainHead(1, record["hash"])
+    with pytest.raises(ValueError):
+        await state.append_chained("t", "a:b", _link)
 
 
 # --- job queue -------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def bench_locomo(
     run(data, model_path=model_path, cache_dir=cache_dir)
 
 
-# --- GDPR and migration: forget, export, audit verify, migrate ----------------------------------------
+# --- GDPR and migration: forget, export, audit verify / head, migrate ---------------------------------
 
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -262,23 +262,58 @@ def export(user: UserOption, api_key: ApiKeyOption = None, tenant: TenantOption 
 
 
 @audit_app.command("verify")
-def audit_verify(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> None:
-    """Check the tenant's audit hash chain: exit 0 if intact, 1 if an entry was edited or removed."""
+def audit_verify(
+    api_key: ApiKeyOption = None,
+    tenant: TenantOption = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            metavar="SEQ:HASH",
+            help="A head kept outside memproxy (from `memproxy audit head`): also catches log and stored head "
+            "rolled back together.",
+        ),
+    ] = None,
+) -> None:
+    """Check the tenant's keyed audit chain and its stored head: exit 0 if intact, 1 if edited, cut or rolled back."""
     import asyncio
 
+    from proxy.audit import parse_head
     from proxy.cli.tasks import run_verify
 
     settings = Settings()
     _configure_logging("warning")
     try:
-        resolved, verdict = asyncio.run(run_verify(settings, tenant=tenant, api_key=api_key))
+        kept = parse_head(head) if head is not None else None
+        resolved, verdict = asyncio.run(run_verify(settings, tenant=tenant, api_key=api_key, kept=kept))
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if verdict.ok:
-        typer.echo(f"audit log of {resolved}: OK, {verdict.checked} entries, chain intact")
+        at = f", head {verdict.head}" if verdict.head else ""
+        outside = f", reaches the head kept outside ({kept.seq})" if kept else ""
+        typer.echo(f"audit log of {resolved}: OK, {verdict.checked} entries, chain intact{at}{outside}")
         return
-    typer.echo(f"audit log of {resolved}: BROKEN at entry {verdict.broken_at} (after {verdict.checked} good entries)")
+    where = f" at entry {verdict.broken_at}" if verdict.broken_at else ""
+    typer.echo(f"audit log of {resolved}: BROKEN{where}: {verdict.reason} (after {verdict.checked} good entries)")
     raise typer.Exit(1)
+
+
+@audit_app.command("head")
+def audit_head(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> None:
+    """Print the tenant's audit head SEQ:HASH: keep it outside memproxy, check later with `audit verify --head`."""
+    import asyncio
+
+    from proxy.cli.tasks import run_head
+
+    settings = Settings()
+    _configure_logging("warning")
+    try:
+        resolved, found = asyncio.run(run_head(settings, tenant=tenant, api_key=api_key))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"audit head of {resolved}: {found}" if found else f"audit head of {resolved}: none (no keyed entry yet)"
+    )
 
 
 def _migration_table(summary: Summary) -> Table:

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from proxy.audit import Verdict, verify
+from proxy.audit import Verdict, head, verify
 from proxy.config import Settings
 from proxy.erasure import ErasureReport, erase_subject, export_subject
 from proxy.identity import load_secret, tenant_for
@@ -20,7 +20,7 @@ from proxy.learn.worker import WorkerStats
 from proxy.migrate import Migration, Progress, Summary, seen_threads
 from proxy.owner import Owner
 from proxy.runtime import Runtime, build_worker, open_runtime
-from proxy.state import open_state
+from proxy.state import ChainHead, open_state
 
 
 async def run_standalone(settings: Settings, *, once: bool = False, embedder: Any = None) -> WorkerStats:
@@ -87,11 +87,21 @@ async def run_export(settings: Settings, user: str, *, tenant: str | None, api_k
         return await export_subject(runtime, cli_owner(runtime, user, tenant, api_key))
 
 
-async def run_verify(settings: Settings, *, tenant: str | None, api_key: str | None) -> tuple[str, Verdict]:
-    """``memproxy audit verify``: the tenant's hash chain, checked from the start."""
+async def run_verify(
+    settings: Settings, *, tenant: str | None, api_key: str | None, kept: ChainHead | None = None
+) -> tuple[str, Verdict]:
+    """``memproxy audit verify``: the tenant's keyed chain from the start, against its stored head and ``kept``."""
+    secret = load_secret(settings)
+    resolved = cli_tenant(settings, secret, tenant, api_key)
+    async with await open_state(settings) as state:
+        return resolved, await verify(state, resolved, secret=secret, head=kept)
+
+
+async def run_head(settings: Settings, *, tenant: str | None, api_key: str | None) -> tuple[str, ChainHead | None]:
+    """``memproxy audit head``: the tenant's stored head, to be kept outside memproxy."""
     resolved = cli_tenant(settings, load_secret(settings), tenant, api_key)
     async with await open_state(settings) as state:
-        return resolved, await verify(state, resolved)
+        return resolved, await head(state, resolved)
 
 
 async def run_migrate(

@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy.state.base import (
+    CHAIN_HEAD_NS,
+    ChainConflict,
+    ChainHead,
     Clock,
     Erased,
     Job,
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 SQLITE_FILE = "state.sqlite3"
 
 __all__ = [
+    "CHAIN_HEAD_NS",
+    "ChainConflict",
+    "ChainHead",
     "Clock",
     "Erased",
     "Job",

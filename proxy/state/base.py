@@ -12,6 +12,11 @@ possibly e-mail addresses) appear in keys only as :attr:`proxy.owner.Owner.hash`
 
 Keys are ``(namespace, key)`` pairs; a key holds one kind of value (a JSON value, a list, or a set).
 Callers put the tenant into the key (``f"{tenant}:{thread_id}"``) so tenants never share an entry.
+
+Chained collections (the audit log) append through :meth:`State.append_chained`: reading the head,
+writing the next record and moving the head is one atomic step on every backend, so concurrent
+appends on any number of replicas never fork the chain. The head of each chain is kept apart from
+its records (namespace :data:`CHAIN_HEAD_NS`), so deleting the newest records shows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import builtins
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
@@ -40,6 +46,13 @@ Clock = Callable[[], float]
 
 SUBJECT_INDEX_NS = "_subject_index"
 """Namespace of the per-subject index sets: one set per subject listing every entry written about it."""
+
+CHAIN_HEAD_NS = "_chain_head"
+"""Namespace of the chain heads: one JSON value ``{seq, hash}`` per chained (tenant, collection)."""
+
+CHAIN_ATTEMPTS = 1000
+"""Optimistic attempts of one chained append (Redis) before :class:`ChainConflict`; each lost attempt
+means another append won, so this bounds starvation, not progress."""
 
 MAX_ERROR_CHARS = 2000
 CREDENTIAL_FIELDS = frozenset({"authorization", "api_key", "api-key", "apikey", "openai_api_key", "x-api-key"})
@@ -134,6 +147,58 @@ class UnknownCursor(MemproxyError, LookupError):
     """``after`` / ``before`` names a record that does not exist (the API answers 400/404)."""
 
 
+class ChainConflict(MemproxyError):
+    """A chained append lost its optimistic race :data:`CHAIN_ATTEMPTS` times in a row."""
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest record of a chained collection: its sequence number and hash.
+
+    A chained record carries ``id``, ``seq`` (1, 2, 3, ...) and ``hash``; a record without ``seq``
+    (written before its collection was chained) stands at seq 0.
+    """
+
+    seq: int
+    hash: str
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> ChainHead:
+        return cls(int(record.get("seq", 0)), str(record["hash"]))
+
+    @classmethod
+    def decode(cls, raw: str) -> ChainHead:
+        return cls.of(json.loads(raw))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash}
+
+    def encode(self) -> str:
+        return encode(self.as_json())
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+
+MakeLink = Callable[[ChainHead | None], dict[str, Any]]
+"""Builds the next record of a chain from its head (None: an empty collection); see :meth:`State.append_chained`."""
+
+
+def chain_head_key(tenant: str, collection: str) -> str:
+    """The key of a chain's head in :data:`CHAIN_HEAD_NS` (collection names hold no ``:``)."""
+    if ":" in collection:
+        raise ValueError(f"a chained collection's name holds no ':' ({collection!r})")
+    return f"{tenant}:{collection}"
+
+
+def implied_head(newest: Sequence[str]) -> ChainHead | None:
+    """The head a chain without a stored head continues from: its newest raw record's, if any.
+
+    Only a log written before heads were kept (or one whose head was deleted) has none.
+    """
+    return ChainHead.decode(newest[0]) if newest else None
+
+
 JobMatch = Owner | Callable[[Job], bool]
 
 
@@ -194,6 +259,8 @@ class State(abc.ABC):
     def __init__(self, *, clock: Clock | None = None, policy: JobPolicy | None = None) -> None:
         self.clock: Clock = clock or time.time
         self.policy = policy or JobPolicy()
+        self.chain_appends: Counter[str] = Counter()
+        """Records appended to each chained collection through this instance (a process metric)."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -326,6 +393,28 @@ class State(abc.ABC):
             items.reverse()
         return RecordPage(items=items, has_more=len(raws) > limit)
 
+    # --- chained collections (the audit log) ----------------------------------------------------
+
+    async def append_chained(self, tenant: str, collection: str, make: MakeLink) -> dict[str, Any]:
+        """Append the next record of a hash-chained collection, atomically across replicas; return it.
+
+        ``make(head)`` gets the chain's head and returns the next record, which carries ``id``,
+        ``seq`` and ``hash`` (the new head). The head is the stored one; a chain without one (a log
+        written before heads were kept) continues from its newest record, an empty one gets None.
+        Reading the head, writing the record and storing the new head are one step: no two appends
+        ever build on the same head. ``make`` must be pure and quick: it runs inside that step
+        (SQLite: in the write transaction) or once per attempt of an optimistic loop (Redis), so
+        perhaps more than once. Raises :class:`ChainConflict` if an append never gets its turn.
+        """
+        record = await self._append_chained(tenant, collection, make)
+        self.chain_appends[collection] += 1
+        return record
+
+    async def chain_head(self, tenant: str, collection: str) -> ChainHead | None:
+        """The stored head of a chain, or None if no chained append has stored one yet."""
+        raw = await self._get(CHAIN_HEAD_NS, chain_head_key(tenant, collection))
+        return None if raw is None else ChainHead.decode(raw)
+
     # --- job queue -----------------------------------------------------------------------------
 
     async def enqueue(
@@ -453,6 +542,11 @@ class State(abc.ABC):
         self, tenant: str, collection: str, ascending: bool, cursor: str | None, limit: int
     ) -> list[str]:
         """Up to ``limit`` raw records strictly beyond ``cursor`` in creation order (or reversed)."""
+
+    @abc.abstractmethod
+    async def _append_chained(self, tenant: str, collection: str, make: MakeLink) -> dict[str, Any]:
+        """Atomically: read the head (else :func:`implied_head`), ``make`` the record, store it and the
+        new head (:meth:`ChainHead.of` the record) under :func:`chain_head_key` in :data:`CHAIN_HEAD_NS`."""
 
     @abc.abstractmethod
     async def _enqueue(self, job: Job) -> str: ...

@@ -13,6 +13,11 @@ deployments can share one Redis.
 
 Leases are measured by Redis (entry idle time), so all consumers should pass the same
 ``lease_seconds``; backoff due times use the injected clock.
+
+A chained append (:meth:`State.append_chained`) is an optimistic loop: read the head, build the
+record in Python (its hash is an HMAC under the server's secret, which Lua cannot compute and which
+never goes to Redis), then one Lua script writes the record and the new head only if the head is
+still the one read; otherwise it answers the head that won, and the record is built again on it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 from redis import ResponseError
 from redis.asyncio import Redis
 
-from proxy.state.base import Clock, Job, JobPolicy, State, UnknownCursor, decode, encode
+from proxy.state.base import (
+    CHAIN_ATTEMPTS,
+    CHAIN_HEAD_NS,
+    ChainConflict,
+    ChainHead,
+    Clock,
+    Job,
+    JobPolicy,
+    MakeLink,
+    State,
+    UnknownCursor,
+    chain_head_key,
+    decode,
+    encode,
+    implied_head,
+)
 
 GROUP = "workers"
 PROMOTE_BATCH = 100
@@ -79,6 +99,18 @@ else
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
 return 1
+"""
+
+# KEYS: chain head, record bodies, record order, record sequence counter.
+# ARGV: the head the record was built on ('' for none), record id, record body, new head.
+# Returns {1, new head} when written, {0, current head} when another append got there first.
+APPEND_CHAINED = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return {0, current} end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], 'NX', redis.call('INCR', KEYS[4]), ARGV[2])
+redis.call('SET', KEYS[1], ARGV[4])
+return {1, ARGV[4]}
 """
 
 # The client decodes replies (``decode_responses=True``, see :meth:`RedisState.connect`) and speaks
@@ -142,6 +174,7 @@ class RedisState(State):
         self._start_script = client.register_script(START)
         self._promote_script = client.register_script(PROMOTE)
         self._settle_script = client.register_script(SETTLE)
+        self._append_chained_script = client.register_script(APPEND_CHAINED)
 
     @classmethod
     async def connect(
@@ -273,6 +306,22 @@ class RedisState(State):
         if not ids:
             return []
         return [raw for raw in cast("list[str | None]", await self.redis.hmget(bodies, ids)) if raw is not None]
+
+    async def _append_chained(self, tenant: str, collection: str, make: MakeLink) -> dict[str, Any]:
+        head_key = self._key("kv", CHAIN_HEAD_NS, chain_head_key(tenant, collection))
+        keys = [head_key, *self._record_keys(tenant, collection), self._key("rec", "seq")]
+        current = cast("str | None", await self.redis.get(head_key)) or ""
+        for _ in range(CHAIN_ATTEMPTS):
+            if current:
+                head: ChainHead | None = ChainHead.decode(current)
+            else:
+                head = implied_head(await self._scan_records(tenant, collection, False, None, 1))
+            record = make(head)
+            args = [current, record["id"], encode(record), ChainHead.of(record).encode()]
+            written, current = cast("list[Any]", await self._append_chained_script(keys=keys, args=args))
+            if written:
+                return record
+        raise ChainConflict(f"chained append to {collection} of {tenant}: lost {CHAIN_ATTEMPTS} races in a row")
 
     # --- jobs ----------------------------------------------------------------------------------
 

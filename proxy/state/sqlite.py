@@ -9,6 +9,10 @@ crash.
 
 Jobs are rows with a visibility time: claiming moves ``visible_at`` to the lease deadline, so an
 expired lease needs no janitor; the row is simply due again.
+
+A chained append (:meth:`State.append_chained`) is one such transaction: ``BEGIN IMMEDIATE`` takes
+the write lock before the head is read, so appends of every process on the file queue up behind
+each other and each builds on the head the previous one stored.
 """
 
 from __future__ import annotations
@@ -20,7 +24,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
-from proxy.state.base import Clock, Job, JobPolicy, State, UnknownCursor, decode, encode, redis_slice
+from proxy.state.base import (
+    CHAIN_HEAD_NS,
+    ChainHead,
+    Clock,
+    Job,
+    JobPolicy,
+    MakeLink,
+    State,
+    UnknownCursor,
+    chain_head_key,
+    decode,
+    encode,
+    implied_head,
+    redis_slice,
+)
 
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
@@ -163,30 +181,30 @@ class SqliteState(State):
         elif ttl is not None:
             conn.execute("UPDATE kv_keys SET expires_at = ? WHERE ns = ? AND key = ?", (expires, ns, key))
 
+    def _value(self, conn: sqlite3.Connection, ns: str, key: str, now: float) -> str | None:
+        if self._kind(conn, ns, key, now) != "value":
+            return None
+        value: str | None = conn.execute("SELECT value FROM kv_keys WHERE ns = ? AND key = ?", (ns, key)).fetchone()[0]
+        return value
+
+    def _write_value(
+        self, conn: sqlite3.Connection, ns: str, key: str, raw: str, ttl: float | None, now: float
+    ) -> None:
+        self._purge(conn, now)
+        self._drop_key(conn, ns, key)
+        expires = now + ttl if ttl is not None else None
+        conn.execute(
+            "INSERT INTO kv_keys (ns, key, kind, value, expires_at) VALUES (?, ?, 'value', ?, ?)",
+            (ns, key, raw, expires),
+        )
+
     # --- key/value -----------------------------------------------------------------------------
 
     async def _get(self, ns: str, key: str) -> str | None:
-        def run(conn: sqlite3.Connection, now: float) -> str | None:
-            if self._kind(conn, ns, key, now) != "value":
-                return None
-            value: str | None = conn.execute(
-                "SELECT value FROM kv_keys WHERE ns = ? AND key = ?", (ns, key)
-            ).fetchone()[0]
-            return value
-
-        return await self._run(run, self.clock())
+        return await self._run(self._value, ns, key, self.clock())
 
     async def _set(self, ns: str, key: str, raw: str, ttl: float | None) -> None:
-        def run(conn: sqlite3.Connection, now: float) -> None:
-            self._purge(conn, now)
-            self._drop_key(conn, ns, key)
-            expires = now + ttl if ttl is not None else None
-            conn.execute(
-                "INSERT INTO kv_keys (ns, key, kind, value, expires_at) VALUES (?, ?, 'value', ?, ?)",
-                (ns, key, raw, expires),
-            )
-
-        await self._run(run, self.clock())
+        await self._run(self._write_value, ns, key, raw, ttl, self.clock())
 
     async def delete(self, ns: str, key: str) -> bool:
         def run(conn: sqlite3.Connection, now: float) -> bool:
@@ -278,15 +296,34 @@ class SqliteState(State):
     # Creation order is the rowid: an upsert keeps it, and the (tenant, collection) index is
     # ordered by rowid within each collection.
 
-    async def _put_record(self, tenant: str, collection: str, id: str, raw: str) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO records (tenant, collection, id, body) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (tenant, collection, id) DO UPDATE SET body = excluded.body",
-                (tenant, collection, id, raw),
-            )
+    @staticmethod
+    def _upsert_record(conn: sqlite3.Connection, tenant: str, collection: str, id: str, raw: str) -> None:
+        conn.execute(
+            "INSERT INTO records (tenant, collection, id, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant, collection, id) DO UPDATE SET body = excluded.body",
+            (tenant, collection, id, raw),
+        )
 
-        await self._run(run)
+    @staticmethod
+    def _scan(
+        conn: sqlite3.Connection, tenant: str, collection: str, ascending: bool, cursor: str | None, limit: int
+    ) -> list[str]:
+        bound = -1 if ascending else 2**63 - 1
+        if cursor is not None:
+            sql = "SELECT rowid FROM records WHERE tenant = ? AND collection = ? AND id = ?"
+            row = conn.execute(sql, (tenant, collection, cursor)).fetchone()
+            if row is None:
+                raise UnknownCursor(cursor)
+            bound = row[0]
+        op, direction = (">", "ASC") if ascending else ("<", "DESC")
+        sql = (
+            f"SELECT body FROM records WHERE tenant = ? AND collection = ? AND rowid {op} ? "
+            f"ORDER BY rowid {direction} LIMIT ?"
+        )
+        return [r[0] for r in conn.execute(sql, (tenant, collection, bound, limit))]
+
+    async def _put_record(self, tenant: str, collection: str, id: str, raw: str) -> None:
+        await self._run(self._upsert_record, tenant, collection, id, raw)
 
     async def _get_record(self, tenant: str, collection: str, id: str) -> str | None:
         def run(conn: sqlite3.Connection) -> str | None:
@@ -306,22 +343,24 @@ class SqliteState(State):
     async def _scan_records(
         self, tenant: str, collection: str, ascending: bool, cursor: str | None, limit: int
     ) -> list[str]:
-        def run(conn: sqlite3.Connection) -> list[str]:
-            bound = -1 if ascending else 2**63 - 1
-            if cursor is not None:
-                sql = "SELECT rowid FROM records WHERE tenant = ? AND collection = ? AND id = ?"
-                row = conn.execute(sql, (tenant, collection, cursor)).fetchone()
-                if row is None:
-                    raise UnknownCursor(cursor)
-                bound = row[0]
-            op, direction = (">", "ASC") if ascending else ("<", "DESC")
-            sql = (
-                f"SELECT body FROM records WHERE tenant = ? AND collection = ? AND rowid {op} ? "
-                f"ORDER BY rowid {direction} LIMIT ?"
-            )
-            return [r[0] for r in conn.execute(sql, (tenant, collection, bound, limit))]
+        return await self._run(self._scan, tenant, collection, ascending, cursor, limit)
 
-        return await self._run(run)
+    async def _append_chained(self, tenant: str, collection: str, make: MakeLink) -> dict[str, Any]:
+        key = chain_head_key(tenant, collection)
+
+        def run(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+            stored = self._value(conn, CHAIN_HEAD_NS, key, now)
+            head = (
+                ChainHead.decode(stored)
+                if stored
+                else implied_head(self._scan(conn, tenant, collection, False, None, 1))
+            )
+            record = make(head)
+            self._upsert_record(conn, tenant, collection, record["id"], encode(record))
+            self._write_value(conn, CHAIN_HEAD_NS, key, ChainHead.of(record).encode(), None, now)
+            return record
+
+        return await self._run(run, self.clock())
 
     # --- jobs ----------------------------------------------------------------------------------
 
