@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from proxy import audit, erasure
 from proxy.errors import OpenAIError
-from proxy.identity import credential, tenant_for
+from proxy.identity import credential, is_admin, tenant_for
 from proxy.memory.embed import EmbeddingError
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import render_block
@@ -72,8 +72,7 @@ class Caller:
 
 def resolve_tenant(request: Request, runtime: Runtime) -> str:
     settings = runtime.settings
-    token = credential(request.headers)
-    if settings.admin_token and token == settings.admin_token:
+    if is_admin(request.headers, settings):
         tenant = request.headers.get("x-memory-tenant")
         if not tenant:
             raise OpenAIError(
@@ -222,7 +221,7 @@ async def context(caller: Caller) -> dict[str, Any]:
 def upstream_headers(caller: Caller) -> dict[str, str]:
     """The caller's own credential for upstream deletions; an admin's token is no upstream key."""
     settings = caller.runtime.settings
-    if settings.admin_token and credential(caller.request.headers) == settings.admin_token:
+    if is_admin(caller.request.headers, settings):
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         return {"authorization": f"Bearer {key}"} if key else {}
     return credential_headers(headers=caller.request.headers)
