@@ -2,7 +2,8 @@
 
 Authenticated by the same bearer credential the upstream gets: the tenant is its HMAC, so an
 application reaches exactly the memories its own traffic created. With ``MEMPROXY_ADMIN_TOKEN``
-an operator may name any tenant in ``X-Memory-Tenant``. Errors are OpenAI-shaped.
+an operator may name any tenant in ``X-Memory-Tenant``. With a fixed tenant (``MEMPROXY_TENANT``)
+only the admin token is accepted, and without one the API is refused. Errors are OpenAI-shaped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from proxy import audit, erasure
 from proxy.errors import OpenAIError
-from proxy.identity import credential, is_admin, tenant_for
+from proxy.identity import credential, is_admin, memory_api_refusal, tenant_for
 from proxy.memory.embed import EmbeddingError
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import render_block
@@ -71,14 +72,30 @@ class Caller:
 
 
 def resolve_tenant(request: Request, runtime: Runtime) -> str:
+    """The tenant a memory API call acts in: the admin's choice, else the caller's key's.
+
+    With a fixed tenant (``MEMPROXY_TENANT``) a key identifies no tenant, so only the admin token is
+    accepted (it acts in the fixed tenant unless ``X-Memory-Tenant`` names another), and without an
+    admin token nothing is.
+    """
     settings = runtime.settings
+    refusal = memory_api_refusal(settings)
+    if refusal is not None:
+        raise OpenAIError(403, refusal, code="admin_token_required")
     if is_admin(request.headers, settings):
-        tenant = request.headers.get("x-memory-tenant")
+        tenant = request.headers.get("x-memory-tenant") or settings.tenant
         if not tenant:
             raise OpenAIError(
                 400, "Admin calls name the tenant in the X-Memory-Tenant header.", param="X-Memory-Tenant"
             )
         return tenant
+    if settings.tenant:
+        raise OpenAIError(
+            401,
+            "This proxy has a fixed tenant (MEMPROXY_TENANT): memory API calls need its admin token "
+            "(MEMPROXY_ADMIN_TOKEN) as the bearer token.",
+            code="invalid_api_key",
+        )
     tenant = tenant_for(request.headers, settings, runtime.secret)
     if tenant is None:
         raise OpenAIError(

@@ -5,7 +5,9 @@ server secret, so two applications with different keys can never see each other'
 the key itself is never stored. Whom a memory is about, with its keyed pseudonym, is an
 :class:`~proxy.owner.Owner`.
 
-An operator's admin token (``MEMPROXY_ADMIN_TOKEN``) is compared in constant time.
+An operator's admin token (``MEMPROXY_ADMIN_TOKEN``) is compared in constant time. With a fixed
+tenant (``MEMPROXY_TENANT``) a key names no tenant, so any bearer would do: the memory API then
+serves the admin token only, and without one it serves nobody (:func:`memory_api_refusal`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,20 @@ def is_admin(headers: Headers, settings: Settings) -> bool:
     if token is None or admin is None:
         return False
     return hmac.compare_digest(token.encode(), admin.get_secret_value().encode())
+
+
+def memory_api_refusal(settings: Settings) -> str | None:
+    """Why the memory API must serve nobody, or None when it may serve.
+
+    A fixed tenant takes no tenant from the key, so any bearer token would reach every user's
+    memories: only the admin token may, and without one nobody may.
+    """
+    if settings.tenant and settings.admin_token is None:
+        return (
+            "The memory API is disabled: this proxy has a fixed tenant (MEMPROXY_TENANT), so an API key does not "
+            "identify a tenant. Set MEMPROXY_ADMIN_TOKEN and send it as the bearer token of memory API calls."
+        )
+    return None
 
 
 def tenant_for(headers: Headers, settings: Settings, secret: bytes) -> str | None:
