@@ -29,11 +29,9 @@ from proxy.memory.service import MemoryNotFound, OwnerMemory
 from proxy.memory.store import StoreError
 from proxy.migrate import Migration, seen_threads
 from proxy.observe import timed
-from proxy.owner import Owner
+from proxy.owner import MAX_SUBJECT, Owner, subject_problem
 from proxy.ownership import credential_headers
 from proxy.runtime import MemoryUnavailable, Runtime
-
-MAX_SUBJECT = 256
 
 
 class RememberBody(BaseModel):
@@ -114,8 +112,13 @@ def endpoint(handler: Callable[[Caller], Awaitable[Any]]) -> Callable[[Request],
         if runtime.memory is None:
             raise MemoryUnavailable(runtime.problems.get("memory", "not opened"))
         subject = request.path_params.get("subject", "")
-        if not 0 < len(subject) <= MAX_SUBJECT:
-            raise OpenAIError(400, f"A subject is 1 to {MAX_SUBJECT} characters.", param="subject")
+        if subject_problem(subject) is not None:
+            raise OpenAIError(
+                400,
+                f"A subject is 1 to {MAX_SUBJECT} characters, not blank, without control characters.",
+                param="subject",
+                code="invalid_subject",
+            )
         owner = Owner.of(runtime.secret, tenant, subject)
         result = await handler(Caller(runtime, owner, runtime.memory.of(owner), request))
         status = 201 if request.method == "POST" and request.url.path.endswith("/memories") else 200
