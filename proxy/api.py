@@ -2,7 +2,8 @@
 
 Authenticated by the same bearer credential the upstream gets: the tenant is its HMAC, so an
 application reaches exactly the memories its own traffic created. With ``MEMPROXY_ADMIN_TOKEN``
-an operator may name any tenant in ``X-Memory-Tenant``. Errors are OpenAI-shaped.
+an operator may name any tenant in ``X-Memory-Tenant``. With a fixed tenant (``MEMPROXY_TENANT``)
+only the admin token is accepted, and without one the API is refused. Errors are OpenAI-shaped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from proxy import audit, erasure
 from proxy.errors import OpenAIError
-from proxy.identity import credential, tenant_for
+from proxy.identity import credential, is_admin, memory_api_refusal, tenant_for
 from proxy.memory.embed import EmbeddingError
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import render_block
@@ -28,11 +29,9 @@ from proxy.memory.service import MemoryNotFound, OwnerMemory
 from proxy.memory.store import StoreError
 from proxy.migrate import Migration, seen_threads
 from proxy.observe import timed
-from proxy.owner import Owner
+from proxy.owner import MAX_SUBJECT, Owner, subject_problem
 from proxy.ownership import credential_headers
 from proxy.runtime import MemoryUnavailable, Runtime
-
-MAX_SUBJECT = 256
 
 
 class RememberBody(BaseModel):
@@ -71,15 +70,30 @@ class Caller:
 
 
 def resolve_tenant(request: Request, runtime: Runtime) -> str:
+    """The tenant a memory API call acts in: the admin's choice, else the caller's key's.
+
+    With a fixed tenant (``MEMPROXY_TENANT``) a key identifies no tenant, so only the admin token is
+    accepted (it acts in the fixed tenant unless ``X-Memory-Tenant`` names another), and without an
+    admin token nothing is.
+    """
     settings = runtime.settings
-    token = credential(request.headers)
-    if settings.admin_token and token == settings.admin_token:
-        tenant = request.headers.get("x-memory-tenant")
+    refusal = memory_api_refusal(settings)
+    if refusal is not None:
+        raise OpenAIError(403, refusal, code="admin_token_required")
+    if is_admin(request.headers, settings):
+        tenant = request.headers.get("x-memory-tenant") or settings.tenant
         if not tenant:
             raise OpenAIError(
                 400, "Admin calls name the tenant in the X-Memory-Tenant header.", param="X-Memory-Tenant"
             )
         return tenant
+    if settings.tenant:
+        raise OpenAIError(
+            401,
+            "This proxy has a fixed tenant (MEMPROXY_TENANT): memory API calls need its admin token "
+            "(MEMPROXY_ADMIN_TOKEN) as the bearer token.",
+            code="invalid_api_key",
+        )
     tenant = tenant_for(request.headers, settings, runtime.secret)
     if tenant is None:
         raise OpenAIError(
@@ -98,8 +112,13 @@ def endpoint(handler: Callable[[Caller], Awaitable[Any]]) -> Callable[[Request],
         if runtime.memory is None:
             raise MemoryUnavailable(runtime.problems.get("memory", "not opened"))
         subject = request.path_params.get("subject", "")
-        if not 0 < len(subject) <= MAX_SUBJECT:
-            raise OpenAIError(400, f"A subject is 1 to {MAX_SUBJECT} characters.", param="subject")
+        if subject_problem(subject) is not None:
+            raise OpenAIError(
+                400,
+                f"A subject is 1 to {MAX_SUBJECT} characters, not blank, without control characters.",
+                param="subject",
+                code="invalid_subject",
+            )
         owner = Owner.of(runtime.secret, tenant, subject)
         result = await handler(Caller(runtime, owner, runtime.memory.of(owner), request))
         status = 201 if request.method == "POST" and request.url.path.endswith("/memories") else 200
@@ -222,7 +241,7 @@ async def context(caller: Caller) -> dict[str, Any]:
 def upstream_headers(caller: Caller) -> dict[str, str]:
     """The caller's own credential for upstream deletions; an admin's token is no upstream key."""
     settings = caller.runtime.settings
-    if settings.admin_token and credential(caller.request.headers) == settings.admin_token:
+    if is_admin(caller.request.headers, settings):
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         return {"authorization": f"Bearer {key}"} if key else {}
     return credential_headers(headers=caller.request.headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -19,9 +20,12 @@ from proxy.hooks import assistants as hooks
 from proxy.hooks.bridge import bridge_routes
 from proxy.hooks.chat import create_chat_completion
 from proxy.hooks.responses import create_response, retrieve_response
+from proxy.identity import memory_api_refusal
 from proxy.memory.embed import Embedder
 from proxy.metrics import Metrics, Observe, metrics_endpoint
 from proxy.runtime import STARTING, Runtime, open_runtime
+
+log = logging.getLogger("memproxy.app")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -36,10 +40,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when memory is usable; a proxy without memory still forwards, so it says why."""
+    """Ready when memory is usable; a proxy without memory still forwards, so it says why.
+
+    ``memory_api`` says why the memory API refuses every call, if it does; that alone does not make
+    the proxy unready: forwarding and memory on requests work.
+    """
     runtime = request.app.state.runtime
     problem = runtime.problems.get("memory")
     checks = {"state": "ok", "memory": "ok" if runtime.memory else problem or "off"}
+    checks["memory_api"] = memory_api_refusal(runtime.settings) or "ok"
     status = "ready" if runtime.memory else "starting" if problem == STARTING else "degraded"
     return JSONResponse({"status": status, "checks": checks}, status_code=200 if runtime.memory else 503)
 
@@ -68,6 +77,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             app.state.runtime = metrics.collector.runtime = runtime
             # before the memory layer's background start can run: its worker takes runtime.observer
             runtime.observer = runtime.forwarder.observer = metrics.observer
+            refusal = memory_api_refusal(settings)
+            if refusal is not None:
+                log.warning(refusal)
             yield
 
     routes: list[BaseRoute] = [

@@ -42,16 +42,25 @@ class Settings(BaseSettings):
     )
 
     # --- identity ------------------------------------------------------------------------------
-    secret: str | None = Field(
+    secret: SecretStr | None = Field(
         None, description="Server secret for tenant HMACs; generated under data_dir when unset (one replica)."
     )
-    tenant: str | None = Field(None, description="Fixed tenant id (a sidecar whose API keys rotate).")
-    admin_token: str | None = Field(None, description="Bearer token for admin calls of the memory API.")
+    tenant: str | None = Field(
+        None,
+        description="Fixed tenant id (a sidecar whose API keys rotate); the memory API then needs the admin token.",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for admin calls of the memory API; with a fixed tenant, required for every call.",
+    )
 
     # --- storage -------------------------------------------------------------------------------
-    redis_url: str | None = Field(None, description="Redis for state and jobs; unset: SQLite under data_dir.")
+    # a Redis URL may carry a password: out of repr like the secrets (a plain str for proxy/state/)
+    redis_url: str | None = Field(
+        None, description="Redis for state and jobs; unset: SQLite under data_dir.", repr=False
+    )
     qdrant_url: str | None = Field(None, description="Qdrant server; unset: embedded Qdrant Edge under data_dir.")
-    qdrant_api_key: str | None = None
+    qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server.", repr=False)
     collection: str = Field("memproxy_memories", description="Qdrant collection name.")
 
     # --- embeddings ----------------------------------------------------------------------------
@@ -158,6 +167,12 @@ class Settings(BaseSettings):
         if self.assistants != "auto":
             return self.assistants
         return "bridge" if "api.openai.com" in self.upstream_url else "passthrough"
+
+    @field_validator("secret", "admin_token", "llm_api_key", "tenant", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (a template that renders ``""``) means unset, never an empty secret."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("data_dir", "embed_model_path")
     @classmethod

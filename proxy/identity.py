@@ -4,10 +4,15 @@ The tenant is derived, never configured per key: an HMAC of the upstream credent
 server secret, so two applications with different keys can never see each other's memories and
 the key itself is never stored. Whom a memory is about, with its keyed pseudonym, is an
 :class:`~proxy.owner.Owner`.
+
+An operator's admin token (``MEMPROXY_ADMIN_TOKEN``) is compared in constant time. With a fixed
+tenant (``MEMPROXY_TENANT``) a key names no tenant, so any bearer would do: the memory API then
+serves the admin token only, and without one it serves nobody (:func:`memory_api_refusal`).
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -29,7 +34,7 @@ class MissingSecret(MemproxyError):
 def load_secret(settings: Settings) -> bytes:
     """The server secret: configured, or generated once under the data directory (one replica)."""
     if settings.secret:
-        return settings.secret.encode()
+        return settings.secret.get_secret_value().encode()
     if settings.redis_url:
         raise MissingSecret(
             "MEMPROXY_SECRET must be set when MEMPROXY_REDIS_URL is: replicas must share it "
@@ -51,6 +56,28 @@ def credential(headers: Headers) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return headers.get("api-key") or None
+
+
+def is_admin(headers: Headers, settings: Settings) -> bool:
+    """Whether the request's bearer credential is the admin token, compared in constant time."""
+    token, admin = credential(headers), settings.admin_token
+    if token is None or admin is None:
+        return False
+    return hmac.compare_digest(token.encode(), admin.get_secret_value().encode())
+
+
+def memory_api_refusal(settings: Settings) -> str | None:
+    """Why the memory API must serve nobody, or None when it may serve.
+
+    A fixed tenant takes no tenant from the key, so any bearer token would reach every user's
+    memories: only the admin token may, and without one nobody may.
+    """
+    if settings.tenant and settings.admin_token is None:
+        return (
+            "The memory API is disabled: this proxy has a fixed tenant (MEMPROXY_TENANT), so an API key does not "
+            "identify a tenant. Set MEMPROXY_ADMIN_TOKEN and send it as the bearer token of memory API calls."
+        )
+    return None
 
 
 def tenant_for(headers: Headers, settings: Settings, secret: bytes) -> str | None:

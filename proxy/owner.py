@@ -6,6 +6,10 @@ and erasure name it. Its :attr:`Owner.hash` is the one pseudonym of the pair, ke
 secret: it is what leaves the process (``x-memory-subject``, logs, audit entries, state keys), so a
 subject id, perhaps an e-mail address, is never spelled out there, and nobody without the secret can
 test a guess against it.
+
+What may be a subject at all is one rule, :func:`subject_problem`: the memory API refuses to
+address anything else, and the hooks give no memory to a request naming anything else, so nothing is
+ever stored about a subject the API could not list, export or erase.
 """
 
 from __future__ import annotations
@@ -13,6 +17,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+
+MAX_SUBJECT = 256
+"""Longest subject, in characters."""
+
+
+def subject_problem(subject: str) -> str | None:
+    """Why ``subject`` cannot be a subject, or None when it can: 1 to :data:`MAX_SUBJECT` characters,
+    not blank, no control characters (U+0000-U+001F, U+007F).
+
+    The answer is a short token (``subject-too-long``, ``subject-blank``, ``subject-control-character``)
+    fit for a header, a counter and a log line: it never repeats the value.
+    """
+    if len(subject) > MAX_SUBJECT:
+        return "subject-too-long"
+    if not subject.strip():
+        return "subject-blank"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in subject):
+        return "subject-control-character"
+    return None
 
 
 def digest(secret: bytes, *parts: str, length: int = 32) -> str:

@@ -1002,6 +1002,86 @@ def test_chart_names_fit_kubernetes_limits() -> None:
     assert ("Service", "memproxy") in chart_objects(VALID_SECRET, release="memproxy"), "no memproxy-memproxy"
 
 
+# --- a fixed tenant comes with the admin token, from a Secret --------------------------------------------
+# With MEMPROXY_TENANT a key names no tenant, so the memory API answers only MEMPROXY_ADMIN_TOKEN (and
+# nobody without it): a manifest that fixes the tenant must set the token, and from a Secret.
+
+
+def env_origins(container: dict, objects: dict) -> dict[str, str]:
+    """Where each variable of a container comes from: ``configmap``, ``secret`` or ``literal`` (later wins).
+
+    A Secret the manifests do not define (an operator's existing one) contributes keys nobody can list.
+    """
+    origins: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            origins.update(dict.fromkeys(objects[("ConfigMap", source["configMapRef"]["name"])]["data"], "configmap"))
+        secret = objects.get(("Secret", source.get("secretRef", {}).get("name")))
+        if secret is not None:
+            origins.update(dict.fromkeys({**secret.get("stringData", {}), **secret.get("data", {})}, "secret"))
+    for item in container.get("env", []):
+        reference = item.get("valueFrom", {})
+        if "secretKeyRef" in reference:
+            secret = objects.get(("Secret", reference["secretKeyRef"]["name"]))
+            if secret is not None:
+                keys = {**secret.get("stringData", {}), **secret.get("data", {})}
+                assert reference["secretKeyRef"]["key"] in keys, f"{item['name']}: the Secret lacks the key"
+            origins[item["name"]] = "secret"
+        else:
+            origins[item["name"]] = "configmap" if "configMapKeyRef" in reference else "literal"
+    return origins
+
+
+def assert_a_fixed_tenant_comes_with_the_admin_token(objects: dict) -> None:
+    pods = [doc["spec"]["template"]["spec"] for (kind, _), doc in objects.items() if kind == "Deployment"]
+    servers = [
+        c for pod in pods for c in pod.get("initContainers", []) + pod["containers"] if c.get("args") == ["serve"]
+    ]
+    assert servers, "no container runs `memproxy serve`"
+    for container in servers:
+        origins = env_origins(container, objects)
+        assert "MEMPROXY_TENANT" in origins, "this manifest fixes the tenant"
+        assert origins.get("MEMPROXY_ADMIN_TOKEN") == "secret", (
+            f"{container['name']}: a fixed tenant needs MEMPROXY_ADMIN_TOKEN from a Secret, "
+            f"got {origins.get('MEMPROXY_ADMIN_TOKEN')}"
+        )
+
+
+def test_the_sidecar_that_fixes_the_tenant_also_sets_the_admin_token_from_a_secret(sidecar: dict) -> None:
+    assert_a_fixed_tenant_comes_with_the_admin_token(sidecar)
+
+
+@pytest.mark.parametrize(
+    "secret", [{"serverSecret": "0123456789abcdef" * 4, "adminToken": "tok"}, {"existingSecret": "memproxy-keys"}]
+)
+def test_the_chart_with_a_fixed_tenant_sets_the_admin_token_from_a_secret(secret: dict) -> None:
+    objects = chart_objects({"tenant": "acme", "secret": secret})
+    assert_a_fixed_tenant_comes_with_the_admin_token(objects)
+    worker = _container(objects[("Deployment", "demo-memproxy-worker")])
+    assert "env" not in worker, "the worker serves no memory API"
+    notes = render_chart({"tenant": "acme", "secret": secret})["NOTES.txt"]
+    assert "MEMPROXY_ADMIN_TOKEN" in notes and "Authorization: Bearer" in notes
+    extra = [{"name": "MEMPROXY_MEMORY_TOP_K", "value": "4"}]
+    env = _container(
+        chart_objects({"tenant": "acme", "secret": secret, "extraEnv": extra})[("Deployment", "demo-memproxy-proxy")]
+    )["env"]
+    assert [item["name"] for item in env] == ["MEMPROXY_ADMIN_TOKEN", "MEMPROXY_MEMORY_TOP_K"], "extraEnv is kept"
+
+
+def test_the_chart_refuses_a_fixed_tenant_without_an_admin_token() -> None:
+    with pytest.raises(RenderFailed, match="MEMPROXY_ADMIN_TOKEN"):
+        chart_objects(deep_merge(VALID_SECRET, {"tenant": "acme"}))
+    assert "MEMPROXY_ADMIN_TOKEN" not in render_chart(VALID_SECRET)["NOTES.txt"], "no fixed tenant, no note"
+
+
+def test_compose_fixes_a_tenant_only_with_a_required_admin_token(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        if "MEMPROXY_TENANT" in env:
+            token = str(env.get("MEMPROXY_ADMIN_TOKEN", ""))
+            assert token.startswith("${MEMPROXY_ADMIN_TOKEN:?"), f"{name}: a fixed tenant requires the admin token"
+
+
 @pytest.mark.skipif(
     shutil.which("helm") is None, reason="no helm binary on PATH: the chart is rendered by the test's renderer"
 )

@@ -479,7 +479,13 @@ def test_memproxy_worker_command(tmp_path, monkeypatch, memory_model_dir) -> Non
 def test_the_proxy_runs_the_worker_in_process(make_proxy) -> None:
     from proxy.client import Memory
 
-    proxy = make_proxy(extractor="verbatim", tenant="tenant-in-proxy", worker_poll_interval=0.1, worker_in_proxy=True)
+    proxy = make_proxy(
+        extractor="verbatim",
+        tenant="tenant-in-proxy",
+        admin_token="admin-in-proxy",  # a fixed tenant's memory API answers its admin token only
+        worker_poll_interval=0.1,
+        worker_in_proxy=True,
+    )
     runtime = proxy.app.state.runtime
     assert runtime.worker is not None and runtime.worker.running
     assert isinstance(runtime.keys, KeyRing)
@@ -490,7 +496,7 @@ def test_the_proxy_runs_the_worker_in_process(make_proxy) -> None:
             await enqueue_turn(state, a_turn("I drive an electric car.", tenant="tenant-in-proxy", subject="carol"))
 
     asyncio.run(queue())
-    with Memory(proxy.url, api_key="sk-any") as client:
+    with Memory(proxy.url, api_key="admin-in-proxy") as client:
         for _ in range(100):
             found = client.user("carol").list()["data"]
             if found:

@@ -22,7 +22,7 @@ from proxy.forward import Tap
 from proxy.identity import credential, tenant_for
 from proxy.memory.render import render_block
 from proxy.observe import timed
-from proxy.owner import Owner
+from proxy.owner import Owner, subject_problem
 from proxy.runtime import Runtime
 
 log = logging.getLogger("memproxy.hooks")
@@ -33,12 +33,20 @@ Status = Literal["ok", "none", "off", "degraded"]
 
 @dataclass(frozen=True, slots=True)
 class Off:
-    """Memory does not act on this request: switched off, no credential or subject, or the hook failed."""
+    """Memory does not act on this request: switched off, no credential or subject, or the hook failed.
+
+    ``reason`` (sent as ``x-memory-reason``) says why when the client can fix it, e.g. a subject the
+    memory API could not address (:func:`proxy.owner.subject_problem`); never the subject itself.
+    """
 
     status: Literal["off", "degraded"] = "off"
+    reason: str | None = None
 
     def headers(self) -> dict[str, str]:
-        return {"x-memory-status": self.status, "x-memory-recalled": "0"}
+        headers = {"x-memory-status": self.status, "x-memory-recalled": "0"}
+        if self.reason is not None:
+            headers["x-memory-reason"] = self.reason
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +93,20 @@ def tenant_of(request: Request, runtime: Runtime) -> str | None:
 
 
 def identify(request: Request, runtime: Runtime, subject: str | None) -> RequestMemory:
-    """The request's owner, or OFF when memory is switched off or the request names no one."""
+    """The request's owner, or OFF when memory is switched off or the request names no one.
+
+    A subject the memory API could not address (too long, blank, control characters) gets no memory,
+    so nothing is stored that the API could not list, export or erase; the request itself goes on
+    untouched, with the reason in ``x-memory-reason``, counted and logged without the value.
+    """
     tenant = tenant_of(request, runtime)
     if tenant is None or subject is None:
         return OFF
+    problem = subject_problem(subject)
+    if problem is not None:
+        runtime.count(f"memory_off.{problem}")
+        log.warning("memory off for this request: %s (%d characters)", problem, len(subject))
+        return Off(reason=problem)
     owner = Owner.of(runtime.secret, tenant, subject)
     if runtime.memory is None:
         return Identified(owner, "degraded")
