@@ -29,7 +29,7 @@ from proxy.hooks.recall import (
 from proxy.identity import subject_for
 from proxy.ids import check_id, upstream_path
 from proxy.learn.turn import Turn, message_text
-from proxy.owner import Owner
+from proxy.owner import Owner, subject_problem
 from proxy.ownership import record_thread
 from proxy.runtime import Runtime
 from proxy.sse import Event
@@ -71,7 +71,7 @@ async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any
         return known
     thread = await runtime.forwarder.fetch_json(request, upstream_path("/threads/{t}", t=thread_id))
     from_thread = subject_for(request.headers, runtime.settings, thread) if isinstance(thread, dict) else None
-    if from_thread:  # once per thread: later runs find it in the state store
+    if from_thread and subject_problem(from_thread) is None:  # once per thread: later runs find it here
         owner = Owner.of(runtime.secret, tenant, from_thread)
         await mine.set("thread_subject", thread_id, from_thread, ttl=THREAD_TTL, subject=owner)
     return from_thread or f"thread:{thread_id}"
