@@ -283,7 +283,21 @@ async def audit_log(request: Request) -> Response:
     tenant = resolve_tenant(request, runtime)
     items, more = await audit.entries(runtime.state, tenant, limit=100, after=request.query_params.get("after"))
     head = await audit.head(runtime.state, tenant)
-    return JSONResponse({"object": "list", "data": items, "has_more": more, "head": head and head.as_json()})
+    body = {"object": "list", "data": items, "has_more": more, "head": head and head.as_json(), "tenant": tenant}
+    return JSONResponse(body)
+
+
+async def audit_verification(request: Request) -> Response:
+    """The tenant's chain checked as ``memproxy audit verify`` does; ``?head=SEQ:HASH`` kept outside."""
+    runtime: Runtime = request.app.state.runtime
+    tenant = resolve_tenant(request, runtime)
+    kept = request.query_params.get("head")
+    try:
+        outside = audit.parse_head(kept) if kept else None
+    except audit.BadHead as exc:
+        raise OpenAIError(400, str(exc), param="head") from None
+    verdict = await audit.verify(runtime.state, tenant, secret=runtime.secret, head=outside)
+    return JSONResponse({**verdict.as_json(), "tenant": tenant})
 
 
 def memory_routes() -> list[BaseRoute]:
@@ -293,6 +307,7 @@ def memory_routes() -> list[BaseRoute]:
             "/memory/v1",
             routes=[
                 Route("/audit", audit_log, methods=["GET"]),
+                Route("/audit/verify", audit_verification, methods=["GET"]),
                 Route(user + "/memories", remember, methods=["POST"]),
                 Route(user + "/memories", list_memories, methods=["GET"]),
                 Route(user + "/memories/{memory_id}", get_memory, methods=["GET"]),

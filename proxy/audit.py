@@ -150,6 +150,17 @@ class Verdict:
     legacy: int = 0
     """Unkeyed entries written before the chain was keyed, at its start."""
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "object": "audit.verification",
+            "ok": self.ok,
+            "checked": self.checked,
+            "broken_at": self.broken_at,
+            "reason": self.reason,
+            "head": str(self.head) if self.head else None,
+            "legacy": self.legacy,
+        }
+
 
 @dataclass
 class _Walk:

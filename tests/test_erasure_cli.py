@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -119,3 +120,53 @@ def test_forget_through_another_upstream_or_mode_reports_partial_and_keeps_the_r
     again = run("forget", "--user", USER, "--api-key", KEY)
     assert again.exit_code == 0 and "outcome ok" in again.output
     assert httpx.get(f"{emulator.base_url}/threads/{thread}", headers=headers).status_code == 404
+
+
+def test_the_commands_go_through_the_proxy_serving_the_data_directory(env, emulator, memory_model_dir) -> None:
+    """`memproxy serve` holds the embedded store; forget / export / migrate / audit act through it."""
+    from conftest import _free_port
+
+    from proxy.bench.harness import child_server
+    from proxy.cli.discovery import serving
+
+    headers = {"authorization": f"Bearer {KEY}"}
+    thread = httpx.post(
+        f"{emulator.base_url}/threads",
+        headers=headers,
+        json={"messages": [{"role": "user", "content": "I grow tomatoes on my balcony"}]},
+    ).json()["id"]
+    port = _free_port()
+    with child_server(["serve", "--port", str(port)], port):
+        wait = time.monotonic() + 30
+        while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200 and time.monotonic() < wait:
+            time.sleep(0.1)
+        assert (env / "serve.json").exists()
+
+        migrated = run("migrate", "-u", USER, "-t", thread, "--api-key", KEY)
+        assert migrated.exit_code == 0, migrated.output
+        exported = json.loads(run("export", "-u", USER, "--api-key", KEY).stdout)
+        assert any("tomatoes" in m["text"] for m in exported["memories"])
+        forgot = run("forget", "-u", USER, "--api-key", KEY)
+        assert forgot.exit_code == 0 and "outcome ok" in forgot.output, forgot.output
+        assert httpx.get(f"{emulator.base_url}/threads/{thread}", headers=headers).status_code == 404
+        verified = run("audit", "verify", "--api-key", KEY)
+        assert verified.exit_code == 0 and "chain intact" in verified.output
+        head = run("audit", "head", "--api-key", KEY)
+        assert head.exit_code == 0 and ":" in head.output.split("audit head of ", 1)[1]
+    assert serving(env) is None  # gone with its process
+
+
+def test_a_locked_store_is_one_clear_line(env) -> None:
+    """Without an announcement (a proxy started otherwise), the lock is explained, not a traceback."""
+    from proxy.memory.store_edge import EdgeStore  # holds the embedded store as a serving proxy would
+
+    store = EdgeStore(env / "qdrant" / "memproxy_memories", dim=384, collection="memproxy_memories")
+    import asyncio
+
+    asyncio.run(store.start())
+    try:
+        result = CliRunner().invoke(app, ["export", "-u", USER, "--api-key", KEY])
+    finally:
+        asyncio.run(store.close())
+    assert result.exit_code == 2 and "in use by a running proxy" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

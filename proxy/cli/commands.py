@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -13,7 +15,7 @@ from proxy.config import Settings
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from proxy.migrate import Summary
+    from proxy.cli.remote import Remote
 
 app = typer.Typer(help="memproxy: long-term memory for OpenAI API applications.", no_args_is_help=True)
 bench = typer.Typer(help="Benchmarks; each prints a table.", no_args_is_help=True)
@@ -35,22 +37,27 @@ def serve(
 ) -> None:
     """Serve the proxy. Point an app at it with OPENAI_BASE_URL=http://HOST:PORT/v1."""
     from proxy.app import create_app
+    from proxy.cli.discovery import announce, local_url, withdraw
 
     given: dict[str, Any] = {"host": host, "port": port, "upstream_url": upstream}
     overrides = {name: value for name, value in given.items() if value is not None}
     settings = Settings(**overrides)
     _configure_logging(settings.log_level)
-    # The upstream's Date and Server headers pass through; uvicorn must not add a second pair.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        server_header=False,
-        date_header=False,
-        log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
-        access_log=False,  # memproxy.access logs each request instead, with its id and route
-    )
+    announce(settings.data_dir, local_url(settings.host, settings.port))  # the GDPR commands find it here
+    try:
+        # The upstream's Date and Server headers pass through; uvicorn must not add a second pair.
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            server_header=False,
+            date_header=False,
+            log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
+            access_log=False,  # memproxy.access logs each request instead, with its id and route
+        )
+    finally:
+        withdraw(settings.data_dir)
 
 
 @app.command()
@@ -179,6 +186,10 @@ def bench_locomo(
 
 
 # --- GDPR and migration: forget, export, audit verify / head, migrate ---------------------------------
+#
+# Each runs against the proxy serving this data directory when there is one (or ``--url``), through
+# its memory API and so with its configuration; otherwise it opens the stores itself. Both ways
+# answer the same JSON, printed the same way; a failure is one line on stderr, never a traceback.
 
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -192,13 +203,74 @@ ApiKeyOption = Annotated[
     ),
 ]
 TenantOption = Annotated[
-    str | None, typer.Option("--tenant", help="Tenant id (instead of deriving it from --api-key).")
+    str | None,
+    typer.Option("--tenant", help="Tenant id (instead of --api-key; with a running proxy: MEMPROXY_ADMIN_TOKEN)."),
 ]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="A running proxy to act through (default: the one serving MEMPROXY_DATA_DIR, if any; else the "
+        "stores are opened directly).",
+    ),
+]
+UpstreamOption = Annotated[
+    str | None,
+    typer.Option("--upstream", help="Upstream base URL when the stores are opened directly (MEMPROXY_UPSTREAM_URL)."),
+]
+T = TypeVar("T")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"memproxy: {message}", err=True)
     return typer.Exit(code)
+
+
+def _settings(upstream: str | None = None) -> Settings:
+    _configure_logging("critical")  # what went wrong is in the command's report or its one error line
+    overrides: dict[str, Any] = {"upstream_url": upstream} if upstream else {}
+    return Settings(**overrides)
+
+
+def _remote(settings: Settings, url: str | None, api_key: str | None, tenant: str | None) -> Remote | None:
+    """The running proxy to act through: ``--url``, else the one announced in the data directory."""
+    from proxy.cli.discovery import serving
+    from proxy.cli.remote import Remote
+
+    target = url or serving(settings.data_dir)
+    if target is None:
+        return None
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return Remote(target, api_key=api_key, tenant=tenant, admin_token=token)
+
+
+def _do(
+    settings: Settings,
+    remote: Callable[[Remote], T],
+    local: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    url: str | None,
+    api_key: str | None,
+    tenant: str | None,
+) -> T:
+    """Run a command through the running proxy, else locally; every failure as one line."""
+    import asyncio
+
+    from proxy.errors import MemproxyError
+
+    try:
+        target = _remote(settings, url, api_key, tenant)
+        if target is not None:
+            return remote(target)
+        return asyncio.run(local())
+    except (MemproxyError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "WouldBlock" in message or "database is locked" in message:
+            message = (
+                f"the data directory {settings.data_dir} is in use by a running proxy: pass --url URL, "
+                "or run the command where it serves"
+            )
+        raise _fail(message) from None
 
 
 @app.command()
@@ -209,55 +281,64 @@ def forget(
     keep_upstream: Annotated[
         bool, typer.Option("--keep-upstream", help="Keep the user's upstream threads and conversations.")
     ] = False,
+    url: UrlOption = None,
+    upstream: UpstreamOption = None,
 ) -> None:
     """Erase a user (GDPR Art. 17): memories, state, pending jobs, and their upstream threads/conversations."""
-    import asyncio
-
     from proxy.cli.tasks import run_forget
 
-    settings = Settings()
-    _configure_logging("warning")
-    try:
-        report = asyncio.run(run_forget(settings, user, tenant=tenant, api_key=api_key, keep_upstream=keep_upstream))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    settings = _settings(upstream)
+    report = _do(
+        settings,
+        lambda target: target.forget(user, keep_upstream=keep_upstream),
+        lambda: run_forget(settings, user, tenant=tenant, api_key=api_key, keep_upstream=keep_upstream),
+        url=url,
+        api_key=api_key,
+        tenant=tenant,
+    )
+    _print_erasure(report)
+    if report.get("failed"):
+        raise typer.Exit(1)
+
+
+def _print_erasure(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table()
     table.add_column("deleted from")
     table.add_column("deleted", justify="right")
-    for name, count in report.counts.items():
+    for name, count in report.get("deleted", {}).items():
         table.add_row(name, str(count))
     console = Console()
     console.print(table)
-    console.print(f"erasure of {report.subject_hash}: outcome {report.outcome}")
-    if report.kept_upstream:
+    console.print(f"erasure of {report.get('subject')}: outcome {report.get('outcome')}")
+    if report.get("upstream", {}).get("kept"):
         console.print("upstream threads and conversations kept (--keep-upstream)")
-    for failure in report.failed:
+    for failure in report.get("failed", []):
         console.print(
-            f"[red]failed[/red] {failure.system} {failure.kind} {failure.id}: {failure.error} "
-            f"({failure.attempts} attempts; run forget again to retry)"
+            f"[red]failed[/red] {failure['system']} {failure['kind']} {failure['id']}: {failure['error']} "
+            f"({failure['attempts']} attempts; run forget again to retry)"
         )
-    console.print(f"audit entry {report.audit_id}")
-    if report.failed:
-        raise typer.Exit(1)
+    console.print(f"audit entry {report.get('audit_id')}")
 
 
 @app.command()
-def export(user: UserOption, api_key: ApiKeyOption = None, tenant: TenantOption = None) -> None:
+def export(user: UserOption, api_key: ApiKeyOption = None, tenant: TenantOption = None, url: UrlOption = None) -> None:
     """Export everything stored about a user as JSON on stdout (GDPR Art. 15/20): memproxy export -u U > u.json"""
-    import asyncio
     import json
 
     from proxy.cli.tasks import run_export
 
-    settings = Settings()
-    _configure_logging("warning")
-    try:
-        exported = asyncio.run(run_export(settings, user, tenant=tenant, api_key=api_key))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    settings = _settings()
+    exported = _do(
+        settings,
+        lambda target: target.export(user),
+        lambda: run_export(settings, user, tenant=tenant, api_key=api_key),
+        url=url,
+        api_key=api_key,
+        tenant=tenant,
+    )
     typer.echo(json.dumps(exported, indent=2, ensure_ascii=False))
 
 
@@ -274,58 +355,60 @@ def audit_verify(
             "rolled back together.",
         ),
     ] = None,
+    url: UrlOption = None,
 ) -> None:
     """Check the tenant's keyed audit chain and its stored head: exit 0 if intact, 1 if edited, cut or rolled back."""
-    import asyncio
-
-    from proxy.audit import parse_head
     from proxy.cli.tasks import run_verify
 
-    settings = Settings()
-    _configure_logging("warning")
-    try:
-        kept = parse_head(head) if head is not None else None
-        resolved, verdict = asyncio.run(run_verify(settings, tenant=tenant, api_key=api_key, kept=kept))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    if verdict.ok:
-        at = f", head {verdict.head}" if verdict.head else ""
-        outside = f", reaches the head kept outside ({kept.seq})" if kept else ""
-        typer.echo(f"audit log of {resolved}: OK, {verdict.checked} entries, chain intact{at}{outside}")
+    settings = _settings()
+    verdict = _do(
+        settings,
+        lambda target: target.verify(head),
+        lambda: run_verify(settings, tenant=tenant, api_key=api_key, kept=head),
+        url=url,
+        api_key=api_key,
+        tenant=tenant,
+    )
+    of = verdict.get("tenant")
+    if verdict["ok"]:
+        at = f", head {verdict['head']}" if verdict.get("head") else ""
+        outside = f", reaches the head kept outside ({head.split(':')[0]})" if head else ""
+        typer.echo(f"audit log of {of}: OK, {verdict['checked']} entries, chain intact{at}{outside}")
         return
-    where = f" at entry {verdict.broken_at}" if verdict.broken_at else ""
-    typer.echo(f"audit log of {resolved}: BROKEN{where}: {verdict.reason} (after {verdict.checked} good entries)")
+    where = f" at entry {verdict['broken_at']}" if verdict.get("broken_at") else ""
+    typer.echo(f"audit log of {of}: BROKEN{where}: {verdict['reason']} (after {verdict['checked']} good entries)")
     raise typer.Exit(1)
 
 
 @audit_app.command("head")
-def audit_head(api_key: ApiKeyOption = None, tenant: TenantOption = None) -> None:
+def audit_head(api_key: ApiKeyOption = None, tenant: TenantOption = None, url: UrlOption = None) -> None:
     """Print the tenant's audit head SEQ:HASH: keep it outside memproxy, check later with `audit verify --head`."""
-    import asyncio
-
     from proxy.cli.tasks import run_head
 
-    settings = Settings()
-    _configure_logging("warning")
-    try:
-        resolved, found = asyncio.run(run_head(settings, tenant=tenant, api_key=api_key))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    typer.echo(
-        f"audit head of {resolved}: {found}" if found else f"audit head of {resolved}: none (no keyed entry yet)"
+    settings = _settings()
+    found = _do(
+        settings,
+        lambda target: target.head(),
+        lambda: run_head(settings, tenant=tenant, api_key=api_key),
+        url=url,
+        api_key=api_key,
+        tenant=tenant,
     )
+    shown = found["head"] or "none (no keyed entry yet)"
+    typer.echo(f"audit head of {found['tenant']}: {shown}")
 
 
-def _migration_table(summary: Summary) -> Table:
+def _migration_table(summary: dict[str, Any]) -> Table:
     """One row per thread: how far it got and what it taught."""
     from rich.table import Table
 
-    table = Table(title=f"migration of {summary.subject_hash}")
+    table = Table(title=f"migration of {summary.get('subject')}")
+    names = ("messages", "chunks", "skipped_chunks", "added", "unchanged")
     for name in ("thread", "status", "messages", "chunks", "skipped", "added", "unchanged", "error"):
         table.add_column(name, justify="right" if name not in ("thread", "status", "error") else "left")
-    for result in summary.threads:
-        counts = (result.messages, result.chunks, result.skipped_chunks, result.added, result.unchanged)
-        table.add_row(result.thread, result.status, *map(str, counts), result.error or "")
+    for result in summary.get("threads", []):
+        counts = [str(result.get(name, 0)) for name in names]
+        table.add_row(result["thread"], result["status"], *counts, result.get("error") or "")
     return table
 
 
@@ -341,12 +424,11 @@ def migrate(
     seen: Annotated[bool, typer.Option("--seen", help="Also every thread the proxy has seen for the user.")] = False,
     api_key: ApiKeyOption = None,
     tenant: TenantOption = None,
+    url: UrlOption = None,
+    upstream: UpstreamOption = None,
 ) -> None:
     """Mine a user's existing threads into memories: every message, chunked; resumable and idempotent."""
-    import asyncio
-
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     from proxy.cli.tasks import run_migrate
 
@@ -355,9 +437,27 @@ def migrate(
         wanted += [
             line.strip() for line in threads_file.read_text().splitlines() if line.strip() and not line.startswith("#")
         ]
-    settings = Settings()
-    _configure_logging("warning")
-    console = Console(stderr=True)
+    settings = _settings(upstream)
+    with _progress_bar() as progress:
+        summary = _do(
+            settings,
+            lambda target: target.migrate(user, wanted, seen=seen),
+            lambda: run_migrate(settings, user, wanted, seen=seen, tenant=tenant, api_key=api_key, progress=progress),
+            url=url,
+            api_key=api_key,
+            tenant=tenant,
+        )
+    Console().print(_migration_table(summary))
+    if not summary.get("ok"):
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A live bar per thread on stderr; yields the migration's progress callback."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -365,7 +465,7 @@ def migrate(
         TextColumn("{task.fields[messages]} messages, {task.completed} chunks"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=Console(stderr=True)) as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(thread_id: str, messages: int, chunks: int) -> None:
@@ -373,15 +473,7 @@ def migrate(
                 tasks[thread_id] = bar.add_task(thread_id, total=None, messages=0)
             bar.update(tasks[thread_id], completed=chunks, messages=messages)
 
-        try:
-            summary = asyncio.run(
-                run_migrate(settings, user, wanted, seen=seen, tenant=tenant, api_key=api_key, progress=progress)
-            )
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-    Console().print(_migration_table(summary))
-    if not summary.ok:
-        raise typer.Exit(1)
+        yield progress
 
 
 def main() -> None:

@@ -12,15 +12,15 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from proxy.audit import Verdict, head, verify
+from proxy.audit import head, parse_head, verify
 from proxy.config import Settings
-from proxy.erasure import ErasureReport, erase_subject, export_subject
+from proxy.erasure import erase_subject, export_subject
 from proxy.identity import load_secret, tenant_for
 from proxy.learn.worker import WorkerStats
-from proxy.migrate import Migration, Progress, Summary, seen_threads
+from proxy.migrate import Migration, Progress, seen_threads
 from proxy.owner import Owner
 from proxy.runtime import Runtime, build_worker, open_runtime
-from proxy.state import ChainHead, open_state
+from proxy.state import open_state
 
 
 async def run_standalone(settings: Settings, *, once: bool = False, embedder: Any = None) -> WorkerStats:
@@ -73,12 +73,12 @@ def cli_owner(runtime: Runtime, user: str, tenant: str | None, api_key: str | No
 
 async def run_forget(
     settings: Settings, user: str, *, tenant: str | None, api_key: str | None, keep_upstream: bool
-) -> ErasureReport:
+) -> dict[str, Any]:
     """``memproxy forget``: one erasure, with the command's key for the upstream deletions."""
     async with open_runtime(offline(settings)) as runtime:
         owner = cli_owner(runtime, user, tenant, api_key)
         key = upstream_key(settings, api_key)
-        return await erase_subject(runtime, owner, api_key=key, keep_upstream=keep_upstream)
+        return (await erase_subject(runtime, owner, api_key=key, keep_upstream=keep_upstream)).as_json()
 
 
 async def run_export(settings: Settings, user: str, *, tenant: str | None, api_key: str | None) -> dict[str, Any]:
@@ -88,20 +88,23 @@ async def run_export(settings: Settings, user: str, *, tenant: str | None, api_k
 
 
 async def run_verify(
-    settings: Settings, *, tenant: str | None, api_key: str | None, kept: ChainHead | None = None
-) -> tuple[str, Verdict]:
+    settings: Settings, *, tenant: str | None, api_key: str | None, kept: str | None = None
+) -> dict[str, Any]:
     """``memproxy audit verify``: the tenant's keyed chain from the start, against its stored head and ``kept``."""
     secret = load_secret(settings)
     resolved = cli_tenant(settings, secret, tenant, api_key)
+    outside = parse_head(kept) if kept is not None else None
     async with await open_state(settings) as state:
-        return resolved, await verify(state, resolved, secret=secret, head=kept)
+        verdict = await verify(state, resolved, secret=secret, head=outside)
+    return {**verdict.as_json(), "tenant": resolved}
 
 
-async def run_head(settings: Settings, *, tenant: str | None, api_key: str | None) -> tuple[str, ChainHead | None]:
+async def run_head(settings: Settings, *, tenant: str | None, api_key: str | None) -> dict[str, Any]:
     """``memproxy audit head``: the tenant's stored head, to be kept outside memproxy."""
     resolved = cli_tenant(settings, load_secret(settings), tenant, api_key)
     async with await open_state(settings) as state:
-        return resolved, await head(state, resolved)
+        found = await head(state, resolved)
+    return {"tenant": resolved, "head": str(found) if found else None}
 
 
 async def run_migrate(
@@ -114,7 +117,7 @@ async def run_migrate(
     api_key: str | None,
     progress: Progress | None = None,
     max_chunks: int | None = None,
-) -> Summary:
+) -> dict[str, Any]:
     """``memproxy migrate``: the runtime's parts without HTTP serving, one migration."""
     async with open_runtime(offline(settings)) as runtime:
         owner = cli_owner(runtime, user, tenant, api_key)
@@ -122,4 +125,4 @@ async def run_migrate(
         if not wanted:
             raise ValueError("no thread to migrate: name some with --thread / --threads-file, or pass --seen")
         migration = Migration(runtime, owner, api_key=upstream_key(settings, api_key))
-        return await migration.run(wanted, progress=progress, max_chunks=max_chunks)
+        return (await migration.run(wanted, progress=progress, max_chunks=max_chunks)).as_json()
