@@ -32,6 +32,14 @@ def env(tmp_path, emulator, memory_model_dir, monkeypatch):
     return tmp_path
 
 
+def upstream_thread(emulator, text: str) -> str:
+    """A thread created at the upstream directly, with one user message: the proxy never saw it."""
+    body = {"messages": [{"role": "user", "content": text}]}
+    return httpx.post(f"{emulator.base_url}/threads", headers={"authorization": f"Bearer {KEY}"}, json=body).json()[
+        "id"
+    ]
+
+
 def run(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
@@ -83,12 +91,7 @@ def test_migrate_export_forget_and_verify_from_the_command_line(env, emulator) -
 
 
 def test_forget_reports_a_failed_upstream_delete_and_exits_1(env, emulator) -> None:
-    headers = {"authorization": f"Bearer {KEY}"}
-    thread = httpx.post(
-        f"{emulator.base_url}/threads",
-        headers=headers,
-        json={"messages": [{"role": "user", "content": "I live in Oslo"}]},
-    ).json()["id"]
+    thread = upstream_thread(emulator, "I live in Oslo")
     assert run("migrate", "-u", USER, "-t", thread, "--api-key", KEY).exit_code == 0
     emulator.fault(method="DELETE", path="/v1/threads", status=503, times=0)
     forgot = run("forget", "--user", USER, "--api-key", KEY)
@@ -104,11 +107,7 @@ def test_commands_need_a_tenant(env) -> None:
 def test_forget_through_another_upstream_or_mode_reports_partial_and_keeps_the_record(env, emulator, monkeypatch):
     """Threads recorded through passthrough to one upstream are not 'gone' for a bridge elsewhere."""
     headers = {"authorization": f"Bearer {KEY}"}
-    thread = httpx.post(
-        f"{emulator.base_url}/threads",
-        headers=headers,
-        json={"messages": [{"role": "user", "content": "I live in Oslo"}]},
-    ).json()["id"]
+    thread = upstream_thread(emulator, "I live in Oslo")
     assert run("migrate", "-u", USER, "-t", thread, "--api-key", KEY).exit_code == 0
     monkeypatch.setenv("MEMPROXY_ASSISTANTS", "bridge")  # the operator forgot the serve's configuration
 
@@ -130,11 +129,7 @@ def test_the_commands_go_through_the_proxy_serving_the_data_directory(env, emula
     from proxy.cli.discovery import serving
 
     headers = {"authorization": f"Bearer {KEY}"}
-    thread = httpx.post(
-        f"{emulator.base_url}/threads",
-        headers=headers,
-        json={"messages": [{"role": "user", "content": "I grow tomatoes on my balcony"}]},
-    ).json()["id"]
+    thread = upstream_thread(emulator, "I grow tomatoes on my balcony")
     port = _free_port()
     with child_server(["serve", "--port", str(port)], port):
         wait = time.monotonic() + 30
