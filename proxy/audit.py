@@ -33,15 +33,17 @@ async def append(
     *,
     owner: Owner | None = None,
     tenant: str | None = None,
+    subject_hash: str | None = None,
     counts: dict[str, int] | None = None,
     outcome: str = "ok",
 ) -> dict[str, Any]:
-    """Add one entry after the tenant's latest and return it: about ``owner`` (its pseudonym only), or a
-    tenant-wide entry about ``tenant``."""
+    """Add one entry after the tenant's latest and return it: about ``owner`` (its pseudonym only), about
+    an owner known only by pseudonym (``tenant`` and ``subject_hash``: the janitor), or a tenant-wide
+    entry about ``tenant``."""
     tenant = owner.tenant if owner is not None else tenant
     if not tenant:
         raise ValueError("an audit entry is about an owner or a tenant")
-    subject_hash = owner.hash if owner is not None else None
+    subject_hash = owner.hash if owner is not None else subject_hash
     latest = await state.list_records(tenant, COLLECTION, limit=1, order="desc")
     entry: dict[str, Any] = {
         "id": "audit_" + uuid.uuid4().hex,

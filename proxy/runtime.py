@@ -27,6 +27,7 @@ from proxy.learn.keys import KeyRing
 from proxy.learn.worker import Worker
 from proxy.memory.embed import Embedder, make_embedder
 from proxy.memory.factory import create_memory_service
+from proxy.memory.sealing import StateKeyStore
 from proxy.memory.service import MemoryService
 from proxy.observe import NOOP, Observer
 from proxy.state import State, open_state
@@ -112,15 +113,20 @@ async def start_memory(runtime: Runtime, embedder: Embedder | None) -> None:
         owned = embedder is None
         if owned:  # loading a model blocks for a while: not on the event loop
             embedder = await asyncio.to_thread(make_embedder, settings, runtime.http)
-        memory = await create_memory_service(settings, runtime.http, embedder=embedder, owns_embedder=owned)
+        memory = await create_memory_service(
+            settings,
+            runtime.http,
+            secret=runtime.secret,
+            keys=StateKeyStore(runtime.state),
+            embedder=embedder,
+            owns_embedder=owned,
+        )
     except Exception as exc:  # noqa: BLE001 - fail open: forwarding never depends on the memory layer
         runtime.problems["memory"] = f"{type(exc).__name__}: {exc}"
         log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])
         return
     runtime.memory = memory
-    runtime.janitor = asyncio.ensure_future(
-        janitor.run(memory, runtime.state, runtime.secret, settings.janitor_interval)
-    )
+    runtime.janitor = asyncio.ensure_future(janitor.run(memory, runtime.state, settings.janitor_interval))
     try:
         runtime.worker = start_worker(runtime)
     except Exception as exc:  # noqa: BLE001 - fail open: the proxy serves without extraction
