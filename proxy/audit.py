@@ -78,21 +78,24 @@ async def append(
     secret: bytes,
     owner: Owner | None = None,
     tenant: str | None = None,
+    subject_hash: str | None = None,
     counts: dict[str, int] | None = None,
     outcome: str = "ok",
 ) -> dict[str, Any]:
-    """Add one entry after the tenant's latest and return it: about ``owner`` (its pseudonym only), or a
-    tenant-wide entry about ``tenant``. ``secret`` is the server secret (the chain's key derives from it)."""
+    """Add one entry after the tenant's latest and return it: about ``owner`` (its pseudonym only), about
+    an owner known only by pseudonym (``tenant`` and ``subject_hash``: the janitor), or a tenant-wide
+    entry about ``tenant``. ``secret`` is the server secret (the chain's key derives from it)."""
     tenant = owner.tenant if owner is not None else tenant
     if not tenant:
         raise ValueError("an audit entry is about an owner or a tenant")
+    subject_hash = owner.hash if owner is not None else subject_hash
     key = chain_key(secret)
     fields: dict[str, Any] = {
         "id": "audit_" + uuid.uuid4().hex,
         "at": datetime.now(UTC).isoformat(),
         "action": action,
         "tenant": tenant,
-        "subject": owner.hash if owner is not None else None,
+        "subject": subject_hash,
         "counts": counts or {},
         "outcome": outcome,
     }

@@ -13,7 +13,11 @@ Erasure, in this order:
 4. every state entry about the subject is removed;
 5. one audit entry records the counts per system and the outcome: ``ok``, or ``partial`` when an
    upstream deletion still failed. Failed ids are kept (re-tracked for the subject) and reported,
-   so calling erasure again retries them; they are never dropped silently.
+   so calling erasure again retries them; they are never dropped silently;
+6. the state store is compacted (SQLite: its write-ahead log checkpointed and truncated), so what
+   step 4 deleted is gone from its files too. The memory store needs no such step: step 2 destroys
+   the subject's data key, and every copy of their sealed memories that its files keep (Qdrant
+   Edge's write-ahead log, segments not yet vacuumed) can no longer be opened.
 
 Nothing here logs a subject, a message body or a key: ids, counts and error classes only.
 """
@@ -202,6 +206,7 @@ async def erase_subject(
         state, "erase", secret=runtime.secret, owner=owner, counts=report.counts, outcome=report.outcome
     )
     report.audit_id = entry["id"]
+    await state.compact()
     log.info("erasure of %s: %s (%s)", owner.hash, report.outcome, report.counts)
     return report
 

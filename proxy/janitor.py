@@ -2,6 +2,7 @@
 
 Recall never returns an expired memory anyway (every query filters on ``expires_at``); the janitor
 makes the deletion real and leaves the proof: one audit entry per subject with the count removed.
+The store knows owners by pseudonym only (no subject id on disk), and so does the janitor.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import contextlib
 import logging
 from collections import Counter
 from datetime import datetime
-from functools import partial
 
 from proxy import audit
 from proxy.memory.service import MemoryService
-from proxy.owner import Owner
 from proxy.state import State
 
 log = logging.getLogger("memproxy.janitor")
@@ -23,11 +22,12 @@ log = logging.getLogger("memproxy.janitor")
 
 async def sweep(memory: MemoryService, state: State, secret: bytes, now: datetime | None = None) -> int:
     """Remove what has expired by ``now``; returns how many memories went."""
-    owner_of = partial(Owner.of, secret)
-    removed = await memory.expire(owner_of, now)
-    per_subject = Counter(owner_of(item.tenant, item.subject) for item in removed)
-    for owner, count in per_subject.items():
-        await audit.append(state, "expire", secret=secret, owner=owner, counts={"memories": count})
+    removed = await memory.expire(now)
+    per_subject = Counter((item.tenant, item.owner_hash) for item in removed)
+    for (tenant, owner_hash), count in per_subject.items():
+        await audit.append(
+            state, "expire", secret=secret, tenant=tenant, subject_hash=owner_hash, counts={"memories": count}
+        )
     if removed:
         log.info("janitor removed %d expired memories of %d subjects", len(removed), len(per_subject))
     return len(removed)

@@ -27,6 +27,7 @@ from proxy.learn.keys import KeyRing
 from proxy.learn.worker import Worker
 from proxy.memory.embed import Embedder, make_embedder
 from proxy.memory.factory import create_memory_service
+from proxy.memory.sealing import StateKeyStore
 from proxy.memory.service import MemoryService
 from proxy.observe import NOOP, Observer
 from proxy.ownership import route_of
@@ -118,7 +119,14 @@ async def start_memory(runtime: Runtime, embedder: Embedder | None) -> None:
         owned = embedder is None
         if owned:  # loading a model blocks for a while: not on the event loop
             embedder = await asyncio.to_thread(make_embedder, settings, runtime.http)
-        memory = await create_memory_service(settings, runtime.http, embedder=embedder, owns_embedder=owned)
+        memory = await create_memory_service(
+            settings,
+            runtime.http,
+            secret=runtime.secret,
+            keys=StateKeyStore(runtime.state),
+            embedder=embedder,
+            owns_embedder=owned,
+        )
     except Exception as exc:  # noqa: BLE001 - fail open: forwarding never depends on the memory layer
         runtime.problems["memory"] = f"{type(exc).__name__}: {exc}"
         log.error("memory layer unavailable, forwarding only: %s", runtime.problems["memory"])

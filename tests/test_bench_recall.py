@@ -6,16 +6,21 @@ import time
 
 import numpy as np
 import pytest
-from conftest import owner
 from typer.testing import CliRunner
 
 from proxy.bench.corpus import fact_pool, notes, queries
 from proxy.bench.harness import ms_percentile, pct
 from proxy.bench.membench import BenchService, bench_settings
 from proxy.bench.recall import parse_sizes
-from proxy.bench.recall.data import NOW, TENANT, Layout, bulk_load, make_pool, shares, subject_name
+from proxy.bench.recall.data import NOW, SECRET, TENANT, Layout, bulk_load, make_pool, shares, subject_name
 from proxy.bench.recall.evaluate import measure, open_store
 from proxy.bench.recall.report import report
+from proxy.owner import Owner
+
+
+def owner(tenant: str, subject: str) -> Owner:
+    """An owner as the benchmark makes them: under the benchmark's own secret."""
+    return Owner.of(SECRET, tenant, subject)
 
 
 def test_sizes_read_like_people_write_them():

@@ -153,9 +153,12 @@ def test_the_commands_go_through_the_proxy_serving_the_data_directory(env, emula
 
 def test_a_locked_store_is_one_clear_line(env) -> None:
     """Without an announcement (a proxy started otherwise), the lock is explained, not a traceback."""
+    from proxy.memory.sealing import Sealer
     from proxy.memory.store_edge import EdgeStore  # holds the embedded store as a serving proxy would
 
-    store = EdgeStore(env / "qdrant" / "memproxy_memories", dim=384, collection="memproxy_memories")
+    store = EdgeStore(
+        env / "qdrant" / "memproxy_memories", dim=384, sealer=Sealer.ephemeral(), collection="memproxy_memories"
+    )
     import asyncio
 
     asyncio.run(store.start())

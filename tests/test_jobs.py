@@ -24,6 +24,7 @@ from proxy.learn.keys import KeyRing
 from proxy.learn.turn import Turn, enqueue_turn
 from proxy.learn.worker import Worker, standalone_problem
 from proxy.memory.factory import create_memory_service
+from proxy.memory.sealing import MemoryKeyStore
 from proxy.state import JobPolicy, ManualClock
 from proxy.state.sqlite import SqliteState
 
@@ -61,7 +62,9 @@ async def parts(tmp_path, emulator, local_embedder, memory_model_dir):
             **overrides,
         )
         if "memory" not in made:
-            made["memory"] = await create_memory_service(settings, http, embedder=local_embedder)
+            made["memory"] = await create_memory_service(
+                settings, http, embedder=local_embedder, secret=TEST_SECRET, keys=MemoryKeyStore()
+            )
         extractor, keys = make_extractor(settings, http), keys if keys is not None else ring()
         worker = Worker(state, made["memory"], extractor, settings, secret=TEST_SECRET, keys=keys)
         workers.append(worker)
@@ -443,11 +446,20 @@ async def test_memproxy_worker_drains_the_shared_queue(tmp_path, emulator, local
     stats = await run_standalone(settings, once=True, embedder=local_embedder)
 
     assert stats.processed == 1 and stats.ops["add"] == 1
-    service = await create_memory_service(settings, embedder=local_embedder)
-    try:
-        assert [m.text for m in (await service.of(owner("tenant-a", "alice")).list()).memories] == ["I live in Lyon."]
-    finally:
-        await service.aclose()
+    from proxy.identity import load_secret
+    from proxy.memory.sealing import StateKeyStore
+    from proxy.owner import Owner
+
+    secret = load_secret(settings)  # what the worker sealed with: the data directory's secret and key store
+    async with await SqliteState.open(tmp_path / "state.sqlite3") as state:
+        service = await create_memory_service(
+            settings, embedder=local_embedder, secret=secret, keys=StateKeyStore(state)
+        )
+        try:
+            alice = Owner.of(secret, "tenant-a", "alice")
+            assert [m.text for m in (await service.of(alice).list()).memories] == ["I live in Lyon."]
+        finally:
+            await service.aclose()
 
 
 def test_memproxy_worker_command(tmp_path, monkeypatch, memory_model_dir) -> None:

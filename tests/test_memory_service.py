@@ -11,12 +11,26 @@ from qdrant_client import AsyncQdrantClient
 
 from proxy.config import Settings
 from proxy.memory.factory import create_memory_service
+from proxy.memory.sealing import Sealer
 from proxy.memory.service import MemoryNotFound, MemoryService
 from proxy.memory.store import DimensionMismatchError
 from proxy.memory.store_edge import EdgeStore
 from proxy.memory.store_qdrant import QdrantStore
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+KEY_STORES: dict = {}
+
+
+def sealing(data_dir) -> dict:
+    """What the factory needs to seal: the tests' secret and one key store per data directory (a
+    service reopened on the same directory finds its keys, as the proxy's state store would)."""
+    from conftest import TEST_SECRET
+
+    from proxy.memory.sealing import MemoryKeyStore
+
+    return {"secret": TEST_SECRET, "keys": KEY_STORES.setdefault(str(data_dir), MemoryKeyStore())}
+
+
 TEN, SUB = "tenant-a", "alice"
 
 BACKGROUND = [
@@ -37,10 +51,12 @@ async def make_service(request, tmp_path, local_embedder):
         overrides.setdefault("memory_access_flush_seconds", 3600)  # tests flush explicitly
         settings = Settings(data_dir=tmp_path, **overrides)
         if request.param == "edge":
-            store = EdgeStore(tmp_path / f"memories-{len(made)}", dim=local_embedder.dim)
+            store = EdgeStore(tmp_path / f"memories-{len(made)}", dim=local_embedder.dim, sealer=Sealer.ephemeral())
         else:
             client = AsyncQdrantClient(location=":memory:")
-            store = QdrantStore(client, collection="memories", dim=local_embedder.dim, owns_client=True)
+            store = QdrantStore(
+                client, collection="memories", dim=local_embedder.dim, sealer=Sealer.ephemeral(), owns_client=True
+            )
         service = MemoryService(store, local_embedder, settings, clock=lambda: T0, owns_store=True)
         await service.start()
         made.append(service)
@@ -266,11 +282,14 @@ async def test_expired_memory_is_never_recalled_and_the_janitor_reports_it(svc):
     assert await svc.of(owner(TEN, SUB)).get(trip.id, now=after) is None
     assert trip.id not in [m.id for m in (await svc.of(owner(TEN, SUB)).list(now=after)).memories]
 
-    removed = await svc.expire(owner, after)
-    assert {(m.id, m.tenant, m.subject) for m in removed} == {(trip.id, TEN, SUB), (other.id, "tenant-b", "bob")}
+    removed = await svc.expire(after)
+    assert {(m.id, m.tenant, m.owner_hash) for m in removed} == {
+        (trip.id, TEN, owner(TEN, SUB).hash),
+        (other.id, "tenant-b", owner("tenant-b", "bob").hash),
+    }
     assert trip.id not in [m.id for m in await svc.of(owner(TEN, SUB)).export()]  # gone for good
     assert await svc.of(owner(TEN, SUB)).count(now=after) == len(BACKGROUND)
-    assert await svc.expire(owner, after) == []
+    assert await svc.expire(after) == []
 
 
 async def test_update_keeps_history_and_reembeds(svc):
@@ -399,21 +418,21 @@ async def test_per_assistant_restriction(make_service):
 
 async def test_startup_refuses_a_collection_of_another_dimension(tmp_path, local_embedder):
     settings = Settings(data_dir=tmp_path, collection="mem")
-    old = EdgeStore(tmp_path / "qdrant" / "mem", dim=8)
+    old = EdgeStore(tmp_path / "qdrant" / "mem", dim=8, sealer=Sealer.ephemeral())
     await old.start()
     await old.close()
     with pytest.raises(DimensionMismatchError, match=r"size 8.*size 384"):
-        await create_memory_service(settings, embedder=local_embedder)
+        await create_memory_service(settings, embedder=local_embedder, **sealing(tmp_path))
 
 
 async def test_factory_service_persists_across_restarts(tmp_path, local_embedder):
     settings = Settings(data_dir=tmp_path, memory_access_flush_seconds=3600)
-    svc = await create_memory_service(settings, embedder=local_embedder)
+    svc = await create_memory_service(settings, embedder=local_embedder, **sealing(tmp_path))
     m, _ = await svc.of(owner(TEN, SUB)).remember("User's car is a red Fiat 500")
     await svc.of(owner(TEN, SUB)).recall("What car do I drive?")
     await svc.aclose()  # flushes pending access counts and closes the shard
 
-    svc = await create_memory_service(settings, embedder=local_embedder)
+    svc = await create_memory_service(settings, embedder=local_embedder, **sealing(tmp_path))
     try:
         (top,) = await svc.of(owner(TEN, SUB)).recall("What car do I drive?")
         assert top.memory.id == m.id and top.memory.access_count == 1

@@ -15,12 +15,12 @@ from conftest import owner
 from qdrant_client import AsyncQdrantClient
 
 from proxy.memory.models import HistoryEntry, Memory, Source
+from proxy.memory.sealing import Sealer
 from proxy.memory.sparse import Bm25Encoder
 from proxy.memory.store import (
     DimensionMismatchError,
     MemoryPoint,
     access_payload,
-    tombstone_payload,
 )
 from proxy.memory.store_edge import EdgeStore
 from proxy.memory.store_qdrant import QdrantStore
@@ -32,6 +32,7 @@ A = owner("tenant-a", "alice")
 B = owner("tenant-b", "alice")  # same subject name, other tenant
 A_BOB = owner("tenant-a", "bob")  # same tenant, other subject
 BM25 = Bm25Encoder()
+SEALER = Sealer.ephemeral()  # one for the module: a store reopened on the same files finds its keys
 
 
 def vec(axis: int, wobble: float = 0.0) -> list[float]:
@@ -53,9 +54,10 @@ def point(memory: Memory, axis: int = 0, wobble: float = 0.0) -> MemoryPoint:
 
 async def open_store(kind: str, tmp_path, dim: int = DIM, client: AsyncQdrantClient | None = None):
     if kind == "edge":
-        store = EdgeStore(tmp_path / "memories", dim=dim)
+        store = EdgeStore(tmp_path / "memories", dim=dim, sealer=SEALER)
     else:
-        store = QdrantStore(client or AsyncQdrantClient(location=":memory:"), collection="memories", dim=dim)
+        client = client or AsyncQdrantClient(location=":memory:")
+        store = QdrantStore(client, collection="memories", dim=dim, sealer=SEALER)
     await store.start()
     return store
 
@@ -128,10 +130,11 @@ async def test_isolation_even_with_the_id(store, other):
     assert [h.memory.id for h in hits] == [mine.id]
     hits = await store.dense_query(other, vec(1), limit=10, now=T0)
     assert [h.memory.id for h in hits] == [mine.id]
-    assert await store.find(other, content_hash=secret.content_hash) == []
+    assert await store.find(other, text=secret.text) == []
 
     # writes through the other scope do nothing to A's memory
-    await store.set_payloads(other, {secret.id: tombstone_payload(T0, "attack")})
+    with pytest.raises(ValueError, match="another scope"):
+        await store.rewrite(other, [secret.model_copy(update={"deleted_at": T0, "deleted_reason": "attack"})])
     await store.set_payloads(other, {secret.id: access_payload(999, T0)})
     await store.delete(other, [secret.id])
     assert await store.delete_scope(other) == 1
@@ -162,11 +165,14 @@ async def test_expired_memories_are_hidden_and_found_by_the_janitor(store):
     assert await store.count(A, now=later) == 2
 
     expired = await store.find_expired(later)
-    assert ids(expired) == {gone.id, other.id}  # every tenant: the janitor's view
+    assert ids(expired) == {gone.id, other.id}  # every tenant: the janitor's view, by pseudonym only
+    assert {(e.tenant, e.owner_hash) for e in expired} == {(A.tenant, A.hash), (B.tenant, B.hash)}
     assert ids(await store.find_expired(T0 + timedelta(days=3))) == {other.id}
 
-    # a scoped delete restricted to expired memories leaves live ones alone
-    await store.delete(A, [gone.id, live.id, forever.id], expired_at=later)
+    # the janitor's delete (by pseudonym), restricted to expired memories, leaves live ones alone
+    removed = await store.delete_expired(A.tenant, A.hash, [gone.id, live.id, forever.id], later)
+    assert removed == [gone.id]
+    assert await store.delete_expired(B.tenant, A.hash, [other.id], later) == []  # B's memory, A's pseudonym
     assert ids(await store.get(A, [gone.id, live.id, forever.id])) == {live.id, forever.id}
     assert ids(await store.find_expired(later)) == {other.id}
 
@@ -174,12 +180,12 @@ async def test_expired_memories_are_hidden_and_found_by_the_janitor(store):
 async def test_tombstones_are_hidden_unless_asked(store):
     m = mem(A, "User's favourite band is Radiohead")
     await store.upsert(A, [point(m, 3)])
-    await store.set_payloads(A, {m.id: tombstone_payload(T0, "user asked")})
+    await store.rewrite(A, [m.model_copy(update={"deleted_at": T0, "deleted_reason": "user asked"})])
     assert await store.hybrid_query(A, vec(3), BM25.query("Radiohead"), limit=5, now=T0) == []
     assert await store.dense_query(A, vec(3), limit=5, now=T0) == []
     assert (await store.scroll(A)).memories == []
     assert await store.get(A, [m.id], include_deleted=False) == []
-    assert await store.find(A, content_hash=m.content_hash) == []
+    assert await store.find(A, text=m.text) == []
     (tomb,) = await store.get(A, [m.id])
     assert tomb.deleted and tomb.deleted_reason == "user asked" and tomb.deleted_at == T0
     assert [x.id for x in (await store.scroll(A, include_deleted=True)).memories] == [m.id]
@@ -237,7 +243,7 @@ async def test_delete_scope_counts_and_spares_other_scopes(store):
     await store.upsert(A, [point(mem(A, f"a{i}"), i) for i in range(3)])
     t = mem(A, "a tombstone")
     await store.upsert(A, [point(t, 5)])
-    await store.set_payloads(A, {t.id: tombstone_payload(T0, None)})
+    await store.rewrite(A, [t.model_copy(update={"deleted_at": T0})])
     await store.upsert(A_BOB, [point(mem(A_BOB, "bob's"), 1)])
     assert await store.delete_scope(A) == 4
     assert await store.count(A, include_deleted=True) == 0
@@ -299,6 +305,95 @@ async def test_edge_store_persists_across_close_and_reopen(tmp_path):
 async def test_edge_store_refuses_calls_before_start(tmp_path):
     from proxy.memory.store import StoreError
 
-    store = EdgeStore(tmp_path / "x", dim=DIM)
+    store = EdgeStore(tmp_path / "x", dim=DIM, sealer=SEALER)
     with pytest.raises(StoreError, match="not started"):
         await store.count(A)
+
+
+# --- sealing ------------------------------------------------------------------------------------------
+
+
+async def raw_payloads(store) -> dict[str, dict]:
+    """Every point's payload as the backend holds it (no scope, nothing opened)."""
+    records, _ = await store._scroll_records(store.dialect.combine([], [], []), 1000, None)
+    return {str(r.id): dict(r.payload or {}) for r in records}
+
+
+def legacy_payload(memory: Memory) -> dict:
+    """A payload exactly as memproxy wrote it before sealing: every field in clear, raw subject, sha256."""
+    import hashlib
+
+    from proxy.memory.models import normalize_text
+
+    payload = memory.model_dump(mode="json", exclude={"id"})
+    payload["state"] = "deleted" if memory.deleted else "active"
+    payload["content_hash"] = hashlib.sha256(normalize_text(memory.text).encode()).hexdigest()
+    return payload
+
+
+async def test_payloads_are_sealed_with_the_pseudonym_and_a_keyed_hash(store):
+    m = mem(
+        A,
+        "User's passport number is X1234567",
+        source=Source(thread_id="thread_secret", message_ids=["msg_secret"]),
+        metadata={"note": "private note"},
+        history=[HistoryEntry(text="old passport Y7654321", changed_at=T0, reason="renewed")],
+        assistant_id="asst_1",
+    )
+    await store.upsert(A, [point(m)])
+    await store.rewrite(A, [m.model_copy(update={"deleted_at": T0, "deleted_reason": "user asked: forget X1234567"})])
+    payload = (await raw_payloads(store))[m.id]
+    on_disk = str(payload)
+    for clear in ("X1234567", "Y7654321", "thread_secret", "msg_secret", "private note", "renewed", "alice"):
+        assert clear not in on_disk
+    assert payload["subject"] == A.hash and payload["tenant"] == A.tenant and payload["assistant_id"] == "asst_1"
+    assert payload["state"] == "deleted" and payload["kind"] == "fact"
+    assert payload["sealed"].startswith("v1.") and set(payload) >= {"created_at", "updated_at", "expires_at"}
+    key = await SEALER.key(A)
+    assert payload["content_hash"] == key.content_hash(m.text)  # keyed: sha256 of the text is not it
+    (tomb,) = await store.get(A, [m.id])
+    assert tomb.subject == "alice" and tomb.text == m.text and tomb.deleted_reason.endswith("X1234567")
+    with pytest.raises(ValueError, match="rewrite"):
+        await store.set_payloads(A, {m.id: {"text": "in clear"}})
+
+
+async def test_erasure_destroys_the_key_so_a_leftover_copy_cannot_be_opened(store):
+    from proxy.memory.store import StoredPoint
+
+    m = mem(A_BOB, "Bob's bank PIN is 9931")
+    await store.upsert(A_BOB, [point(m, 2)])
+    leftover = (await raw_payloads(store))[m.id]  # what a write-ahead log could still hold
+    assert await store.delete_scope(A_BOB) == 1
+    assert await SEALER.key(A_BOB) is None
+    # the copy written back (as if recovered from the store's files) opens for nobody, not even its owner
+    await store._upsert([StoredPoint(m.id, vec(2), BM25.document(m.text), leftover)])
+    assert await store.get(A_BOB, [m.id]) == []
+    assert await store.hybrid_query(A_BOB, vec(2), BM25.query("PIN"), limit=5, now=T0) == []
+    # the owner writes again: a new key, and the old copy still reads as nothing
+    fresh = mem(A_BOB, "Bob moved to Oslo")
+    await store.upsert(A_BOB, [point(fresh, 3)])
+    assert [x.id for x in (await store.scroll(A_BOB)).memories] == [fresh.id]
+    await store.delete_scope(A_BOB)
+
+
+async def test_points_written_before_sealing_are_sealed_in_place(store):
+    from proxy.memory.store import StoredPoint
+
+    old = mem(A, "User's cat is called Miso", source=Source(thread_id="thread_old"), metadata={"k": "v"})
+    tomb = mem(A, "User used to live in Rome").model_copy(update={"deleted_at": T0, "deleted_reason": "moved"})
+    bobs = mem(A_BOB, "Bob likes chess")
+    for m, axis in ((old, 1), (tomb, 2), (bobs, 3)):
+        await store._upsert([StoredPoint(m.id, vec(axis), BM25.document(m.text), legacy_payload(m))])
+    assert await store.get(A, [old.id]) == []  # a raw subject is not a pseudonym: invisible until sealed
+
+    assert await store.seal_legacy(lambda tenant, subject: owner(tenant, subject)) == 3
+    assert await store.seal_legacy(lambda tenant, subject: owner(tenant, subject)) == 0  # idempotent
+
+    raw = str(await raw_payloads(store))
+    for clear in ("Miso", "Rome", "moved", "thread_old", "chess", "alice", "'bob'"):
+        assert clear not in raw
+    assert await store.get(A, [old.id]) == [old]
+    assert (await store.get(A, [tomb.id]))[0] == tomb
+    assert [m.text for m in await store.find(A, text="user's cat is called miso.")] == [old.text]
+    hits = await store.hybrid_query(A_BOB, vec(3), BM25.query("chess"), limit=5, now=T0)
+    assert [h.memory for h in hits] == [bobs]

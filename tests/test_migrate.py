@@ -6,7 +6,6 @@ import uuid
 
 import httpx
 import pytest
-from conftest import owner
 
 from proxy.config import Settings
 from proxy.migrate import CURSOR_NS, Migration, split_text
@@ -109,7 +108,7 @@ async def test_a_500_message_thread_migrates_resumes_after_a_kill_and_never_twic
         cursor = await migration.cursor(thread)
         assert cursor == {"after": ids[-1], "chunk": 26, "messages": 500}
 
-        memories = await runtime.memory.of(owner("tenant-m", user)).export()
+        memories = await runtime.memory.of(Owner.of(runtime.secret, "tenant-m", user)).export()
         texts = [memory.text for memory in memories]
         last = next(memory for memory in memories if memory.text == LAST)
         assert last.source.thread_id == thread and ids[498] in last.source.message_ids
@@ -128,7 +127,7 @@ async def test_a_500_message_thread_migrates_resumes_after_a_kill_and_never_twic
         await runtime.state.tenant("tenant-m").delete(CURSOR_NS, migration._key(thread))
         replay = await migration.run([thread])
         assert replay.threads[0].skipped_chunks == 26 and replay.threads[0].added == 0
-        assert len(await runtime.memory.of(owner("tenant-m", user)).export()) == len(memories)
+        assert len(await runtime.memory.of(Owner.of(runtime.secret, "tenant-m", user)).export()) == len(memories)
 
 
 async def test_an_unknown_thread_fails_alone_and_is_reported(settings, local_embedder, long_thread) -> None:

@@ -58,6 +58,24 @@ async def test_values_expire_after_their_ttl(state: State) -> None:
     assert await state.expire("instructions", "asst_1", 5) is False
 
 
+async def test_set_new_stores_only_when_absent_and_racers_agree(state: State) -> None:
+    assert await state.set_new("keys", "k1", {"v": "first"}) is True
+    assert await state.set_new("keys", "k1", {"v": "second"}) is False
+    assert await state.get("keys", "k1") == {"v": "first"}
+    results = await asyncio.gather(*(state.set_new("keys", "k2", i) for i in range(8)))
+    assert results.count(True) == 1 and await state.get("keys", "k2") == results.index(True)
+    await state.delete("keys", "k1")
+    assert await state.set_new("keys", "k1", "again") is True
+
+
+async def test_compact_keeps_what_is_stored(state: State) -> None:
+    await state.set("ns", "kept", "value")
+    await state.set("ns", "gone", "value")
+    await state.delete("ns", "gone")
+    await state.compact()
+    assert await state.get("ns", "kept") == "value" and await state.get("ns", "gone") is None
+
+
 async def test_setting_a_value_again_replaces_its_ttl(state: State) -> None:
     await state.set("instructions", "asst_1", "old", ttl=0.2)
     await state.set("instructions", "asst_1", "new")
@@ -427,3 +445,19 @@ def test_owner_hash_hides_the_user_id_and_separates_tenants() -> None:
     assert "alice" not in ALICE.hash
     assert ALICE.hash == Owner.of(b"secret", "tenant-a", "alice@example.com").hash
     assert ALICE.hash != Owner.of(b"secret", "tenant-b", "alice@example.com").hash
+
+
+async def test_sqlite_leaves_no_deleted_bytes_in_its_files_after_compact(tmp_path) -> None:
+    from proxy.state.sqlite import SqliteState
+
+    state = await SqliteState.open(tmp_path / "state.sqlite3")
+    try:
+        await state.list_push("turns", "t1", "my passport number is ZX-4471-QQ", subject=ALICE)
+        await state.set("other", "k", "unrelated")
+        await state.forget_subject(ALICE)
+        await state.compact()
+        for path in tmp_path.iterdir():  # state.sqlite3, -wal, -shm
+            assert b"ZX-4471-QQ" not in path.read_bytes(), path.name
+        assert await state.get("other", "k") == "unrelated"
+    finally:
+        await state.close()

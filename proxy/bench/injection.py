@@ -21,9 +21,11 @@ import httpx2
 from proxy.bench.corpus import fact_pool, queries
 from proxy.bench.harness import Call, Child, Sample, child_server, drive, free_port
 from proxy.bench.membench import bench_settings, load_embedder
-from proxy.bench.recall.data import TENANT, Layout, bulk_load, make_pool, subject_name
+from proxy.bench.recall.data import SECRET, TENANT, Layout, bulk_load, make_pool, subject_name
 from proxy.config import Settings
+from proxy.memory.sealing import Sealer, StateKeyStore
 from proxy.memory.store_edge import EdgeStore
+from proxy.state import open_state
 
 SUBJECTS = 1000
 MODEL = "gpt-4o-mini"
@@ -34,12 +36,16 @@ async def fill(data_dir: Path, settings: Settings, memories: int) -> str:
     """Write the tenant's memories where the proxy will find them; returns a one-line summary."""
     embedder = load_embedder(settings)
     pool = await make_pool(embedder, fact_pool(2000), "synthetic facts")
-    store = EdgeStore(data_dir / "qdrant" / settings.collection, dim=embedder.dim, collection=settings.collection)
+    state = await open_state(settings)  # the proxy finds the owners' data keys where it keeps its own
+    sealer = Sealer(StateKeyStore(state), SECRET)
+    path = data_dir / "qdrant" / settings.collection
+    store = EdgeStore(path, dim=embedder.dim, sealer=sealer, collection=settings.collection)
     await store.start()
     stats = await bulk_load(store, pool, memories, Layout(f"{SUBJECTS} users", SUBJECTS))
     started = time.perf_counter()
     await store.optimize()
     await store.close()
+    await state.close()
     embedder.close()
     return (
         f"{memories:,} memories over {SUBJECTS:,} users: loaded in {stats.upsert_seconds:.0f} s, "
@@ -117,6 +123,7 @@ def run(memories: int, requests: int, levels: list[int], row) -> tuple[list[list
     env = {
         "MEMPROXY_DATA_DIR": str(settings.data_dir),
         "MEMPROXY_TENANT": TENANT,
+        "MEMPROXY_SECRET": SECRET.decode(),  # the secret the owners' pseudonyms and keys were made with
         "MEMPROXY_LOG_LEVEL": "warning",
         "MEMPROXY_WORKER_IN_PROXY": "false",
         "MEMPROXY_ASSISTANTS": "passthrough",

@@ -6,7 +6,6 @@ caller can never store a local wall-clock time by accident.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 import uuid
@@ -48,11 +47,6 @@ def normalize_text(text: str) -> str:
     trailing sentence punctuation dropped ("I like tea." == "i like  tea")."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     return _SPACE_RE.sub(" ", folded).strip().rstrip(".!?;,: ").strip()
-
-
-def content_hash(text: str) -> str:
-    """sha256 of :func:`normalize_text`, hex."""
-    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
 
 
 class _Model(BaseModel):
@@ -97,7 +91,6 @@ class Memory(_Model):
     source: Source = Field(default_factory=Source)
     assistant_id: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
-    content_hash: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     deleted_at: datetime | None = None
     deleted_reason: str | None = None
@@ -111,10 +104,6 @@ class Memory(_Model):
     @classmethod
     def _kind(cls, value: str) -> str:
         return check_kind(value)
-
-    def model_post_init(self, context: Any, /) -> None:
-        if not self.content_hash:
-            self.content_hash = content_hash(self.text)
 
     @property
     def deleted(self) -> bool:

@@ -33,20 +33,19 @@ from .models import (
     Source,
     as_utc,
     check_kind,
-    content_hash,
     utcnow,
 )
 from .scoring import ScoringWeights, confidence, cosine
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
     DimensionMismatchError,
+    ExpiredRef,
     Hit,
     MemoryPoint,
     MemoryStore,
     Page,
     access_payload,
     expiry_payload,
-    tombstone_payload,
 )
 
 if TYPE_CHECKING:
@@ -187,35 +186,36 @@ class MemoryService:
 
     # --- writes ------------------------------------------------------------------------------------
 
-    async def expire(
-        self, owner_of: Callable[[str, str], Owner], now: datetime | None = None, *, batch: int = 256
-    ) -> list[Memory]:
+    async def expire(self, now: datetime | None = None, *, batch: int = 256) -> list[ExpiredRef]:
         """The janitor step: hard-remove every memory expired at ``now`` and return them for the audit log.
 
-        Only what was really removed is returned: a memory whose expiry was extended between the
-        read and the delete (the delete re-checks expiry) stays, and is not reported.
+        Memories are known here by id and owner pseudonym only (nothing is opened). Only what was
+        really removed is returned: a memory whose expiry was extended between the read and the
+        delete (the delete re-checks expiry) stays, and is not reported.
         """
         now = self._now(now)
-        removed: list[Memory] = []
+        removed: list[ExpiredRef] = []
         seen: set[str] = set()
         while True:
-            found = [m for m in await self.store.find_expired(now, limit=batch) if m.id not in seen]
+            found = [ref for ref in await self.store.find_expired(now, limit=batch) if ref.id not in seen]
             if not found:
                 break
-            seen.update(m.id for m in found)
-            by_scope: dict[Owner, list[Memory]] = {}
-            for memory in found:
-                by_scope.setdefault(owner_of(memory.tenant, memory.subject), []).append(memory)
-            for scope, memories in by_scope.items():
-                ids = [m.id for m in memories]
-                await self.store.delete(scope, ids, expired_at=now)
-                left = {m.id for m in await self.store.get(scope, ids)}
-                removed.extend(m for m in memories if m.id not in left)
-                pending = self._pending.get(scope)
-                for memory_id in ids:
-                    if pending and memory_id not in left:
-                        pending.pop(memory_id, None)
+            seen.update(ref.id for ref in found)
+            by_owner: dict[tuple[str, str], list[ExpiredRef]] = {}
+            for ref in found:
+                by_owner.setdefault((ref.tenant, ref.owner_hash), []).append(ref)
+            for (tenant, owner_hash), refs in by_owner.items():
+                gone = set(await self.store.delete_expired(tenant, owner_hash, [ref.id for ref in refs], now))
+                removed.extend(ref for ref in refs if ref.id in gone)
+                self._forget_pending(tenant, owner_hash, gone)
         return removed
+
+    def _forget_pending(self, tenant: str, owner_hash: str, ids: set[str]) -> None:
+        """Drop unflushed access counts of removed memories (their owner known by pseudonym only)."""
+        for scope, pending in self._pending.items():
+            if (scope.tenant, scope.hash) == (tenant, owner_hash):
+                for memory_id in ids:
+                    pending.pop(memory_id, None)
 
     # --- access tracking ---------------------------------------------------------------------------
 
@@ -309,9 +309,7 @@ class OwnerMemory:
             src = src.model_copy(update={"assistant_id": assistant_id})
 
         async with self.service._lock(self.owner):
-            same = await self.service.store.find(
-                self.owner, content_hash=content_hash(text), now=now, assistant_id=restrict
-            )
+            same = await self.service.store.find(self.owner, text=text, now=now, assistant_id=restrict)
             if same:
                 return await self._touch(same[0], expires_at, now), "duplicate"
             (dense,) = await self.service.embedder.embed_documents([text], api_key=api_key)
@@ -361,12 +359,11 @@ class OwnerMemory:
         text = self.service._clean_text(text)
         async with self.service._lock(self.owner):
             current = await self._live(memory_id, now)
-            if content_hash(text) == current.content_hash and text == current.text:
+            if text == current.text:
                 return current
             updated = current.model_copy(
                 update={
                     "text": text,
-                    "content_hash": content_hash(text),
                     "updated_at": now,
                     "history": [*current.history, HistoryEntry(text=current.text, changed_at=now, reason=reason)],
                 }
@@ -380,8 +377,9 @@ class OwnerMemory:
         now = self.service._now(now)
         async with self.service._lock(self.owner):
             found = await self._live(memory_id, None)
-            await self.service.store.set_payloads(self.owner, {found.id: tombstone_payload(now, reason)})
-            return found.model_copy(update={"deleted_at": now, "deleted_reason": reason})
+            tombstone = found.model_copy(update={"deleted_at": now, "deleted_reason": reason})
+            await self.service.store.rewrite(self.owner, [tombstone])  # the reason is sealed with the rest
+            return tombstone
 
     async def purge(self, ids: builtins.list[str]) -> None:
         """Hard-delete these memories of the owner (a write that must not stand: see :mod:`proxy.fence`)."""
@@ -392,7 +390,11 @@ class OwnerMemory:
                 pending.pop(memory_id, None)
 
     async def erase(self) -> int:
-        """Hard-delete everything of a subject, tombstones included (GDPR Art. 17). Returns the count."""
+        """Hard-delete everything of a subject, tombstones included, and destroy its data key (GDPR Art. 17).
+
+        Returns the count. Copies of the sealed payloads that the store's files may keep (a write-ahead
+        log, segments not yet vacuumed) can no longer be opened once the key is gone.
+        """
         async with self.service._lock(self.owner):
             self.service._pending.pop(self.owner, None)
             return await self.service.store.delete_scope(self.owner)

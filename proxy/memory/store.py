@@ -1,18 +1,24 @@
-"""The vector store interface, and what both backends share: scopes, filters, payload conversion.
+"""The vector store interface, and what both backends share: scopes, filters, sealed payloads.
 
 Isolation is built in, not left to callers: every store operation but the janitor's
-:meth:`MemoryStore.find_expired` takes a :class:`Owner` (tenant AND subject, both non-empty, checked
-at construction), and every filter a backend sends is built by :func:`build_filter`, which always
-starts with ``tenant == scope.tenant AND subject == scope.subject``. A backend translates a filter
-through a small :class:`FilterDialect`, so the filter logic itself exists once. Likewise the store
-operations themselves live once, in :class:`MemoryStore`; a backend supplies only its dialect and a
-few primitives that speak its API.
+:meth:`MemoryStore.find_expired` / :meth:`MemoryStore.delete_expired` takes a :class:`Owner` (tenant
+AND subject, both non-empty, checked at construction), and every filter a backend sends is built by
+:func:`build_filter`, which always starts with ``tenant == scope.tenant AND subject == scope.hash``.
+A backend translates a filter through a small :class:`FilterDialect`, so the filter logic itself
+exists once. Likewise the store operations themselves live once, in :class:`MemoryStore`; a backend
+supplies only its dialect and a few primitives that speak its API.
+
+Nothing a user said reaches the backend in clear: a store seals every payload through its
+:class:`~proxy.memory.sealing.Sealer` (:func:`memory_to_payload`). The payload's ``subject`` is the
+owner's pseudonym, its ``content_hash`` is keyed with the owner's data key, and the free-form fields
+(:data:`SEALED_FIELDS`) are one ciphertext; only what filters and ranking need stays clear.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -21,6 +27,9 @@ from proxy.errors import MemproxyError
 from proxy.owner import Owner
 
 from .models import Memory, as_utc
+from .sealing import DataKey, Sealer, SealError, sealed_kid
+
+log = logging.getLogger(__name__)
 
 DENSE = "dense"
 SPARSE = "bm25"
@@ -40,6 +49,12 @@ INDEXED_FIELDS: dict[str, str] = {
 
 STATE_ACTIVE = "active"
 STATE_DELETED = "deleted"
+
+#: The payload field holding the sealed fields, one AES-256-GCM token (see :mod:`proxy.memory.sealing`).
+SEALED = "sealed"
+#: What a user said or an application attached: sealed, never in clear on disk.
+SEALED_FIELDS = frozenset({"text", "history", "metadata", "source", "deleted_reason"})
+_DATE_FIELDS = ("created_at", "updated_at", "expires_at", "last_accessed_at", "deleted_at")
 
 
 class StoreError(MemproxyError, RuntimeError):
@@ -124,9 +139,9 @@ class FilterDialect(Protocol[C_co, F_co]):
 
 
 def build_filter(spec: FilterSpec, d: FilterDialect[C, F]) -> F:
-    """The one place a memory filter is built. It always begins with tenant AND subject."""
+    """The one place a memory filter is built. It always begins with tenant AND the owner's pseudonym."""
     scope = require_scope(spec.scope)
-    must: list[Any] = [d.match("tenant", scope.tenant), d.match("subject", scope.subject)]
+    must: list[Any] = [d.match("tenant", scope.tenant), d.match("subject", scope.hash)]
     must_not: list[Any] = []
     if spec.ids is not None:
         must.append(d.has_ids(list(spec.ids)))
@@ -148,6 +163,27 @@ def build_expired_filter(now: datetime, d: FilterDialect[C, F]) -> F:
     return d.combine([d.expired("expires_at", as_utc(now))], [], [])
 
 
+def build_pseudonym_filter(
+    d: FilterDialect[C, F], tenant: str, owner_hash: str, ids: Sequence[str], *, expired_at: datetime | None = None
+) -> F:
+    """Memories among ``ids`` of one owner known by pseudonym only (the janitor has no subject to build
+    an :class:`Owner` from), only those expired at ``expired_at`` if given."""
+    must: list[Any] = [d.match("tenant", tenant), d.match("subject", owner_hash), d.has_ids(list(ids))]
+    if expired_at is not None:
+        must.append(d.expired("expires_at", as_utc(expired_at)))
+    return d.combine(must, [], [])
+
+
+def build_legacy_filter(
+    d: FilterDialect[C, F], *, tenant: str | None = None, subject: str | None = None, ids: Sequence[str] | None = None
+) -> F:
+    """Points written before sealing (no ``sealed`` field, raw subject): every one, or one owner's among ``ids``."""
+    must: list[Any] = [d.is_empty(SEALED)]
+    if tenant is not None and subject is not None and ids is not None:
+        must += [d.match("tenant", tenant), d.match("subject", subject), d.has_ids(list(ids))]
+    return d.combine(must, [], [])
+
+
 # --- payload conversion ----------------------------------------------------------------------------
 
 
@@ -155,27 +191,47 @@ def _iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat() if value is not None else None
 
 
-def memory_to_payload(memory: Memory) -> dict[str, Any]:
-    """The JSON payload of a point. Datetimes are RFC 3339 UTC strings (Qdrant's datetime index reads them)."""
-    payload = memory.model_dump(mode="json", exclude={"id"})
-    for key in ("created_at", "updated_at", "expires_at", "last_accessed_at", "deleted_at"):
-        payload[key] = _iso(getattr(memory, key))
-    payload["state"] = STATE_DELETED if memory.deleted else STATE_ACTIVE
+def memory_to_payload(memory: Memory, scope: Owner, key: DataKey) -> dict[str, Any]:
+    """The JSON payload of a point: :data:`SEALED_FIELDS` sealed under ``key`` (bound to the point),
+    the owner's pseudonym as ``subject``, a keyed ``content_hash``; dates as RFC 3339 UTC strings
+    (Qdrant's datetime index reads them)."""
+    sealed = memory.model_dump(mode="json", include=set(SEALED_FIELDS))
+    payload: dict[str, Any] = {
+        "tenant": memory.tenant,
+        "subject": scope.hash,
+        "kind": memory.kind,
+        "access_count": memory.access_count,
+        "assistant_id": memory.assistant_id,
+        "state": STATE_DELETED if memory.deleted else STATE_ACTIVE,
+        "content_hash": key.content_hash(memory.text),
+        SEALED: key.seal(sealed, Sealer.payload_aad(scope.tenant, scope.hash, memory.id)),
+    }
+    for name in _DATE_FIELDS:
+        payload[name] = _iso(getattr(memory, name))
     return payload
 
 
-def payload_to_memory(point_id: object, payload: dict[str, Any] | None) -> Memory:
-    """Read a point back. Unknown payload keys (``state``, or a newer version's fields) are ignored."""
-    data = {k: v for k, v in (payload or {}).items() if k in Memory.model_fields}
+def payload_to_memory(
+    point_id: object, payload: dict[str, Any] | None, scope: Owner | None = None, key: DataKey | None = None
+) -> Memory:
+    """Read a point of ``scope`` back: sealed fields opened with ``key``, ``subject`` from the owner.
+
+    A payload written before sealing (clear fields, raw subject) reads as it is. Unknown payload keys
+    (``state``, ``content_hash``, or a newer version's fields) are ignored.
+    """
+    payload = dict(payload or {})
+    token = payload.pop(SEALED, None)
+    if token is not None:
+        if key is None or scope is None:
+            raise SealError("the owner's data key is gone")
+        payload |= key.open(token, Sealer.payload_aad(scope.tenant, scope.hash, str(point_id)))
+        payload["subject"] = scope.subject
+    data = {k: v for k, v in payload.items() if k in Memory.model_fields}
     return Memory.model_validate({**data, "id": str(point_id)})
 
 
 def access_payload(access_count: int, last_accessed_at: datetime) -> dict[str, Any]:
     return {"access_count": access_count, "last_accessed_at": _iso(last_accessed_at)}
-
-
-def tombstone_payload(deleted_at: datetime, reason: str | None) -> dict[str, Any]:
-    return {"state": STATE_DELETED, "deleted_at": _iso(deleted_at), "deleted_reason": reason}
 
 
 def expiry_payload(expires_at: datetime | None) -> dict[str, Any]:
@@ -185,20 +241,44 @@ def expiry_payload(expires_at: datetime | None) -> dict[str, Any]:
 # --- the interface -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    """What a backend writes: the point id, its vectors and its (sealed) payload."""
+
+    id: str
+    dense: Sequence[float]
+    sparse: SparseVec
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredRef:
+    """An expired memory as the janitor sees it: no text, no subject, only the owner's pseudonym."""
+
+    id: str
+    tenant: str
+    owner_hash: str
+
+
 @dataclass(slots=True)
 class Page:
     memories: list[Memory] = field(default_factory=list)
     next_cursor: str | None = None
 
 
-def check_points(scope: Owner, points: Iterable[MemoryPoint], dim: int) -> list[MemoryPoint]:
-    """Refuse to write a memory outside ``scope`` or with a wrongly sized vector."""
+def check_owned(scope: Owner, memories: Iterable[Memory]) -> None:
+    """Refuse to write a memory outside ``scope``."""
     scope = require_scope(scope)
-    checked = list(points)
-    for point in checked:
-        memory = point.memory
+    for memory in memories:
         if memory.tenant != scope.tenant or memory.subject != scope.subject:
             raise ValueError(f"memory {memory.id} belongs to another scope than the one written to")
+
+
+def check_points(scope: Owner, points: Iterable[MemoryPoint], dim: int) -> list[MemoryPoint]:
+    """Refuse to write a memory outside ``scope`` or with a wrongly sized vector."""
+    checked = list(points)
+    check_owned(scope, (point.memory for point in checked))
+    for point in checked:
         if len(point.dense) != dim:
             raise ValueError(f"dense vector of size {len(point.dense)} written to a collection of size {dim}")
     return checked
@@ -210,7 +290,8 @@ def check_points(scope: Owner, points: Iterable[MemoryPoint], dim: int) -> list[
 class MemoryStore(ABC):
     """The vector store of memories, declared once: its operations, written once for both Qdrant backends.
 
-    Every operation but :meth:`find_expired` is confined to one :class:`~proxy.owner.Owner`.
+    Every operation but the janitor's is confined to one :class:`~proxy.owner.Owner`, and every payload
+    goes through :attr:`sealer` on its way in and out.
 
     Each operation builds its filter here (always through :func:`build_filter`, so always scoped) and
     hands it to a primitive: a subclass sets ``dialect`` and implements the ``_``-prefixed abstract
@@ -219,6 +300,8 @@ class MemoryStore(ABC):
 
     collection: str
     dim: int
+    #: Seals every payload written and opens every payload read (per-owner data keys).
+    sealer: Sealer
     #: How this backend spells filter conditions.
     dialect: ClassVar[FilterDialect[Any, Any]]
 
@@ -235,12 +318,16 @@ class MemoryStore(ABC):
     # --- primitives --------------------------------------------------------------------------------
 
     @abstractmethod
-    async def _upsert(self, points: list[MemoryPoint]) -> None:
-        """Write points already checked against the scope (never empty)."""
+    async def _upsert(self, points: list[StoredPoint]) -> None:
+        """Write points already checked against the scope and sealed (never empty)."""
 
     @abstractmethod
     async def _set_payloads(self, updates: list[tuple[Any, dict[str, Any]]]) -> None:
         """Merge each ``fields`` into the points matching its filter, in order (never empty)."""
+
+    @abstractmethod
+    async def _overwrite_payloads(self, updates: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Replace the whole payload of the points matching each filter, in order (never empty)."""
 
     @abstractmethod
     async def _delete(self, flt: Any) -> None:
@@ -270,17 +357,65 @@ class MemoryStore(ABC):
     async def _dense(self, flt: Any, dense: Sequence[float], limit: int) -> list[Any]:
         """Nearest by cosine, filtered by ``flt``; scored points with payloads, without vectors."""
 
+    # --- sealing -----------------------------------------------------------------------------------
+
+    async def _seal(self, scope: Owner, memories: Sequence[Memory]) -> list[dict[str, Any]]:
+        """The sealed payloads of ``memories`` (all of ``scope``); creates the owner's key on first write."""
+        key = await self.sealer.key(scope, create=True)
+        assert key is not None  # create=True always yields a key
+        return [memory_to_payload(m, scope, key) for m in memories]
+
+    async def _unseal(
+        self, scope: Owner, records: Sequence[tuple[object, dict[str, Any] | None]]
+    ) -> list[Memory | None]:
+        """Read payloads of ``scope`` back; a payload whose key is gone or that fails to authenticate is
+        None (logged by id only): after erasure, a point that outlived it reads as nothing."""
+        keys: dict[str, DataKey | None] = {}
+        out: list[Memory | None] = []
+        for point_id, payload in records:
+            token = (payload or {}).get(SEALED)
+            key = None
+            if isinstance(token, str):
+                try:
+                    kid = sealed_kid(token)
+                    if kid not in keys:
+                        keys[kid] = await self.sealer.key(scope, kid=kid)
+                    key = keys[kid]
+                except SealError:
+                    key = None
+            try:
+                out.append(payload_to_memory(point_id, payload, scope, key))
+            except SealError as exc:
+                log.warning("memory %s cannot be opened and is skipped: %s", point_id, exc)
+                out.append(None)
+        return out
+
+    async def _memories(self, scope: Owner, records: Sequence[Any]) -> list[Memory]:
+        opened = await self._unseal(scope, [(r.id, r.payload) for r in records])
+        return [m for m in opened if m is not None]
+
     # --- writes ------------------------------------------------------------------------------------
 
     async def upsert(self, scope: Owner, points: Sequence[MemoryPoint]) -> None:
         """Insert or replace memories; every point must belong to ``scope``."""
         checked = check_points(scope, points, self.dim)
         if checked:
-            await self._upsert(checked)
+            payloads = await self._seal(scope, [p.memory for p in checked])
+            await self._upsert(
+                [
+                    StoredPoint(p.memory.id, p.dense, p.sparse, payload)
+                    for p, payload in zip(checked, payloads, strict=True)
+                ]
+            )
 
     async def set_payloads(self, scope: Owner, updates: dict[str, dict[str, Any]]) -> None:
-        """Merge payload fields into the given memories (id -> fields), if they exist in ``scope``."""
+        """Merge clear payload fields (access, expiry) into the given memories (id -> fields), if they
+        exist in ``scope``. A sealed field cannot be set this way: use :meth:`rewrite`."""
         require_scope(scope)
+        for fields in updates.values():
+            refused = set(fields) & (SEALED_FIELDS | {SEALED, "tenant", "subject", "content_hash"})
+            if refused:
+                raise ValueError(f"set_payloads cannot set {sorted(refused)}: rewrite() seals them")
         ops = [
             (self._filter(FilterSpec(scope, include_deleted=True, ids=(mid,))), fields)
             for mid, fields in updates.items()
@@ -288,30 +423,49 @@ class MemoryStore(ABC):
         if ops:
             await self._set_payloads(ops)
 
-    async def delete(self, scope: Owner, ids: Sequence[str], *, expired_at: datetime | None = None) -> None:
-        """Hard-delete memories of ``scope`` among ``ids`` (only those expired at ``expired_at`` if given)."""
+    async def rewrite(self, scope: Owner, memories: Sequence[Memory]) -> None:
+        """Store these memories' payloads anew, sealed (vectors kept): a tombstone's reason, for one."""
+        check_owned(scope, memories)
+        if not memories:
+            return
+        payloads = await self._seal(scope, memories)
+        ops = [
+            (self._filter(FilterSpec(scope, include_deleted=True, ids=(m.id,))), payload)
+            for m, payload in zip(memories, payloads, strict=True)
+        ]
+        await self._overwrite_payloads(ops)
+
+    async def delete(self, scope: Owner, ids: Sequence[str]) -> None:
+        """Hard-delete memories of ``scope`` among ``ids``."""
         require_scope(scope)
         if not ids:
             return
-        await self._delete(self._filter(FilterSpec(scope, include_deleted=True, ids=tuple(ids), expired_at=expired_at)))
+        await self._delete(self._filter(FilterSpec(scope, include_deleted=True, ids=tuple(ids))))
 
     async def delete_scope(self, scope: Owner) -> int:
-        """Hard-delete every memory of ``scope``, tombstones included; return how many there were."""
-        return await self._erase(self._filter(FilterSpec(scope, include_deleted=True)))
+        """Hard-delete every memory of ``scope``, tombstones included, then destroy the owner's data key
+        (whatever copy of a payload the backend's files keep can no longer be opened); return how many
+        memories there were."""
+        erased = await self._erase(self._filter(FilterSpec(scope, include_deleted=True)))
+        await self.sealer.destroy(scope)
+        return erased
 
     # --- reads -------------------------------------------------------------------------------------
 
-    async def _scroll(self, flt: Any, limit: int, cursor: str | None = None) -> tuple[list[Memory], str | None]:
+    async def _scroll(
+        self, scope: Owner, flt: Any, limit: int, cursor: str | None = None
+    ) -> tuple[list[Memory], str | None]:
         records, next_offset = await self._scroll_records(flt, limit, cursor)
-        memories = [payload_to_memory(r.id, r.payload) for r in records]
-        return memories, (str(next_offset) if next_offset is not None else None)
+        return await self._memories(scope, records), (str(next_offset) if next_offset is not None else None)
 
-    @staticmethod
-    def _hits(points: list[Any], with_dense: bool) -> list[Hit]:
+    async def _hits(self, scope: Owner, points: list[Any], with_dense: bool) -> list[Hit]:
+        opened = await self._unseal(scope, [(p.id, p.payload) for p in points])
         hits = []
-        for p in points:
+        for p, memory in zip(points, opened, strict=True):
+            if memory is None:
+                continue
             dense = p.vector.get(DENSE) if with_dense and isinstance(p.vector, dict) else None
-            hits.append(Hit(payload_to_memory(p.id, p.payload), float(p.score), list(dense) if dense else None))
+            hits.append(Hit(memory, float(p.score), list(dense) if dense else None))
         return hits
 
     async def hybrid_query(
@@ -326,7 +480,7 @@ class MemoryStore(ABC):
     ) -> list[Hit]:
         """Dense and BM25 candidates fused with RRF; not deleted, not expired at ``now``. Hits carry ``dense``."""
         flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
-        return self._hits(await self._hybrid(flt, dense, sparse, limit), with_dense=True)
+        return await self._hits(scope, await self._hybrid(flt, dense, sparse, limit), with_dense=True)
 
     async def dense_query(
         self,
@@ -339,7 +493,7 @@ class MemoryStore(ABC):
     ) -> list[Hit]:
         """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``."""
         flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
-        return self._hits(await self._dense(flt, dense, limit), with_dense=False)
+        return await self._hits(scope, await self._dense(flt, dense, limit), with_dense=False)
 
     async def get(
         self,
@@ -354,21 +508,24 @@ class MemoryStore(ABC):
         if not ids:
             return []
         flt = self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted, ids=tuple(ids)))
-        memories, _ = await self._scroll(flt, len(ids))
+        memories, _ = await self._scroll(scope, flt, len(ids))
         return memories
 
     async def find(
         self,
         scope: Owner,
         *,
-        content_hash: str,
+        text: str,
         now: datetime | None = None,
         assistant_id: str | None = None,
         limit: int = 1,
     ) -> list[Memory]:
-        """Live (not deleted) memories of ``scope`` with this content hash."""
-        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id, content_hash=content_hash))
-        memories, _ = await self._scroll(flt, limit)
+        """Live (not deleted) memories of ``scope`` with the same normalized text (keyed content hash)."""
+        key = await self.sealer.key(require_scope(scope))
+        if key is None:  # an owner without a key has nothing sealed
+            return []
+        spec = FilterSpec(scope, now=now, assistant_id=assistant_id, content_hash=key.content_hash(text))
+        memories, _ = await self._scroll(scope, self._filter(spec), limit)
         return memories
 
     async def scroll(
@@ -382,14 +539,72 @@ class MemoryStore(ABC):
     ) -> Page:
         """A page of memories of ``scope`` in id order; pass ``next_cursor`` back for the next page."""
         flt = self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted))
-        memories, next_cursor = await self._scroll(flt, limit, cursor)
+        memories, next_cursor = await self._scroll(scope, flt, limit, cursor)
         return Page(memories, next_cursor)
 
     async def count(self, scope: Owner, *, now: datetime | None = None, include_deleted: bool = False) -> int:
         """How many memories of ``scope`` (unexpired at ``now`` if given)."""
         return await self._count(self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted)))
 
-    async def find_expired(self, now: datetime, *, limit: int = 256) -> list[Memory]:
-        """Memories of any tenant expired at ``now`` (the janitor's read; the delete is scoped)."""
-        memories, _ = await self._scroll(build_expired_filter(now, self.dialect), limit)
-        return memories
+    # --- the janitor (unscoped) ------------------------------------------------------------------
+
+    async def find_expired(self, now: datetime, *, limit: int = 256) -> list[ExpiredRef]:
+        """Memories of any tenant expired at ``now``, by id and owner pseudonym only (nothing is opened)."""
+        records, _ = await self._scroll_records(build_expired_filter(now, self.dialect), limit, None)
+        return [
+            ExpiredRef(str(r.id), str((r.payload or {}).get("tenant", "")), str((r.payload or {}).get("subject", "")))
+            for r in records
+        ]
+
+    async def delete_expired(self, tenant: str, owner_hash: str, ids: Sequence[str], now: datetime) -> list[str]:
+        """Hard-delete the memories of one pseudonymous owner among ``ids`` still expired at ``now``;
+        return the ids really removed (one extended meanwhile stays, and is not reported)."""
+        if not ids:
+            return []
+        expired = build_pseudonym_filter(self.dialect, tenant, owner_hash, ids, expired_at=now)
+        matched, _ = await self._scroll_records(expired, len(ids), None)
+        await self._delete(expired)
+        mine = [str(r.id) for r in matched]
+        if not mine:
+            return []
+        left, _ = await self._scroll_records(
+            build_pseudonym_filter(self.dialect, tenant, owner_hash, mine), len(ids), None
+        )
+        kept = {str(r.id) for r in left}
+        return [i for i in mine if i not in kept]
+
+    # --- migration -------------------------------------------------------------------------------
+
+    async def seal_legacy(self, owner_of: Callable[[str, str], Owner], *, batch: int = 256) -> int:
+        """Seal every point written before sealing existed (clear text, raw subject), in place.
+
+        Each one's payload is replaced by its sealed form under its owner's key, with the owner's
+        pseudonym as ``subject``; vectors are kept. Returns how many points were sealed. Idempotent:
+        a sealed point never matches again. Run at start-up, before the store serves.
+        """
+        sealed, seen = 0, set[str]()
+        while True:
+            records, _ = await self._scroll_records(build_legacy_filter(self.dialect), batch, None)
+            fresh = [r for r in records if str(r.id) not in seen]
+            if not fresh:
+                if sealed:
+                    log.info("sealed %d memories written before payloads were sealed", sealed)
+                return sealed
+            seen.update(str(r.id) for r in fresh)
+            by_owner: dict[Owner, list[Memory]] = {}
+            for record in fresh:
+                try:
+                    memory = payload_to_memory(record.id, record.payload)
+                except ValueError as exc:  # not a memory this version can read: left as it is, never served
+                    log.warning("point %s is no readable memory and stays unsealed: %s", record.id, type(exc).__name__)
+                    continue
+                by_owner.setdefault(owner_of(memory.tenant, memory.subject), []).append(memory)
+            for owner, memories in by_owner.items():
+                payloads = await self._seal(owner, memories)
+                ids = [m.id for m in memories]
+                ops = [
+                    (build_legacy_filter(self.dialect, tenant=owner.tenant, subject=owner.subject, ids=[m.id]), payload)
+                    for m, payload in zip(memories, payloads, strict=True)
+                ]
+                await self._overwrite_payloads(ops)
+                sealed += len(ids)

@@ -17,17 +17,17 @@ from typing import Any, TypeVar, TypeVarTuple, cast
 
 import qdrant_edge as qe
 
+from .sealing import Sealer
 from .store import (
     DENSE,
     INDEXED_FIELDS,
     RRF_K,
     SPARSE,
     DimensionMismatchError,
-    MemoryPoint,
     MemoryStore,
     SparseVec,
+    StoredPoint,
     StoreError,
-    memory_to_payload,
 )
 
 T = TypeVar("T")
@@ -72,9 +72,10 @@ class EdgeStore(MemoryStore):
 
     dialect = _D
 
-    def __init__(self, path: Path | str, *, dim: int, collection: str | None = None) -> None:
+    def __init__(self, path: Path | str, *, dim: int, sealer: Sealer, collection: str | None = None) -> None:
         self.path = Path(path)
         self.dim = dim
+        self.sealer = sealer
         self.collection = collection or self.path.name
         self._shard: qe.EdgeShard | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -165,25 +166,24 @@ class EdgeStore(MemoryStore):
 
     # --- primitives ------------------------------------------------------------------------------
 
-    async def _upsert(self, points: list[MemoryPoint]) -> None:
+    async def _upsert(self, points: list[StoredPoint]) -> None:
         edge_points = [
-            qe.Point(
-                p.memory.id,
-                {DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)},
-                memory_to_payload(p.memory),
-            )
-            for p in points
+            qe.Point(p.id, {DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)}, p.payload) for p in points
         ]
         await self._call(lambda: self.shard.update(qe.UpdateOperation.upsert_points(edge_points)))
 
-    async def _set_payloads(self, updates: list[tuple[qe.Filter, dict[str, Any]]]) -> None:
-        ops = [qe.UpdateOperation.set_payload_by_filter(flt, fields) for flt, fields in updates]
-
+    async def _apply(self, ops: list[qe.UpdateOperation]) -> None:
         def _apply() -> None:
             for op in ops:
                 self.shard.update(op)
 
         await self._call(_apply)
+
+    async def _set_payloads(self, updates: list[tuple[qe.Filter, dict[str, Any]]]) -> None:
+        await self._apply([qe.UpdateOperation.set_payload_by_filter(flt, fields) for flt, fields in updates])
+
+    async def _overwrite_payloads(self, updates: list[tuple[qe.Filter, dict[str, Any]]]) -> None:
+        await self._apply([qe.UpdateOperation.overwrite_payload_by_filter(flt, payload) for flt, payload in updates])
 
     async def _delete(self, flt: qe.Filter) -> None:
         await self._call(lambda: self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt)))

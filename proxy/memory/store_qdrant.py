@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 
+from .sealing import Sealer
 from .store import (
     DENSE,
     INDEXED_FIELDS,
     SPARSE,
     DimensionMismatchError,
-    MemoryPoint,
     MemoryStore,
     SparseVec,
+    StoredPoint,
     StoreError,
-    memory_to_payload,
 )
 
 if TYPE_CHECKING:
@@ -65,16 +65,20 @@ class QdrantStore(MemoryStore):
 
     dialect = _D
 
-    def __init__(self, client: AsyncQdrantClient, *, collection: str, dim: int, owns_client: bool = False) -> None:
+    def __init__(
+        self, client: AsyncQdrantClient, *, collection: str, dim: int, sealer: Sealer, owns_client: bool = False
+    ) -> None:
         self.client = client
         self.collection = collection
         self.dim = dim
+        self.sealer = sealer
         self._owns_client = owns_client
         self._started = False
 
     @classmethod
-    def from_url(cls, url: str, *, api_key: str | None, collection: str, dim: int) -> QdrantStore:
-        return cls(AsyncQdrantClient(url=url, api_key=api_key), collection=collection, dim=dim, owns_client=True)
+    def from_url(cls, url: str, *, api_key: str | None, collection: str, dim: int, sealer: Sealer) -> QdrantStore:
+        client = AsyncQdrantClient(url=url, api_key=api_key)
+        return cls(client, collection=collection, dim=dim, sealer=sealer, owns_client=True)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -128,12 +132,10 @@ class QdrantStore(MemoryStore):
 
     # --- primitives ------------------------------------------------------------------------------
 
-    async def _upsert(self, points: list[MemoryPoint]) -> None:
+    async def _upsert(self, points: list[StoredPoint]) -> None:
         structs = [
             qm.PointStruct(
-                id=p.memory.id,
-                vector={DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)},
-                payload=memory_to_payload(p.memory),
+                id=p.id, vector={DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)}, payload=p.payload
             )
             for p in points
         ]
@@ -141,6 +143,13 @@ class QdrantStore(MemoryStore):
 
     async def _set_payloads(self, updates: list[tuple[qm.Filter, dict[str, Any]]]) -> None:
         ops = [qm.SetPayloadOperation(set_payload=qm.SetPayload(payload=fields, filter=flt)) for flt, fields in updates]
+        await self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
+
+    async def _overwrite_payloads(self, updates: list[tuple[qm.Filter, dict[str, Any]]]) -> None:
+        ops = [
+            qm.OverwritePayloadOperation(overwrite_payload=qm.SetPayload(payload=payload, filter=flt))
+            for flt, payload in updates
+        ]
         await self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
 
     async def _delete(self, flt: qm.Filter) -> None:

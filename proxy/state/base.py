@@ -292,6 +292,13 @@ class State(abc.ABC):
         await self._track(subject, "kv", ns, key)
         await self._set(ns, key, raw, ttl)
 
+    async def set_new(self, ns: str, key: str, value: JSONValue) -> bool:
+        """Store a JSON value only if ``(ns, key)`` holds nothing (atomic, no expiry); True if stored.
+
+        Two writers racing to create the same entry (two replicas, two tasks) agree on one value.
+        """
+        return await self._set_new(ns, key, encode(value))
+
     @abc.abstractmethod
     async def delete(self, ns: str, key: str) -> bool:
         """Remove the key whatever it holds; True if it existed."""
@@ -500,6 +507,14 @@ class State(abc.ABC):
             await self.delete(SUBJECT_INDEX_NS, index)
         return Erased(entries=removed, jobs=await self.drop_jobs(owner))
 
+    async def compact(self) -> None:
+        """Make what was deleted unreadable in the backend's own files, where the backend can.
+
+        SQLite checkpoints and truncates its write-ahead log (deleted rows are already zeroed in the
+        database file: ``secure_delete``); Redis does nothing (its persistence files belong to the
+        operator). Erasure calls it last.
+        """
+
     async def _forget_ref(self, ref: list[str]) -> int:
         kind, *parts = ref
         if kind == "kv":
@@ -518,6 +533,9 @@ class State(abc.ABC):
 
     @abc.abstractmethod
     async def _set(self, ns: str, key: str, raw: str, ttl: float | None) -> None: ...
+
+    @abc.abstractmethod
+    async def _set_new(self, ns: str, key: str, raw: str) -> bool: ...
 
     @abc.abstractmethod
     async def _list_push(self, ns: str, key: str, raws: list[str], max_len: int | None, ttl: float | None) -> int: ...

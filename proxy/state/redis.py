@@ -219,6 +219,9 @@ class RedisState(State):
     async def _set(self, ns: str, key: str, raw: str, ttl: float | None) -> None:
         await self.redis.set(self._key("kv", ns, key), raw, px=_ms(ttl) if ttl is not None else None)
 
+    async def _set_new(self, ns: str, key: str, raw: str) -> bool:
+        return bool(await self.redis.set(self._key("kv", ns, key), raw, nx=True))
+
     async def delete(self, ns: str, key: str) -> bool:
         return bool(await self.redis.delete(self._key("kv", ns, key)))
 

@@ -114,6 +114,7 @@ class SqliteState(State):
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left in free pages
         conn.executescript(SCHEMA)
         self._conn = conn
 
@@ -205,6 +206,28 @@ class SqliteState(State):
 
     async def _set(self, ns: str, key: str, raw: str, ttl: float | None) -> None:
         await self._run(self._write_value, ns, key, raw, ttl, self.clock())
+
+    async def _set_new(self, ns: str, key: str, raw: str) -> bool:
+        def run(conn: sqlite3.Connection, now: float) -> bool:
+            if self._kind(conn, ns, key, now) is not None:
+                return False
+            conn.execute("INSERT INTO kv_keys (ns, key, kind, value) VALUES (?, ?, 'value', ?)", (ns, key, raw))
+            return True
+
+        return await self._run(run, self.clock())
+
+    async def compact(self) -> None:
+        """Copy the write-ahead log into the database file and truncate it to zero bytes.
+
+        Runs outside a transaction (a checkpoint cannot run inside one); waits for readers of other
+        processes up to the busy timeout.
+        """
+        if self._conn is None:
+            raise RuntimeError("state store is closed")
+        conn = self._conn
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        )
 
     async def delete(self, ns: str, key: str) -> bool:
         def run(conn: sqlite3.Connection, now: float) -> bool:

@@ -21,6 +21,7 @@ from proxy.memory import store_edge
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import memory_line, render_block
+from proxy.memory.sealing import Sealer
 from proxy.memory.sparse import Bm25Encoder
 from proxy.memory.store import DENSE, RRF_K, SPARSE, FilterSpec, MemoryPoint, SparseVec, build_filter
 from proxy.memory.store_edge import EdgeStore
@@ -313,7 +314,7 @@ async def evaluate(
     say(f"embedding {len(memories)} turns ...")
     vectors, embed_seconds, cached = await embed_cached(embedder, [m.text for _, _, m in memories], cache_dir)
     sparse = Bm25Encoder()
-    store = EdgeStore(workdir / "locomo", dim=embedder.dim, collection="locomo")
+    store = EdgeStore(workdir / "locomo", dim=embedder.dim, sealer=Sealer.ephemeral(), collection="locomo")
     service = BenchService(store, embedder, settings, sparse=sparse, owns_store=True)
     await service.start()
     try:

@@ -27,6 +27,7 @@ from proxy.bench.recall.data import (
 from proxy.config import Settings
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.render import render_block
+from proxy.memory.sealing import Sealer
 from proxy.memory.store import MemoryStore
 from proxy.owner import Owner
 
@@ -147,13 +148,14 @@ def open_store(backend: str, workdir: Path, dim: int, name: str) -> Any:
     if backend == "edge":
         from proxy.memory.store_edge import EdgeStore
 
-        return EdgeStore(workdir / name, dim=dim, collection=name)
+        return EdgeStore(workdir / name, dim=dim, sealer=Sealer.ephemeral(), collection=name)
     if backend == "qdrant-local":
         from qdrant_client import AsyncQdrantClient
 
         from proxy.memory.store_qdrant import QdrantStore
 
-        return QdrantStore(AsyncQdrantClient(location=":memory:"), collection=name, dim=dim, owns_client=True)
+        client = AsyncQdrantClient(location=":memory:")
+        return QdrantStore(client, collection=name, dim=dim, sealer=Sealer.ephemeral(), owns_client=True)
     raise unknown_backend(backend)
 
 
