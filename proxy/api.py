@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from proxy import audit, erasure
+from proxy import audit, erasure, jsonbody
 from proxy.errors import OpenAIError
 from proxy.identity import credential, is_admin, memory_api_refusal, tenant_for
 from proxy.memory.embed import EmbeddingError
@@ -128,8 +128,14 @@ def endpoint(handler: Callable[[Caller], Awaitable[Any]]) -> Callable[[Request],
 
 
 async def body(caller: Caller, model: type[BaseModel]) -> Any:
+    """The request's JSON body as ``model``: 413 past ``memory_max_body_bytes``, 400 when it is not JSON
+    (or nested too deep, or holding too many values), 400 naming the first invalid field."""
+    limit = caller.runtime.settings.memory_max_body_bytes
     try:
-        raw = await caller.request.json()
+        raw = jsonbody.loads(await jsonbody.read_capped(caller.request, limit), strict=True)
+    except jsonbody.Refused as refusal:
+        status = 413 if refusal.reason == "body-too-large" else 400
+        raise OpenAIError(status, str(refusal), code=refusal.reason.replace("-", "_")) from None
     except ValueError:
         raise OpenAIError(400, "We could not parse the JSON body of your request.") from None
     try:
