@@ -91,7 +91,7 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUE
     Raises :class:`Refused` beyond the bounds, ``ValueError`` when it is not JSON (``strict``: also
     ``NaN`` and ``Infinity``, which Python accepts and JSON does not).
     """
-    if json.detect_encoding(raw) != "utf-8":
+    if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):  # UTF-16 and -32 would defeat the byte counts
         raise ValueError("not UTF-8")
     problem = measure(raw, max_depth=max_depth, max_values=max_values)
     if problem == "body-too-deep":

@@ -219,3 +219,9 @@ def test_the_memory_api_answers_413_past_the_limit(proxy) -> None:
     response = post(proxy, "/memory/v1/users/big-body/memories", raw)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
+
+
+def test_utf8_with_a_byte_order_mark_still_parses_and_utf16_is_not_measured() -> None:
+    assert jsonbody.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    with pytest.raises(ValueError):
+        jsonbody.loads('{"a": 1}'.encode("utf-16"))

@@ -37,7 +37,8 @@ class Off:
     """Memory does not act on this request: switched off, no credential or subject, or the hook failed.
 
     ``reason`` (sent as ``x-memory-reason``) says why when the client can fix it, e.g. a subject the
-    memory API could not address (:func:`proxy.owner.subject_problem`); never the subject itself.
+    memory API could not address (:func:`proxy.owner.subject_problem`; never the subject itself), or a
+    body beyond the bounds of :mod:`proxy.jsonbody` (``body-too-large``, ``body-too-deep``, ``body-too-complex``).
     """
 
     status: Literal["off", "degraded"] = "off"
