@@ -40,9 +40,9 @@ from proxy.state import UnknownCursor
 
 # --- bounds of what a client may send (README, "Memory API"); beyond them a 400 naming the field -----
 
-MIN_TTL_SECONDS = 1
+MIN_TTL_SECONDS = 0.001
 MAX_TTL_SECONDS = 100 * 365 * 86400
-"""A memory expires after 1 second to 100 years; without ``ttl_seconds`` its kind's default applies."""
+"""A memory expires after 1 millisecond to 100 years; without ``ttl_seconds`` its kind's default applies."""
 MAX_REASON_CHARS = 1000
 """Longest reason of an update (PATCH ``reason``) or a deletion (``?reason=``), kept with the memory."""
 MAX_METADATA_BYTES = 16 * 1024

@@ -56,6 +56,7 @@ def post_raw(url: str, raw: bytes) -> httpx.Response:
         ({"kind": 7}, "kind"),
         ({"ttl_seconds": 1e20}, "ttl_seconds"),
         ({"ttl_seconds": 1e-9}, "ttl_seconds"),
+        ({"ttl_seconds": 0.0009}, "ttl_seconds"),
         ({"ttl_seconds": 0}, "ttl_seconds"),
         ({"ttl_seconds": -5}, "ttl_seconds"),
         ({"ttl_seconds": api.MAX_TTL_SECONDS + 1}, "ttl_seconds"),
@@ -213,7 +214,7 @@ def test_bounds_are_what_the_readme_documents() -> None:
         f"{api.MAX_METADATA_BYTES // 1024} KiB",
         f"{api.MAX_METADATA_DEPTH} levels",
         f"{api.MAX_REASON_CHARS:,} characters",
-        "1 second to 100 years",
+        "1 millisecond to 100 years",
         f"{api.MAX_LIST_LIMIT}",
         f"{api.MAX_MIGRATE_THREADS:,}",
     ):
