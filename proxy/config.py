@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     memory_recall_deadline_ms: float = Field(
         150.0, description="Recall budget per request; past it the request goes upstream without memory (degraded)."
     )
+    memory_max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="Larger request bodies go upstream untouched without memory (`x-memory-reason: body-too-large`); "
+        "the memory API answers them 413.",
+    )
 
     # --- state and jobs ---
     redis_prefix: str = Field("memproxy", description="Prefix of every Redis key, so deployments can share a Redis.")

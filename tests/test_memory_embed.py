@@ -137,3 +137,59 @@ def test_upstream_factory_needs_a_client_and_a_known_size():
         make_embedder(Settings(embedder="upstream"))
     with pytest.raises(EmbeddingError, match="MEMPROXY_EMBED_DIM"):
         UpstreamEmbedder(httpx2.AsyncClient(), base_url="http://x", model="some-unknown-model")
+
+
+# --- bounded work: texts are cut by characters before they are tokenized ---------------------------
+
+PROSE = (
+    "The user keeps bees on a rooftop in Lyon, sells the honey at the Saturday market, and is "
+    "learning Japanese before a trip to Osaka next spring. "
+)
+
+
+async def test_local_embedder_cuts_long_texts_before_tokenizing(local_embedder):
+    import time
+
+    assert local_embedder.max_chars == 512 * 16  # MiniLM reads 512 tokens; 16 characters kept per token
+    huge = PROSE * 80_000  # 11 MB
+    began = time.perf_counter()
+    query = await local_embedder.embed_query(huge)
+    (document,) = await local_embedder.embed_documents([huge])
+    assert time.perf_counter() - began < 5  # the whole text took ~10 s and gigabytes
+    assert query == await local_embedder.embed_query(huge[: local_embedder.max_chars])
+    assert all(len(key) <= local_embedder.max_chars for key in local_embedder._cache)  # no 11 MB cache key
+    assert cosine(query, document) == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_the_cut_is_generous_the_model_sees_what_it_would_have_seen(local_embedder):
+    """Cut at 8,192 characters or not, the vector is the same: the model's own 512 tokens end well before."""
+    text = PROSE * 100  # 14,400 characters, far more than 512 tokens
+    assert len(text) > local_embedder.max_chars
+    uncut = next(iter(local_embedder._model.query_embed([text])))
+    assert cosine(await local_embedder.embed_query(text), [float(x) for x in uncut]) == pytest.approx(1.0, abs=1e-6)
+
+
+async def test_upstream_embedder_cuts_long_texts(emulator):
+    from proxy.memory.embed import UPSTREAM_MAX_CHARS
+
+    embedder, client = _upstream(emulator, dim=8, send_dimensions=True)
+    async with client:
+        await embedder.embed_query("q" * (UPSTREAM_MAX_CHARS + 10_000))
+        await embedder.embed_documents(["d" * (UPSTREAM_MAX_CHARS * 3), "short"])
+    sent = [entry["body"]["input"] for entry in emulator.requests("/v1/embeddings")]
+    assert sent == [["q" * UPSTREAM_MAX_CHARS], ["d" * UPSTREAM_MAX_CHARS, "short"]]
+
+
+def test_the_recall_query_keeps_its_end_within_chars_then_tokens():
+    from proxy.memory.tokens import QUERY_MAX_CHARS, QUERY_MAX_TOKENS, cap_query, count_tokens
+
+    short = "Where do I keep my bees?"
+    assert cap_query(short) == short
+    long = "lorem ipsum dolor sit amet " * 500_000 + short  # 13 MB, the question last
+    capped = cap_query(long)
+    assert capped.endswith(short) and len(capped) <= QUERY_MAX_CHARS
+    assert count_tokens(capped) <= QUERY_MAX_TOKENS
+    dense = "蜂蜜" * 5_000 + short  # about a token per character: the token cap decides
+    capped = cap_query(dense)
+    assert capped.endswith(short) and count_tokens(capped) <= QUERY_MAX_TOKENS
+    assert "\ufffd" not in capped

@@ -8,7 +8,6 @@ the emulator's runs the same routes over its in-process Responses engine.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from proxy import jsonbody
 from proxy.assistants import assistants, messages, runs, threads
 from proxy.assistants.engine import Engine
 from proxy.assistants.translate import RunStream
@@ -41,8 +41,8 @@ async def _body(request: Request) -> dict[str, Any]:
     if request.method != "POST":
         return {}
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
+    try:  # bounded: a body nested too deep or holding too many values is refused like malformed JSON
+        body = jsonbody.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         raise OpenAIError(400, BAD_JSON) from None
     if not isinstance(body, dict):

@@ -9,11 +9,11 @@ does without repeating the envelope.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from proxy import jsonbody
 from proxy.assistants.validation import invalid, missing
 from proxy.errors import OpenAIError
 
@@ -30,10 +30,15 @@ def now() -> int:
     return int(time.time())
 
 
+UNBOUNDED = 2**62
+"""The emulator stands in for the upstream: any number of values (embedding inputs of token ids), but
+never a ``RecursionError``: nesting deeper than :data:`proxy.jsonbody.MAX_DEPTH` is malformed to it."""
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """Parse a request body that must be a JSON object; 400 with OpenAI's message otherwise."""
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = jsonbody.loads(raw, max_values=UNBOUNDED) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         raise OpenAIError(400, BAD_JSON) from None
     if not isinstance(body, dict):

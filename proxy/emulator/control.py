@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,7 +46,8 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.emulator.common import BAD_JSON
+from proxy import jsonbody
+from proxy.emulator.common import BAD_JSON, UNBOUNDED
 from proxy.errors import OpenAIError, envelope
 
 FAULT_HEADER = "x-emulator-fault"
@@ -251,7 +251,7 @@ def describe_body(body: bytes, content_type: str) -> Any:
         return None
     if "json" in content_type:
         try:
-            return json.loads(body)
+            return jsonbody.loads(body, max_values=UNBOUNDED)
         except ValueError:
             pass
     try:
@@ -274,7 +274,7 @@ async def clear_requests(request: Request) -> Response:
 
 async def add_faults(request: Request) -> Response:
     try:
-        data = json.loads(await request.body())
+        data = jsonbody.loads(await request.body(), max_values=UNBOUNDED)
     except ValueError:
         raise OpenAIError(400, BAD_JSON) from None
     faults = [fault_from_json(item) for item in (data if isinstance(data, list) else [data])]

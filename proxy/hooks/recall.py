@@ -18,6 +18,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy import jsonbody
 from proxy.forward import Tap
 from proxy.identity import credential, tenant_for
 from proxy.memory.render import render_block
@@ -36,7 +37,8 @@ class Off:
     """Memory does not act on this request: switched off, no credential or subject, or the hook failed.
 
     ``reason`` (sent as ``x-memory-reason``) says why when the client can fix it, e.g. a subject the
-    memory API could not address (:func:`proxy.owner.subject_problem`); never the subject itself.
+    memory API could not address (:func:`proxy.owner.subject_problem`; never the subject itself), or a
+    body beyond the bounds of :mod:`proxy.jsonbody` (``body-too-large``, ``body-too-deep``, ``body-too-complex``).
     """
 
     status: Literal["off", "degraded"] = "off"
@@ -76,10 +78,29 @@ OFF = Off()
 FAILED = Off("degraded")
 
 
-async def read_json(request: Request) -> dict[str, Any] | None:
-    """The body when it is a JSON object, else None: malformed JSON is the upstream's to judge."""
+THREAD_PARSE_BYTES = 256 * 1024
+"""Bodies larger than this are measured and parsed on a worker thread, not on the event loop."""
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any] | None:
+    """The body when it is a JSON object the hook can handle, else None: malformed JSON is the upstream's to judge.
+
+    Raises :class:`~proxy.jsonbody.Refused` for a body beyond the bounds (larger than ``max_bytes``,
+    nested too deep, too many values): the caller forwards it untouched, without memory. A body whose
+    ``Content-Length`` is over the limit is not even read here: it streams upstream as it arrives.
+    """
+    if jsonbody.declared_too_large(request, max_bytes):
+        raise jsonbody.too_large(max_bytes)
+    raw = await request.body()  # kept by the request: forwarding sends these bytes when the hook changes nothing
+    if len(raw) > max_bytes:
+        raise jsonbody.too_large(max_bytes)
     try:
-        parsed = json.loads(await request.body())
+        if len(raw) > THREAD_PARSE_BYTES:
+            parsed = await asyncio.to_thread(jsonbody.loads, raw)
+        else:
+            parsed = jsonbody.loads(raw)
+    except jsonbody.Refused:
+        raise
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
@@ -90,6 +111,15 @@ def tenant_of(request: Request, runtime: Runtime) -> str | None:
     if request.headers.get("x-memory", "").lower() == "off":
         return None
     return tenant_for(request.headers, runtime.settings, runtime.secret)
+
+
+def refused(request: Request, runtime: Runtime, refusal: jsonbody.Refused) -> RequestMemory:
+    """No memory for a body beyond the bounds: OFF when memory would not act anyway, else the reason."""
+    if tenant_of(request, runtime) is None:
+        return OFF
+    runtime.count(f"memory_off.{refusal.reason}")
+    log.warning("memory off for this request: %s", refusal.reason)
+    return Off(reason=refusal.reason)
 
 
 def identify(request: Request, runtime: Runtime, subject: str | None) -> RequestMemory:
@@ -167,12 +197,16 @@ def hooked(planner: Planner) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
-        body = await read_json(request)
         try:
-            plan = await planner(request, runtime, body)
-        except Exception as exc:  # noqa: BLE001 - fail open: the original request goes upstream
-            report_fault(runtime, "hook_error", exc)
-            plan = Plan(memory=FAILED)
+            body = await read_json(request, runtime.settings.memory_max_body_bytes)
+        except jsonbody.Refused as refusal:  # forwarded untouched (a body over the size limit unread)
+            plan = Plan(memory=refused(request, runtime, refusal))
+        else:
+            try:
+                plan = await planner(request, runtime, body)
+            except Exception as exc:  # noqa: BLE001 - fail open: the original request goes upstream
+                report_fault(runtime, "hook_error", exc)
+                plan = Plan(memory=FAILED)
         return await runtime.forwarder.forward(request, plan.body, tap=plan.tap, headers=plan.memory.headers())
 
     endpoint.__name__ = endpoint.__qualname__ = planner.__name__

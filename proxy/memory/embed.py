@@ -35,6 +35,32 @@ KNOWN_UPSTREAM_DIMS = {
 }
 
 
+CHARS_PER_TOKEN = 16
+"""Characters a local embedder keeps per token of its model's input limit, cutting before it tokenizes: a
+word piece is rarely longer, so the model sees what it would have seen, and a 50 MB text costs the
+tokenizer 8 KB instead of gigabytes (it encodes the whole text before truncating)."""
+
+DEFAULT_MAX_TOKENS = 512
+"""A local model's input limit when its tokenizer does not say (MiniLM's)."""
+
+UPSTREAM_MAX_TOKENS = 8191
+UPSTREAM_MAX_CHARS = 4 * UPSTREAM_MAX_TOKENS
+"""OpenAI's embedding models take 8,191 tokens and refuse (not truncate) longer inputs: 4 characters per
+token is about where an English text reaches that, so what is cut would have been refused anyway."""
+
+
+def clip(text: str, max_chars: int) -> str:
+    """``text`` cut to its first ``max_chars`` characters."""
+    return text if len(text) <= max_chars else text[:max_chars]
+
+
+def _max_tokens(model: Any) -> int:
+    """The input limit fastembed's tokenizer truncates at, or :data:`DEFAULT_MAX_TOKENS`."""
+    truncation = getattr(getattr(model, "tokenizer", None), "truncation", None)
+    limit = truncation.get("max_length") if isinstance(truncation, dict) else None
+    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
+
+
 class EmbeddingError(MemproxyError, RuntimeError):
     """The embedder could not produce vectors (model missing, upstream error, wrong size)."""
 
@@ -82,6 +108,7 @@ class LocalEmbedder:
         self.name = model_name
         self.dim = int(self._model.embedding_size)
         self.batch_size = batch_size
+        self.max_chars = _max_tokens(getattr(self._model, "model", None)) * CHARS_PER_TOKEN
         self._cache: OrderedDict[str, tuple[float, ...]] = OrderedDict()
         self._cache_size = cache_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memproxy-embed")
@@ -98,6 +125,7 @@ class LocalEmbedder:
         return [[float(x) for x in v] for v in self._model.passage_embed(texts, batch_size=self.batch_size)]
 
     async def embed_query(self, text: str, *, api_key: str | None = None) -> list[float]:
+        text = clip(text, self.max_chars)  # also the cache key: the cache never holds a long text
         cached = self._cache.get(text)
         if cached is not None:
             self._cache.move_to_end(text)
@@ -114,7 +142,7 @@ class LocalEmbedder:
     async def embed_documents(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
         if not texts:
             return []
-        return await self._run(self._embed_passages, list(texts))
+        return await self._run(self._embed_passages, [clip(text, self.max_chars) for text in texts])
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -145,8 +173,10 @@ class UpstreamEmbedder:
         self.dim = int(resolved)
         self.send_dimensions = send_dimensions
         self.batch_size = batch_size
+        self.max_chars = UPSTREAM_MAX_CHARS
 
     async def _post(self, texts: list[str], api_key: str | None) -> list[list[float]]:
+        texts = [clip(text, self.max_chars) for text in texts]
         body: dict[str, Any] = {"model": self.name, "input": texts, "encoding_format": "float"}
         if self.send_dimensions:
             body["dimensions"] = self.dim

@@ -47,6 +47,7 @@ from .store import (
     access_payload,
     expiry_payload,
 )
+from .tokens import cap_query
 
 if TYPE_CHECKING:
     from proxy.config import Settings
@@ -427,6 +428,7 @@ class OwnerMemory:
         sim_floor = self.service.settings.memory_min_similarity if min_similarity is None else min_similarity
         if top_k <= 0 or not query.strip():
             return []
+        query = cap_query(query)  # bounded work, whatever the client sent: embedding and BM25 see the cap
         dense = await self.service.embedder.embed_query(query, api_key=api_key)
         sparse = self.service.sparse.query(query)
         hits = await self.service.store.hybrid_query(
