@@ -134,7 +134,7 @@ def _wait_ready(url: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx2.get(url + "/readyz").status_code == 200:
+            if httpx2.get(url + "/readyz/memory").status_code == 200:
                 return
         except httpx2.HTTPError:
             pass

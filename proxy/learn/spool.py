@@ -191,11 +191,18 @@ class Spool:
         return await self._run(run, 0)
 
 
-async def deliver(spool: Spool, state: State, secret: bytes, batch: int = BATCH) -> int:
+async def deliver(
+    spool: Spool,
+    state: State,
+    secret: bytes,
+    batch: int = BATCH,
+    on_delivered: Callable[[], None] | None = None,
+) -> int:
     """Queue the spooled turns in the order they were spooled; how many were delivered.
 
-    Each turn leaves the spool only once the state store holds its job; the first failure stops
-    the delivery and raises, leaving that turn and those after it spooled for the next try.
+    Each turn leaves the spool only once the state store holds its job (``on_delivered`` is called
+    then, for exact counts); the first failure stops the delivery and raises, leaving that turn and
+    those after it spooled for the next try.
     """
     delivered = 0
     while found := await spool.oldest(batch):
@@ -204,8 +211,11 @@ async def deliver(spool: Spool, state: State, secret: bytes, batch: int = BATCH)
                 turn = Turn.from_payload(dict(item.payload), secret)
             except (ValueError, TypeError) as exc:  # nothing this process spooled: never retried forever
                 log.error("spooled turn %d is not a turn (%s): dropped", item.seq, type(exc).__name__)
-            else:
-                await enqueue_turn(state, turn)
-                delivered += 1
+                await spool.remove(item.seq)
+                continue
+            await enqueue_turn(state, turn)
             await spool.remove(item.seq)
+            delivered += 1
+            if on_delivered is not None:
+                on_delivered()
     return delivered

@@ -189,6 +189,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._claims_failing = False
         self._arrived: set[str] = set()
         """Tenants whose key arrived: their waiting jobs are released before the next claim."""
         self._release_all = settings.llm_api_key is not None
@@ -300,9 +301,16 @@ class Worker:
             try:
                 jobs = await self.state.claim(self.consumer, 1, self.lease_seconds)
             except Exception as exc:  # noqa: BLE001 - the store may come back
-                log.warning("claiming jobs failed (%s); retrying in %.1fs", type(exc).__name__, self.poll_interval)
+                level = logging.DEBUG if self._claims_failing else logging.WARNING  # once per outage
+                self._claims_failing = True
+                log.log(
+                    level, "claiming jobs failed (%s); retrying every %.1fs", type(exc).__name__, self.poll_interval
+                )
                 await self._idle()
                 continue
+            if self._claims_failing:
+                self._claims_failing = False
+                log.info("claiming jobs works again")
             if not jobs:
                 await self._idle()
                 continue
