@@ -280,3 +280,25 @@ def test_a_keyless_tenants_jobs_wait_for_its_next_request_without_spending_attem
     assert found == [[f"I was born in {1980 + i}."] for i in range(3)]
     extractions = [r for r in emulator.requests("/v1/chat/completions") if "response_format" in r["body"]]
     assert sum(r["headers"]["authorization"] == f"Bearer {key_a}" for r in extractions) >= 3
+
+
+# --- the spool is erased with the user ------------------------------------------------------------------
+
+
+async def test_an_erasure_drops_the_users_spooled_turns(tmp_path, emulator, local_embedder) -> None:
+    from conftest import TEST_SECRET
+
+    from proxy.erasure import erase_subject
+    from proxy.learn.turn import Turn
+    from proxy.owner import Owner
+
+    settings = Settings(upstream_url=emulator.base_url, data_dir=tmp_path, secret=TEST_SECRET.decode())
+    async with open_runtime(settings, embedder=local_embedder) as runtime:
+        alice, bob = (Owner.of(runtime.secret, "tenant-a", name) for name in ("alice", "bob"))
+        for n, who in enumerate((alice, alice, bob)):  # spooled while the state store was away
+            await runtime.spool.append(Turn(who, "chat", f"chatcmpl-{n}", [f"I am fact {n}."], ["ok"]))
+        report = await erase_subject(runtime, alice, keep_upstream=True)
+        assert report.counts["jobs"] == 2, "spooled turns count as the pending jobs they would have become"
+        assert runtime.spool.pending == 1 and await runtime.spool.depth() == 1
+        [left] = await runtime.spool.oldest()
+        assert left.payload["subject"] == "bob"
