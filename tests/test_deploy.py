@@ -1021,11 +1021,10 @@ def test_the_chart_refuses_redis_without_qdrant_and_qdrant_without_redis() -> No
         chart_objects(deep_merge(deep_merge(VALID_SECRET, QDRANT), in_secret))
     with pytest.raises(RenderFailed, match="qdrant.url"):
         chart_objects(deep_merge({"secret": {"existingSecret": "keys"}}, in_secret))
-    from_secret = chart_objects(deep_merge(deep_merge({"secret": {"existingSecret": "keys"}}, QDRANT), in_secret))
-    assert "MEMPROXY_REDIS_URL" not in from_secret[("ConfigMap", "demo-memproxy")]["data"], "the Secret holds it"
-    assert "WARNING: redis.url" not in render_chart(
-        deep_merge(deep_merge({"secret": {"existingSecret": "keys"}}, QDRANT), in_secret)
-    )["NOTES.txt"]
+    values = deep_merge(deep_merge({"secret": {"existingSecret": "keys"}}, QDRANT), in_secret)
+    config = chart_objects(values)[("ConfigMap", "demo-memproxy")]["data"]
+    assert "MEMPROXY_REDIS_URL" not in config, "the Secret holds it"
+    assert "WARNING: redis.url" not in render_chart(values)["NOTES.txt"]
     chart_objects(deep_merge(deep_merge(VALID_SECRET, REDIS), QDRANT))  # both shared: fine
 
 
