@@ -170,6 +170,23 @@ def test_redis_down_at_boot_forwards_at_once_and_delivers_every_turn_once_it_sta
     assert runtime.counters["turns.delivered"] == n and runtime.counters["turns.lost"] == 0
 
 
+def test_a_turn_neither_the_store_nor_the_spool_takes_is_counted_exactly(make_proxy, emulator, tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spool.sqlite3").write_bytes(b"not a database" * 100)  # a broken disk, as far as the spool knows
+    proxy = make_proxy(
+        data_dir=data, redis_url=f"redis://127.0.0.1:{_free_port()}/0", secret="s", single_replica=True, **FAST
+    )
+    try:
+        answer = chat(proxy, "sk-lost", "lost-user", "I have a red bicycle.")
+        assert answer.parse().choices[0].message.content.startswith("You said"), "the client has its answer"
+        runtime = proxy.app.state.runtime
+        wait_for(lambda: runtime.counters["turns.lost"] == 1, message="the lost turn counted")
+        assert metric(proxy, "memproxy_turns_lost_total") == 1 and runtime.counters["turns.spooled"] == 0
+    finally:
+        proxy.stop()
+
+
 # --- Redis killed mid-run and restarted ------------------------------------------------------------------
 
 

@@ -132,3 +132,13 @@ async def test_a_row_that_is_no_turn_is_dropped_not_retried_forever(tmp_path, st
     assert await deliver(spool, state, TEST_SECRET) == 2
     assert await spool.depth() == 0
     await spool.close()
+
+
+async def test_an_unreadable_spool_file_does_not_stop_the_start(tmp_path) -> None:
+    path = tmp_path / SPOOL_FILE
+    path.write_bytes(b"this is not a database" * 100)
+    spool = await Spool.open(path)  # the proxy starts and forwards; spooling fails, counted by the hook
+    assert spool.pending == 0
+    with pytest.raises(sqlite3.DatabaseError):
+        await spool.append(a_turn("I live in Lyon."))
+    await spool.close()

@@ -74,7 +74,10 @@ class Spool:
         """The spool at ``path``; the file is created by the first append, read now if it exists."""
         spool = cls(path)
         if path.exists():
-            spool.pending = await spool.depth()
+            try:
+                spool.pending = await spool.depth()
+            except sqlite3.Error as exc:  # fail open: the proxy serves; turns it cannot spool are counted lost
+                log.error("the spool at %s is unreadable (%s): turns it cannot take are lost", path, exc)
         return spool
 
     def __repr__(self) -> str:
