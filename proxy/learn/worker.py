@@ -15,9 +15,11 @@ dead-lettered), except one: a job whose tenant has no API key in this process (n
 to wait for the key (``state.wait_for_key``), which costs it no attempt; the tenant's next request
 brings the key (:meth:`KeyRing.on_arrival`) and the worker releases the tenant's waiting jobs. With
 several replicas and no operator key, a released job may be claimed by a replica that lacks the key
-and wait again: it waits, it is never dead-lettered for it. Delivery is at least once: a worker that dies between storing and acking leaves the
-job to be delivered again, and the replay is harmless (exact and near duplicates are touched, not
-added; an update to the same text is a no-op; a memory already deleted is skipped).
+and wait again: it waits, it is never dead-lettered for it.
+
+Delivery is at least once: a worker that dies between storing and acking leaves the job to be
+delivered again, and the replay is harmless (exact and near duplicates are touched, not added; an
+update to the same text is a no-op; a memory already deleted is skipped).
 
 Runs in-process in ``memproxy serve`` (``MEMPROXY_WORKER_IN_PROXY``, started from the runtime) and
 standalone as ``memproxy worker`` (both built by :func:`proxy.runtime.build_worker`). Log lines carry job ids, counts and error classes only: never a
