@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -15,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from proxy import __version__, api
 from proxy.api import memory_routes
 from proxy.assistants.errors import ASSISTANTS_EXCEPTION_HANDLERS
-from proxy.config import Settings, get_settings
+from proxy.config import Settings, get_settings, split_problem
 from proxy.hooks import assistants as hooks
 from proxy.hooks.bridge import bridge_routes
 from proxy.hooks.chat import create_chat_completion
@@ -39,18 +41,51 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-async def readyz(request: Request) -> Response:
-    """Ready when memory is usable; a proxy without memory still forwards, so it says why.
+PING_TIMEOUT = 1.0
+"""Seconds a readiness check waits for the state store's answer."""
 
-    ``memory_api`` says why the memory API refuses every call, if it does; that alone does not make
-    the proxy unready: forwarding and memory on requests work.
-    """
-    runtime = request.app.state.runtime
-    problem = runtime.problems.get("memory")
-    checks = {"state": "ok", "memory": "ok" if runtime.memory else problem or "off"}
+
+async def state_check(runtime: Runtime) -> str:
+    """``ok`` when the state store answers now, else why not (not opened yet, or failing)."""
+    store = runtime.store
+    if store is None:
+        return runtime.problems.get("state", "not opened")
+    try:
+        await asyncio.wait_for(store.ping(), PING_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - a probe reports, it never fails
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+async def readiness(runtime: Runtime) -> dict[str, Any]:
+    """What works now: forwarding (always, once serving), the state store, the memory layer, the spool."""
+    state = await state_check(runtime)
+    memory = "ok" if runtime.memory is not None else runtime.problems.get("memory", "off")
+    checks = {"forwarding": "ok", "state": state, "memory": memory}
+    pending = runtime.spool.pending
+    checks["spool"] = f"{pending} turns waiting for the state store" if pending else "empty"
+    if "worker" in runtime.problems:
+        checks["worker"] = runtime.problems["worker"]
     checks["memory_api"] = memory_api_refusal(runtime.settings) or "ok"
-    status = "ready" if runtime.memory else "starting" if problem == STARTING else "degraded"
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if runtime.memory else 503)
+    usable = state == "ok" and memory == "ok"
+    status = "ready" if usable else "starting" if STARTING in (state, memory) else "degraded"
+    return {"status": status, "memory_ready": usable, "checks": checks}
+
+
+async def readyz(request: Request) -> Response:
+    """Ready to forward: 200 as soon as the app serves, whatever memory's state; the body says how memory is.
+
+    Forwarding never depends on Redis, Qdrant or the model, so neither does readiness: a pod whose
+    memory is down still serves every call (``x-memory-status: degraded``). ``memory_api`` says why the
+    memory API refuses every call, if it does. ``/readyz/memory`` is the probe that waits for memory.
+    """
+    return JSONResponse(await readiness(request.app.state.runtime))
+
+
+async def memory_readyz(request: Request) -> Response:
+    """200 once memory works end to end (memory layer and state store open and answering), else 503."""
+    body = await readiness(request.app.state.runtime)
+    return JSONResponse(body, status_code=200 if body["memory_ready"] else 503)
 
 
 def passthrough_routes() -> list[BaseRoute]:
@@ -73,6 +108,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        problem = split_problem(settings)
+        if problem is not None:  # one clear line before the start-up fails (open_runtime refuses it too)
+            log.error("refusing to start: %s", problem)
         async with open_runtime(settings, embedder=embedder, background=True) as runtime:
             app.state.runtime = metrics.collector.runtime = runtime
             # before the memory layer's background start can run: its worker takes runtime.observer
@@ -85,6 +123,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/readyz/memory", memory_readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *memory_routes(),
     ]

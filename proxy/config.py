@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, description="Qdrant server; unset: embedded Qdrant Edge under data_dir.")
     qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server.", repr=False)
     collection: str = Field("memproxy_memories", description="Qdrant collection name.")
+    single_replica: bool = Field(
+        False,
+        description="Declares this the only process on its stores: allows Redis with embedded memories, or a "
+        "Qdrant server with SQLite state (refused otherwise: replicas would split a user's data).",
+    )
+    reconnect_backoff: float = Field(
+        0.5, description="Seconds before retrying to open an unavailable Redis, Qdrant or model; doubles per try."
+    )
+    reconnect_backoff_cap: float = Field(
+        30.0, description="Longest wait between two tries to open Redis, Qdrant or the model, in seconds."
+    )
 
     # --- embeddings ----------------------------------------------------------------------------
     embedder: Literal["local", "upstream"] = Field(
@@ -184,6 +195,32 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+
+def split_problem(settings: Settings) -> str | None:
+    """Why these settings would silently split one user's data across replicas, or None.
+
+    State (threads, jobs, erasure fences) and memories must be shared alike: Redis with per-replica
+    embedded memories, or a shared Qdrant with per-replica SQLite state, gives each replica its own
+    half of a user. Allowed only when declared single-replica (``MEMPROXY_SINGLE_REPLICA``).
+    """
+    if settings.single_replica:
+        return None
+    if settings.redis_url and not settings.qdrant_url:
+        return (
+            "MEMPROXY_REDIS_URL is set but MEMPROXY_QDRANT_URL is not: state would be shared through Redis while "
+            "each replica keeps its own embedded memories, splitting users' data across replicas. Set "
+            "MEMPROXY_QDRANT_URL to the Qdrant server every replica uses, or MEMPROXY_SINGLE_REPLICA=true if this "
+            "process is the only one on this Redis."
+        )
+    if settings.qdrant_url and not settings.redis_url:
+        return (
+            "MEMPROXY_QDRANT_URL is set but MEMPROXY_REDIS_URL is not: memories would be shared through Qdrant while "
+            "each replica keeps its own SQLite state (threads, jobs, erasure fences), splitting users' data across "
+            "replicas. Set MEMPROXY_REDIS_URL to the Redis every replica uses, or MEMPROXY_SINGLE_REPLICA=true if "
+            "this process is the only one on this Qdrant collection."
+        )
+    return None
 
 
 @lru_cache

@@ -188,6 +188,7 @@ async def erase_subject(
     report = ErasureReport(owner.hash, kept_upstream=keep_upstream)
     await raise_fence(state, owner, time.time())  # first: nothing begun before now may write again
     jobs = await state.drop_jobs(owner)
+    jobs += await runtime.spool.drop(owner)  # turns spooled while the state store was away are pending jobs too
     known = await known_upstream(state, owner, runtime.route)
     memories = await memory.erase()
     if not keep_upstream:

@@ -37,12 +37,15 @@ log = logging.getLogger("memproxy.metrics")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
 DEGRADED_CAUSES = ("recall_timeout", "recall_error", "hook_error", "capture_error")
-JOB_OUTCOMES = ("claimed", "processed", "failed", "dead_lettered", "lost", "fenced")
+JOB_OUTCOMES = ("claimed", "processed", "failed", "dead_lettered", "lost", "fenced", "waiting", "released")
+BACKENDS = ("state", "memory", "spool")
+"""Parts opened (or delivered) in the background, retried with backoff: ``retries.<part>`` counters."""
+TURN_OUTCOMES = ("spooled", "delivered", "lost")
 MEMORY_OPS = ("add", "update", "delete", "unchanged", "skipped")
 OUTCOMES = ("ok", "error", "cancelled")
 DEAD_LETTER_CAP = 1000
 """Dead letters are counted up to this many per scrape (the store lists them; it keeps no count)."""
-QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
+QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz", "/readyz/memory"})
 
 
 class Metrics:
@@ -138,18 +141,37 @@ class RuntimeCollector:
         self.runtime: Runtime | None = None
         self.queue_depth: int | None = None
         self.dead_letters: int | None = None
+        self.waiting_for_key: int | None = None
+        self.state_up = 0
+        self.spool_depth: int | None = None
 
     async def refresh(self) -> None:
         runtime = self.runtime
         if runtime is None:
             return
         try:
-            self.queue_depth = await runtime.state.pending_count()
+            self.spool_depth = await runtime.spool.depth()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail with the spool
+            log.warning("metrics: spool depth unavailable (%s)", type(exc).__name__)
+            self.spool_depth = None
+        self.state_up = 0
+        if runtime.store is None:  # not open yet: /readyz says why, no warning per scrape
+            self.queue_depth = self.waiting_for_key = self.dead_letters = None
+            return
+        try:
+            self.queue_depth = await runtime.store.pending_count()
+            self.state_up = 1
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail with the state store
             log.warning("metrics: queue depth unavailable (%s)", type(exc).__name__)
-            self.queue_depth = None
+            self.queue_depth = self.waiting_for_key = self.dead_letters = None
+            return
         try:
-            self.dead_letters = len(await runtime.state.dead_letters(limit=DEAD_LETTER_CAP))
+            self.waiting_for_key = await runtime.store.waiting_count()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("metrics: jobs waiting for a key unavailable (%s)", type(exc).__name__)
+            self.waiting_for_key = None
+        try:
+            self.dead_letters = len(await runtime.store.dead_letters(limit=DEAD_LETTER_CAP))
         except Exception as exc:  # noqa: BLE001
             log.warning("metrics: dead letters unavailable (%s)", type(exc).__name__)
             self.dead_letters = None
@@ -165,22 +187,54 @@ class RuntimeCollector:
 
     @staticmethod
     def _events(runtime: Runtime) -> list[Metric]:
-        """Degraded requests by cause, other runtime events, captured turns."""
+        """Degraded requests by cause, retries by part, other runtime events, captured and spooled turns."""
         degraded = CounterMetricFamily(
             "memproxy_degraded", "Requests sent upstream without memory, by cause.", labels=["cause"]
         )
+        retries = CounterMetricFamily(
+            "memproxy_backend_retries",
+            "Failed tries to open the state store or the memory layer, or to deliver the spool (each retried "
+            "after a capped exponential backoff), by part.",
+            labels=["part"],
+        )
         events = CounterMetricFamily("memproxy_events", "Other runtime events, by name.", labels=["event"])
         counts = dict.fromkeys(DEGRADED_CAUSES, 0)
+        tries = dict.fromkeys(BACKENDS, 0)
         for name, value in list(runtime.counters.items()):
             if name.startswith("degraded."):
                 counts[name.removeprefix("degraded.")] = value
-            elif name != "turns.captured":
+            elif name.startswith("retries."):
+                tries[name.removeprefix("retries.")] = value
+            elif not name.startswith("turns."):
                 events.add_metric([name], value)
         for cause, value in sorted(counts.items()):
             degraded.add_metric([cause], value)
-        captured = runtime.counters.get("turns.captured", 0)
-        turns = CounterMetricFamily("memproxy_turns_captured", "Finished turns queued for extraction.", value=captured)
-        return [degraded, events, turns]
+        for part, value in sorted(tries.items()):
+            retries.add_metric([part], value)
+        turn = runtime.counters.get
+        families = [
+            CounterMetricFamily(
+                "memproxy_turns_captured",
+                "Finished turns queued for extraction (directly, or delivered from the spool).",
+                value=turn("turns.captured", 0),
+            ),
+            CounterMetricFamily(
+                "memproxy_turns_spooled",
+                "Finished turns the state store could not take, kept in the local spool.",
+                value=turn("turns.spooled", 0),
+            ),
+            CounterMetricFamily(
+                "memproxy_turns_delivered",
+                "Spooled turns delivered to the job queue once the state store was back.",
+                value=turn("turns.delivered", 0),
+            ),
+            CounterMetricFamily(
+                "memproxy_turns_lost",
+                "Finished turns neither queued nor spooled (the state store and the spool both failed).",
+                value=turn("turns.lost", 0),
+            ),
+        ]
+        return [degraded, retries, events, *families]
 
     def _gauges(self, runtime: Runtime) -> list[Metric]:
         """What is open, up and waiting now."""
@@ -195,6 +249,21 @@ class RuntimeCollector:
                 "memproxy_memory_up",
                 "1 when the memory layer is available, 0 when the proxy only forwards.",
                 1 if runtime.memory is not None else 0,
+            ),
+            (
+                "memproxy_state_up",
+                "1 when the state store answered this scrape, 0 while it is not open or not answering.",
+                self.state_up,
+            ),
+            (
+                "memproxy_spool_depth",
+                "Finished turns in the local spool, waiting for the state store.",
+                self.spool_depth,
+            ),
+            (
+                "memproxy_jobs_waiting_for_key",
+                "Extraction jobs waiting for a live request of their tenant to bring an API key (no attempt spent).",
+                self.waiting_for_key,
             ),
             (
                 "memproxy_queue_depth",
@@ -220,7 +289,7 @@ class RuntimeCollector:
         return CounterMetricFamily(
             "memproxy_audit_entries_appended",
             "Audit entries appended by this process (each one also logged with its tenant, seq and hash prefix).",
-            value=runtime.state.chain_appends.get(audit.COLLECTION, 0),
+            value=runtime.store.chain_appends.get(audit.COLLECTION, 0) if runtime.store is not None else 0,
         )
 
     @staticmethod

@@ -66,8 +66,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server():
-    """A real ``redis-server`` on a free port, persistence off; yields (url, process), killed after."""
+def redis_server(port: int | None = None, data_dir: Path | None = None):
+    """A real ``redis-server``; yields (url, process), stopped after.
+
+    On a free port unless ``port`` is given (start another on the same port to simulate a restart),
+    persistence off unless ``data_dir`` is given: then an append-only file there, fsynced per write,
+    so a server killed and started again on the same ``data_dir`` keeps every acknowledged write.
+    """
     import shutil
     import subprocess
     import time
@@ -79,8 +84,13 @@ def redis_server():
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not on PATH (apt-get install redis-server): Redis backend tests need it")
-    port = _free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    port = port or _free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"]
+    if data_dir is None:
+        args += ["--appendonly", "no"]
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(data_dir)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
@@ -99,7 +109,14 @@ def redis_server():
     try:
         yield url, proc
     finally:
-        stop_process(proc, timeout=5)
+        if proc.poll() is None:
+            stop_process(proc, timeout=5)
+
+
+def kill(process) -> None:
+    """An outage: SIGKILL, no goodbye (what persistence has is what survives)."""
+    process.kill()
+    process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,8 @@ def running(tree: Path, data_dir: Path) -> Iterator[tuple[str, int]]:
         deadline = time.monotonic() + 90
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                memory = httpx.get(url + "/readyz/memory", timeout=2).status_code  # 404 on trees before it
+                if memory == 200 or (memory == 404 and httpx.get(url + "/readyz", timeout=2).status_code == 200):
                     break
             if time.monotonic() > deadline or proxy.poll() is not None:
                 raise RuntimeError("the proxy did not become ready")

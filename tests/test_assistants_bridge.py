@@ -196,6 +196,7 @@ def test_two_replicas_share_threads_and_runs(make_proxy, emulator, assistants_cl
     shared = {
         "assistants": "bridge",
         "redis_url": redis_server_url,
+        "single_replica": True,  # two proxies of one test share Redis; only the state is under test
         "secret": "s",
         "redis_prefix": f"t-{uuid.uuid4().hex[:8]}",
     }

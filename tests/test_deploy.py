@@ -1002,6 +1002,81 @@ def test_chart_names_fit_kubernetes_limits() -> None:
     assert ("Service", "memproxy") in chart_objects(VALID_SECRET, release="memproxy"), "no memproxy-memproxy"
 
 
+# --- one user's data is never split across replicas ------------------------------------------------------
+# Shared Redis state with per-pod embedded memories, or a shared Qdrant with per-pod SQLite state, gives
+# each replica its own half of a user: memproxy refuses to start so (proxy.config.split_problem), and the
+# chart refuses to render so.
+
+REDIS = {"redis": {"url": "redis://redis.memory.svc:6379/0"}}
+QDRANT = {"qdrant": {"url": "http://qdrant.memory.svc:6333"}}
+
+
+def test_the_chart_refuses_redis_without_qdrant_and_qdrant_without_redis() -> None:
+    with pytest.raises(RenderFailed, match="qdrant.url"):
+        chart_objects(deep_merge(VALID_SECRET, REDIS))
+    with pytest.raises(RenderFailed, match="redis.url"):
+        chart_objects(deep_merge(VALID_SECRET, QDRANT))
+    in_secret = {"redis": {"urlInSecret": True}}
+    with pytest.raises(RenderFailed, match="existingSecret"):
+        chart_objects(deep_merge(deep_merge(VALID_SECRET, QDRANT), in_secret))
+    with pytest.raises(RenderFailed, match="qdrant.url"):
+        chart_objects(deep_merge({"secret": {"existingSecret": "keys"}}, in_secret))
+    values = deep_merge(deep_merge({"secret": {"existingSecret": "keys"}}, QDRANT), in_secret)
+    config = chart_objects(values)[("ConfigMap", "demo-memproxy")]["data"]
+    assert "MEMPROXY_REDIS_URL" not in config, "the Secret holds it"
+    assert "WARNING: redis.url" not in render_chart(values)["NOTES.txt"]
+    chart_objects(deep_merge(deep_merge(VALID_SECRET, REDIS), QDRANT))  # both shared: fine
+
+
+def settings_of(env: dict[str, Any]):
+    from proxy.config import Settings
+
+    values = {name.removeprefix("MEMPROXY_").lower(): value for name, value in env.items() if name in setting_names()}
+    return Settings(**values)
+
+
+def test_every_shipped_configuration_is_one_memproxy_starts_with(compose: dict, sidecar: dict) -> None:
+    from proxy.config import split_problem
+
+    configs = {
+        "chart, embedded": chart_objects(VALID_SECRET)[("ConfigMap", "demo-memproxy")]["data"],
+        "chart, scaled out": chart_objects(deep_merge(deep_merge(VALID_SECRET, REDIS), QDRANT))[
+            ("ConfigMap", "demo-memproxy")
+        ]["data"],
+        "sidecar": sidecar[("ConfigMap", "my-app-memproxy")]["data"],
+        **{f"compose {name}": services(compose)[name]["environment"] for name in ("proxy", "worker")},
+    }
+    for name, env in configs.items():
+        assert split_problem(settings_of(env)) is None, name
+
+
+def test_readiness_probes_wait_for_forwarding_not_for_memory(sidecar: dict, tmp_path: Path) -> None:
+    """Helm and the sidecar probe /readyz: 200 as soon as the pod forwards, with memory down too."""
+    from starlette.testclient import TestClient
+
+    from proxy.app import create_app
+    from proxy.config import Settings
+
+    spec = pod_spec(sidecar)
+    [memproxy] = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "memproxy"]
+    proxy = _container(chart_objects(VALID_SECRET)[("Deployment", "demo-memproxy-proxy")])
+    probes = {memproxy["readinessProbe"]["httpGet"]["path"], proxy["readinessProbe"]["httpGet"]["path"]}
+    assert probes == {"/readyz"}
+
+    broken = Settings(  # a model that cannot load: memory stays down, retried in the background
+        upstream_url="http://127.0.0.1:9/v1",
+        assistants="passthrough",
+        data_dir=tmp_path,
+        embed_model_path=tmp_path / "no-model-here",
+        reconnect_backoff=60,
+    )
+    with TestClient(create_app(broken)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["forwarding"] == "ok"
+        assert ready.json()["checks"]["memory"] != "ok" and ready.json()["memory_ready"] is False
+        assert client.get("/readyz/memory").status_code == 503
+
+
 # --- a fixed tenant comes with the admin token, from a Secret --------------------------------------------
 # With MEMPROXY_TENANT a key names no tenant, so the memory API answers only MEMPROXY_ADMIN_TOKEN (and
 # nobody without it): a manifest that fixes the tenant must set the token, and from a Secret.

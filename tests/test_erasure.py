@@ -28,6 +28,7 @@ def proxy(request, make_proxy):
     if request.param == "redis":
         url = request.getfixturevalue("redis_server_url")
         options |= {"redis_url": url, "secret": "erasure-secret", "redis_prefix": f"erasure-{uuid.uuid4().hex[:8]}"}
+        options |= {"single_replica": True}  # one process on this Redis: its embedded memories are all there are
     return make_proxy(**options)
 
 

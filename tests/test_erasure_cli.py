@@ -133,7 +133,7 @@ def test_the_commands_go_through_the_proxy_serving_the_data_directory(env, emula
     port = _free_port()
     with child_server(["serve", "--port", str(port)], port):
         wait = time.monotonic() + 30
-        while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200 and time.monotonic() < wait:
+        while httpx.get(f"http://127.0.0.1:{port}/readyz/memory").status_code != 200 and time.monotonic() < wait:
             time.sleep(0.1)
         assert (env / "serve.json").exists()
 

@@ -170,7 +170,7 @@ async def test_a_memory_stored_in_clear_before_sealing_is_read_and_sealed_at_sta
     legacy_id = await legacy_point(tmp_path, settings, "tenant-l", "lena", "Plays the theremin on Sundays")
     async with await SqliteState.open(tmp_path / "state.sqlite3") as state:
         service = await create_memory_service(
-            settings, embedder=local_embedder, secret=TEST_SECRET, keys=StateKeyStore(state)
+            settings, embedder=local_embedder, secret=TEST_SECRET, keys=StateKeyStore(lambda: state)
         )
         lena = Owner.of(TEST_SECRET, "tenant-l", "lena")
         try:

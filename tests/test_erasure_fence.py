@@ -76,6 +76,7 @@ def test_an_extraction_in_flight_during_an_erasure_stores_nothing(make_proxy, em
 
 def test_an_erasure_on_one_replica_fences_the_worker_of_another(make_proxy, emulator, redis_server_url) -> None:
     shared = {"redis_url": redis_server_url, "secret": "fence-secret", "redis_prefix": f"fence-{uuid.uuid4().hex[:8]}"}
+    shared["single_replica"] = True  # the learner's memories are the only ones: the fence in Redis is under test
     learner = make_proxy(**learning(**shared))
     eraser = make_proxy(**shared)  # no worker of its own: the erasure only
     user = f"erin-{uuid.uuid4().hex[:6]}"

@@ -51,17 +51,29 @@ def test_a_failing_embedder_sends_the_request_unchanged(make_proxy, emulator) ->
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # qdrant-client says so: there is none
 def test_an_unreachable_qdrant_leaves_forwarding_intact(make_proxy, emulator) -> None:
-    proxy = make_proxy(qdrant_url=f"http://127.0.0.1:{closed_port()}")
+    proxy = make_proxy(qdrant_url=f"http://127.0.0.1:{closed_port()}", single_replica=True, reconnect_backoff=0.05)
     assert_untouched(ask(proxy), emulator)
     ready = httpx.get(proxy.url + "/readyz")
-    assert ready.status_code == 503 and "memory" in ready.json()["checks"]
+    assert ready.status_code == 200, "ready to forward: that needs no Qdrant"
+    body = ready.json()
+    assert body["status"] == "degraded" and body["memory_ready"] is False
+    assert body["checks"]["forwarding"] == "ok" and body["checks"]["state"] == "ok"
+    assert "Qdrant" in body["checks"]["memory"], body["checks"]["memory"]
+    memory = httpx.get(proxy.url + "/readyz/memory")
+    assert memory.status_code == 503 and memory.json()["checks"]["memory"] == body["checks"]["memory"]
     api = httpx.get(proxy.url + "/memory/v1/users/u1/memories", headers={"authorization": "Bearer sk-app"})
     assert api.status_code == 503 and api.json()["error"]["code"] == "memory_unavailable"
+    runtime = proxy.app.state.runtime
+    tries = runtime.counters["retries.memory"]
+    time.sleep(0.5)
+    assert runtime.counters["retries.memory"] > tries, "the memory start is retried in the background"
+    assert runtime.memory is None and runtime.worker is None
+    proxy.stop()  # its retries would go on for the whole session
 
 
 def test_redis_going_away_fails_no_request(make_proxy, emulator) -> None:
     with redis_server() as (url, process):
-        proxy = make_proxy(redis_url=url, secret="shared-secret", assistants="passthrough")
+        proxy = make_proxy(redis_url=url, secret="shared-secret", assistants="passthrough", single_replica=True)
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-app", max_retries=0)
         assistant = client.beta.assistants.create(model="gpt-4o-mini")
         thread = client.beta.threads.create(metadata={"user_id": "u1"})
@@ -77,12 +89,14 @@ def test_redis_going_away_fails_no_request(make_proxy, emulator) -> None:
     time.sleep(0.3)  # the capture runs after the answer: it fails, is counted, and hurts nobody
     counters = proxy.app.state.runtime.counters
     assert counters["degraded.hook_error"] >= 2 and counters["degraded.capture_error"] >= 1
+    assert counters["turns.spooled"] == 1, "the finished response waits in the spool for Redis (test_fail_open.py)"
+    proxy.stop()  # its spool would retry Redis for the whole session
 
 
 def test_a_failed_capture_does_not_mark_other_requests_degraded(make_proxy, emulator) -> None:
     """The per-request decision is a value: one request's fault never changes another's headers."""
     with redis_server() as (url, process):
-        proxy = make_proxy(redis_url=url, secret="shared-secret", assistants="passthrough")
+        proxy = make_proxy(redis_url=url, secret="shared-secret", assistants="passthrough", single_replica=True)
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-app", max_retries=0)
         assistant = client.beta.assistants.create(model="gpt-4o-mini")
         thread = client.beta.threads.create()
@@ -99,6 +113,7 @@ def test_a_failed_capture_does_not_mark_other_requests_degraded(make_proxy, emul
     assert proxy.app.state.runtime.counters["degraded.capture_error"] >= 1
     assert polled.parse().id == run.id
     assert before.headers["x-memory-status"] == after.headers["x-memory-status"] == "off"
+    proxy.stop()
 
 
 def test_an_upstream_error_reaches_the_client_as_it_was_and_teaches_nothing(make_proxy, emulator) -> None:

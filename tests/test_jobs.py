@@ -142,6 +142,8 @@ async def test_a_finished_turn_becomes_memories_of_its_tenant_and_subject(parts,
         "unchanged": 0,
         "skipped": 0,
         "fenced": 0,
+        "waiting": 0,
+        "released": 0,
     }
     assert len(emulator.requests("/v1/chat/completions")) == 1
 
@@ -301,14 +303,31 @@ async def test_without_a_key_the_job_waits_for_a_live_request_of_its_tenant(part
 
     await worker.drain()
     assert emulator.requests("/v1/chat/completions") == []
-    assert await sqlite_state.pending_count() == 1 and worker.stats.failed == 1
+    assert await sqlite_state.pending_count() == 1 and await sqlite_state.waiting_count() == 1
+    assert (worker.stats.failed, worker.stats.waiting) == (0, 1), "waiting for a key burns no attempt"
+    await later(sqlite_state, 3600)
+    assert await worker.drain() == 0, "it waits for the key, not for a timer"
+    assert await sqlite_state.dead_letters() == []
 
     keys.remember("tenant-a", KEY)  # the tenant's next live request
-    await later(sqlite_state, 1)
     await worker.drain()
     (call,) = emulator.requests("/v1/chat/completions")
     assert call["headers"]["authorization"] == f"Bearer {KEY}"
     assert await texts(worker) == ["I live in Lyon."]
+    assert (worker.stats.released, worker.stats.processed, worker.stats.failed) == (1, 1, 0)
+
+
+async def test_jobs_left_waiting_run_once_an_operator_key_is_configured(parts, sqlite_state, emulator) -> None:
+    keys = KeyRing(ttl=600)
+    keys.remember("tenant-b", "sk-someone-else")
+    keyless = await parts(sqlite_state, keys=keys)
+    await enqueue_turn(sqlite_state, a_turn("I live in Lyon."))
+    await keyless.drain()
+    assert await sqlite_state.waiting_count() == 1
+
+    restarted = await parts(sqlite_state, keys=KeyRing(ttl=600), llm_api_key=CONFIGURED)
+    assert await restarted.drain() == 1
+    assert await texts(restarted) == ["I live in Lyon."] and await sqlite_state.waiting_count() == 0
 
 
 async def test_an_idle_worker_without_any_key_does_not_burn_attempts(parts, sqlite_state) -> None:
@@ -453,7 +472,7 @@ async def test_memproxy_worker_drains_the_shared_queue(tmp_path, emulator, local
     secret = load_secret(settings)  # what the worker sealed with: the data directory's secret and key store
     async with await SqliteState.open(tmp_path / "state.sqlite3") as state:
         service = await create_memory_service(
-            settings, embedder=local_embedder, secret=secret, keys=StateKeyStore(state)
+            settings, embedder=local_embedder, secret=secret, keys=StateKeyStore(lambda: state)
         )
         try:
             alice = Owner.of(secret, "tenant-a", "alice")

@@ -17,16 +17,16 @@ ALICE, BOB = owner("tenant-a", "alice@example.com"), owner("tenant-a", "bob@exam
 
 
 async def test_a_key_is_created_once_even_by_racing_writers_and_read_back_unwrapped(state: State) -> None:
-    sealers = [Sealer(StateKeyStore(state), b"server-secret") for _ in range(4)]  # four replicas
+    sealers = [Sealer(StateKeyStore(lambda: state), b"server-secret") for _ in range(4)]  # four replicas
     keys = await asyncio.gather(*(s.key(ALICE, create=True) for s in sealers for _ in range(3)))
     assert len({k.kid for k in keys}) == 1 and len({k.material for k in keys}) == 1
     assert await sealers[0].key(BOB) is None  # reading never creates
     stored = json.dumps(await state.get(KEYS_NS, f"{ALICE.tenant}:{ALICE.hash}"))
     assert "alice" not in stored and keys[0].material.hex() not in stored  # wrapped, no user id
-    fresh = Sealer(StateKeyStore(state), b"server-secret")
+    fresh = Sealer(StateKeyStore(lambda: state), b"server-secret")
     assert (await fresh.key(ALICE)).material == keys[0].material
     with pytest.raises(SealError, match="MEMPROXY_SECRET"):
-        await Sealer(StateKeyStore(state), b"another-secret").key(ALICE)
+        await Sealer(StateKeyStore(lambda: state), b"another-secret").key(ALICE)
 
 
 async def test_sealed_fields_open_only_for_their_point_and_owner() -> None:

@@ -327,6 +327,44 @@ async def test_two_replicas_never_claim_the_same_job(state_factory) -> None:  # 
     assert len(ids) == len(set(ids)) == 40
 
 
+async def test_a_job_waiting_for_its_tenants_key_keeps_its_attempts_until_released(state: State) -> None:
+    await state.enqueue("extract", {"n": 1}, idempotency_key="t:1", subject=ALICE)
+    other = await state.enqueue("extract", {"n": 2}, subject=Owner.of(b"secret", "tenant-b", "carol"))
+    [job] = [j for j in await state.claim("w1", count=2) if j.payload["n"] == 1]
+    assert job.attempts == 1
+    assert await state.wait_for_key(job) is True
+    assert await state.ack(job) is False, "the delivery was given back"
+    assert await state.wait_for_key(job) is False, "a lease given back cannot be given back again"
+    assert await state.waiting_count() == 1 and await state.pending_count() == 2
+    await elapse(state, 1.0)  # however long it waits: it is never due on its own, it never dies
+    assert [j.id for j in await state.claim("w1", count=5)] == [other]
+    assert await state.dead_letters() == []
+    assert await state.enqueue("extract", {"n": 1}, idempotency_key="t:1") == job.id, "still pending"
+
+    assert await state.release_waiting("tenant-b") == 0, "another tenant's key releases nothing"
+    assert await state.release_waiting("tenant-a") == 1
+    assert await state.waiting_count() == 0
+    [again] = await state.claim("w2")
+    assert (again.id, again.attempts) == (job.id, 1), "the wait cost no attempt"
+    assert await state.ack(again) is True
+
+
+async def test_releasing_every_tenant_and_erasing_reach_waiting_jobs(state: State) -> None:
+    for n, owner in enumerate((ALICE, BOB, Owner.of(b"secret", "tenant-b", "carol"))):
+        await state.enqueue("extract", {"n": n}, subject=owner)
+    for job in await state.claim("w1", count=3):
+        assert await state.wait_for_key(job)
+    assert await state.waiting_count() == 3
+    assert await state.drop_jobs(BOB) == 1
+    assert await state.waiting_count() == 2
+    assert await state.release_waiting() == 2, "None: every tenant (an operator key arrived)"
+    assert sorted(j.payload["n"] for j in await state.claim("w1", count=5)) == [0, 2]
+
+
+async def test_ping_answers_while_the_store_is_up(state: State) -> None:
+    await state.ping()
+
+
 async def test_credentials_are_refused_in_job_payloads(state: State) -> None:
     with pytest.raises(ValueError, match="credentials"):
         await state.enqueue("extract", {"request": {"headers": {"Authorization": "Bearer sk-live"}}})

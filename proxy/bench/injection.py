@@ -37,7 +37,7 @@ async def fill(data_dir: Path, settings: Settings, memories: int) -> str:
     embedder = load_embedder(settings)
     pool = await make_pool(embedder, fact_pool(2000), "synthetic facts")
     state = await open_state(settings)  # the proxy finds the owners' data keys where it keeps its own
-    sealer = Sealer(StateKeyStore(state), SECRET)
+    sealer = Sealer(StateKeyStore(lambda: state), SECRET)
     path = data_dir / "qdrant" / settings.collection
     store = EdgeStore(path, dim=embedder.dim, sealer=sealer, collection=settings.collection)
     await store.start()
@@ -141,7 +141,7 @@ def _wait_ready(url: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx2.get(url + "/readyz").status_code == 200:
+            if httpx2.get(url + "/readyz/memory").status_code == 200:
                 return
         except httpx2.HTTPError:
             pass

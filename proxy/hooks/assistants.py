@@ -134,13 +134,15 @@ class RunTap(TurnTap):
 
     async def capture(self, status: int, complete: bool) -> None:
         run = run_from(self.body()) if status == 200 else None
-        if run and run.get("thread_id"):
-            await remember_thread(self.runtime, self.owner, run["thread_id"], [])
-        if run and run.get("status") not in TERMINAL:
-            await park(self.runtime, PENDING, self.owner, run["id"], self.started_at, user=self.user)
-            if self.stream and not complete and run.get("thread_id"):
-                await follow(self.runtime, self.request, self.owner.tenant, run)
-        await super().capture(status, complete)
+        try:
+            if run and run.get("thread_id"):
+                await remember_thread(self.runtime, self.owner, run["thread_id"], [])
+            if run and run.get("status") not in TERMINAL:
+                await park(self.runtime, PENDING, self.owner, run["id"], self.started_at, user=self.user)
+                if self.stream and not complete and run.get("thread_id"):
+                    await follow(self.runtime, self.request, self.owner.tenant, run)
+        finally:  # a finished run is queued (or spooled) even when the state store failed the steps above
+            await super().capture(status, complete)
 
 
 async def follow(runtime: Runtime, request: Request, tenant: str, run: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from proxy.hooks.recall import Identified, RequestMemory, identify, recall
 from proxy.identity import subject_for, tenant_for
 from proxy.learn.turn import Turn, message_text
 from proxy.ownership import record_thread
-from proxy.runtime import Runtime
+from proxy.runtime import Runtime, StateUnavailable
 
 RECENT = 5
 
@@ -94,9 +94,19 @@ async def bridge_engine(request: Request) -> Engine:
     tenant = tenant_for(request.headers, runtime.settings, runtime.secret)
     if tenant is None:
         raise OpenAIError(401, NO_KEY, code="missing_api_key")
+    try:
+        state = runtime.state
+    except StateUnavailable:  # the bridge keeps assistants, threads and runs there: nothing to serve from
+        raise OpenAIError(
+            503,
+            "The Assistants bridge keeps assistants, threads and runs in memproxy's state store, which is "
+            "unavailable right now; retry later.",
+            type="server_error",
+            code="state_unavailable",
+        ) from None
     upstream = HttpUpstream(runtime.http, runtime.settings.upstream_url, request.headers)
     hooks = MemoryRunHooks(runtime, request)
-    engine = Engine(runtime.state, upstream, tenant, hooks)
+    engine = Engine(state, upstream, tenant, hooks)
     hooks.engine = engine  # to read the thread's latest messages when a run brings none
     return engine
 

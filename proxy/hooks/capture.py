@@ -69,11 +69,39 @@ class TurnTap:
 
 
 async def queue(runtime: Runtime, turn: Turn) -> None:
-    """Queue a finished turn once, and nudge the in-process worker instead of waiting for its poll."""
-    if await enqueue_turn(runtime.state, turn):
-        runtime.count("turns.captured")
-        if runtime.worker is not None:
-            runtime.worker.wake()
+    """Queue a finished turn once, and nudge the in-process worker instead of waiting for its poll.
+
+    While the state store cannot take it (not open yet, or failing), the turn goes to the local spool,
+    delivered in order once the store is back; so do turns finishing while older ones are spooled,
+    to keep the order. If the spool fails too, the turn is lost: counted (``turns.lost``) and logged.
+    The client already has its answer either way: capture runs after the response was sent.
+    """
+    if not any(text.strip() for text in turn.user):
+        return  # nothing to learn (enqueue_turn would skip it too)
+    if not runtime.spool.pending:
+        try:
+            queued = await enqueue_turn(runtime.state, turn)
+        except Exception as exc:  # noqa: BLE001 - the store is away: keep the turn on local disk
+            log.warning("state store unavailable for a finished turn (%s): spooled", type(exc).__name__)
+        else:
+            if queued:
+                runtime.count("turns.captured")
+                if runtime.worker is not None:
+                    runtime.worker.wake()
+            return
+    await spool(runtime, turn)
+
+
+async def spool(runtime: Runtime, turn: Turn) -> None:
+    """Keep a finished turn on local disk until the state store takes it (:mod:`proxy.learn.spool`)."""
+    try:
+        await runtime.spool.append(turn)
+    except Exception as exc:  # noqa: BLE001 - counted exactly: nothing else can tell the client now
+        runtime.count("turns.lost")
+        log.error("a finished turn was lost: neither the state store nor the spool took it (%s)", type(exc).__name__)
+        return
+    runtime.count("turns.spooled")
+    runtime.kick_spool()
 
 
 PARKED_TTL = 86400.0

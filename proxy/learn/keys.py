@@ -24,15 +24,24 @@ class KeyRing:
         self.max_tenants = max_tenants
         self.clock = clock
         self._keys: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_arrival(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(tenant)`` whenever a tenant without a key here gets one (jobs waiting for it may run)."""
+        self._listeners.append(listener)
 
     def remember(self, tenant: str | None, key: str | None) -> None:
         """Called by the request hooks with the tenant's credential; refreshes its expiry."""
         if not tenant or not key or self.ttl <= 0:
             return
+        arrived = self.get(tenant) is None
         self._keys[tenant] = (key, self.clock() + self.ttl)
         self._keys.move_to_end(tenant)
         while len(self._keys) > self.max_tenants:
             self._keys.popitem(last=False)
+        if arrived:
+            for listener in self._listeners:
+                listener(tenant)
 
     def get(self, tenant: str) -> str | None:
         entry = self._keys.get(tenant)

@@ -10,9 +10,16 @@ A job is one finished turn (:class:`proxy.learn.turn.Turn`, queued by the reques
 5. acks the job, only now that its effect is stored.
 
 Any failure before the ack hands the job back with ``state.fail`` (retried with backoff, then
-dead-lettered). Delivery is at least once: a worker that dies between storing and acking leaves the
-job to be delivered again, and the replay is harmless (exact and near duplicates are touched, not
-added; an update to the same text is a no-op; a memory already deleted is skipped).
+dead-lettered), except one: a job whose tenant has no API key in this process (no
+``MEMPROXY_LLM_API_KEY``, and no live request of the tenant since the process started) is given back
+to wait for the key (``state.wait_for_key``), which costs it no attempt; the tenant's next request
+brings the key (:meth:`KeyRing.on_arrival`) and the worker releases the tenant's waiting jobs. With
+several replicas and no operator key, a released job may be claimed by a replica that lacks the key
+and wait again: it waits, it is never dead-lettered for it.
+
+Delivery is at least once: a worker that dies between storing and acking leaves the job to be
+delivered again, and the replay is harmless (exact and near duplicates are touched, not added; an
+update to the same text is a no-op; a memory already deleted is skipped).
 
 Runs in-process in ``memproxy serve`` (``MEMPROXY_WORKER_IN_PROXY``, started from the runtime) and
 standalone as ``memproxy worker`` (both built by :func:`proxy.runtime.build_worker`). Log lines carry job ids, counts and error classes only: never a
@@ -83,6 +90,10 @@ class WorkerStats:
     """Proposed operations not applied: unknown reference, memory gone, text refused."""
     fenced: int = 0
     """Jobs whose owner was erased after their turn began: nothing of them is stored (:mod:`proxy.fence`)."""
+    waiting: int = 0
+    """Jobs given back to wait for their tenant's API key (no attempt counted)."""
+    released: int = 0
+    """Waiting jobs made due again because their tenant's key arrived."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -95,6 +106,8 @@ class WorkerStats:
             "unchanged": self.unchanged,
             "skipped": self.skipped,
             "fenced": self.fenced,
+            "waiting": self.waiting,
+            "released": self.released,
         }
 
 
@@ -178,6 +191,12 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._claims_failing = False
+        self._arrived: set[str] = set()
+        """Tenants whose key arrived: their waiting jobs are released before the next claim."""
+        self._release_all = settings.llm_api_key is not None
+        """An operator key serves every tenant: jobs left waiting by an earlier run can all go."""
+        self.keys.on_arrival(self._key_arrived)
 
     def __repr__(self) -> str:
         return f"Worker({self.consumer}, extractor={self.extractor.name}, concurrency={self.concurrency})"
@@ -235,8 +254,38 @@ class Worker:
     # --- claiming ----------------------------------------------------------------------------------
 
     def _can_work(self) -> bool:
-        """False while no job could get a key: claiming would only burn attempts."""
+        """False while no job could get a key: claiming would only park every job."""
         return not self.needs_key or self.settings.llm_api_key is not None or len(self.keys) > 0
+
+    def _key_arrived(self, tenant: str) -> None:
+        """A live request brought ``tenant``'s key (called by the key ring): release its waiting jobs."""
+        self._arrived.add(tenant)
+        self._wakeup.set()
+
+    async def _release_arrived(self) -> None:
+        """Make due the jobs waiting for keys that arrived; a failure is retried at the next claim."""
+        if self._release_all:
+            try:
+                released = await self.state.release_waiting()
+            except Exception as exc:  # noqa: BLE001 - the store may come back
+                log.warning("releasing jobs waiting for a key failed (%s)", type(exc).__name__)
+                return
+            self._release_all = False
+            self._note_released(released, "the configured key")
+        while self._arrived:
+            tenant = self._arrived.pop()
+            try:
+                released = await self.state.release_waiting(tenant)
+            except Exception as exc:  # noqa: BLE001
+                self._arrived.add(tenant)
+                log.warning("releasing jobs waiting for a key failed (%s)", type(exc).__name__)
+                return
+            self._note_released(released, "their tenant's key")
+
+    def _note_released(self, released: int, why: str) -> None:
+        if released:
+            self.stats.released += released
+            log.info("%d jobs waiting for a key released: %s arrived", released, why)
 
     async def _idle(self) -> None:
         try:
@@ -247,15 +296,23 @@ class Worker:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            await self._release_arrived()
             if not self._can_work():
                 await self._idle()
                 continue
             try:
                 jobs = await self.state.claim(self.consumer, 1, self.lease_seconds)
             except Exception as exc:  # noqa: BLE001 - the store may come back
-                log.warning("claiming jobs failed (%s); retrying in %.1fs", type(exc).__name__, self.poll_interval)
+                level = logging.DEBUG if self._claims_failing else logging.WARNING  # once per outage
+                self._claims_failing = True
+                log.log(
+                    level, "claiming jobs failed (%s); retrying every %.1fs", type(exc).__name__, self.poll_interval
+                )
                 await self._idle()
                 continue
+            if self._claims_failing:
+                self._claims_failing = False
+                log.info("claiming jobs works again")
             if not jobs:
                 await self._idle()
                 continue
@@ -267,6 +324,7 @@ class Worker:
 
     async def run_once(self) -> int:
         """Claim up to ``concurrency`` due jobs and handle them; the number handled (tests, drains)."""
+        await self._release_arrived()
         jobs = await self.state.claim(self.consumer, self.concurrency, self.lease_seconds)
         await asyncio.gather(*(self.handle(job) for job in jobs))
         return len(jobs)
@@ -284,12 +342,17 @@ class Worker:
         """Process one claimed job: apply its operations, then ack (True); on failure ``state.fail``."""
         self.stats.claimed += 1
         key: str | None = None
+        tenant: str | None = None
         try:
             if job.kind != JOB_KIND:
                 raise JobPayloadError(f"this worker handles {JOB_KIND!r} jobs, not {job.kind!r}")
             turn = turn_of(job, self.secret)
-            key = self._key_for(turn.owner.tenant)
+            tenant = turn.owner.tenant
+            key = self._key_for(tenant)
             await self._extract_and_apply(job, turn, key)
+        except NoCredentials:  # no attempt burnt: the job waits for a live request of its tenant
+            await self._wait_for_key(job, tenant)
+            return False
         except Exception as exc:  # noqa: BLE001 - any failure: hand the job back (cancellation is not one)
             await self._fail(job, exc, key)
             return False
@@ -304,6 +367,21 @@ class Worker:
             self.stats.lost += 1
             log.warning("job %s: lease lost before the ack; another delivery will replay it", job.id)
         return acked
+
+    async def _wait_for_key(self, job: Job, tenant: str | None) -> None:
+        """Give the job back until its tenant's key arrives (not an attempt: it cannot die of it)."""
+        try:
+            parked = await self.state.wait_for_key(job)
+        except Exception as exc:  # noqa: BLE001 - the lease will expire and the job come back
+            log.warning("job %s: giving it back to wait for a key failed (%s)", job.id, type(exc).__name__)
+            return
+        if not parked:
+            self.stats.lost += 1
+            return
+        self.stats.waiting += 1
+        log.info("job %s waits for a live request of its tenant: no API key in this process", job.id)
+        if tenant is not None and self.keys.get(tenant) is not None:  # it arrived while the job was given back
+            self._key_arrived(tenant)
 
     def _key_for(self, tenant: str) -> str | None:
         configured = self.settings.llm_api_key

@@ -138,8 +138,13 @@ class KeyStore(ABC):
 class StateKeyStore(KeyStore):
     """Wrapped keys in the state store (SQLite or Redis), namespace :data:`KEYS_NS`."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(self, state: Callable[[], State]) -> None:
+        self._state = state
+
+    @property
+    def state(self) -> State:
+        """The state store as it is now (it may open after the memory layer, or be replaced)."""
+        return self._state()
 
     @staticmethod
     def _key(tenant: str, owner_hash: str) -> str:

@@ -47,6 +47,9 @@ Clock = Callable[[], float]
 SUBJECT_INDEX_NS = "_subject_index"
 """Namespace of the per-subject index sets: one set per subject listing every entry written about it."""
 
+PING_NS = "_ping"
+"""Namespace read (never written) by :meth:`State.ping`."""
+
 CHAIN_HEAD_NS = "_chain_head"
 """Namespace of the chain heads: one JSON value ``{seq, hash}`` per chained (tenant, collection)."""
 
@@ -273,6 +276,10 @@ class State(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise unless the store answers now (readiness checks)."""
+        await self._get(PING_NS, "ping")
+
     def tenant(self, tenant: str) -> TenantState:
         """The key/value part of the store as one tenant sees it (keys prefixed automatically)."""
         return TenantState(self, tenant)
@@ -478,16 +485,33 @@ class State(abc.ABC):
             return await self._bury(job, error)
         return await self._retry(job, error, self.clock() + self.policy.backoff(job.attempts))
 
+    async def wait_for_key(self, job: Job) -> bool:
+        """Give a claimed job back to wait for its tenant's API key: this delivery is not an attempt.
+
+        The job is not due again until :meth:`release_waiting` names its tenant (a live request of the
+        tenant brought its key to a worker), so a tenant that has not come back since a restart never
+        burns its jobs' attempts. False (and no effect) if the lease was lost meanwhile.
+        """
+        return await self._park(job)
+
+    async def release_waiting(self, tenant: str | None = None) -> int:
+        """Make the jobs waiting for ``tenant``'s key (None: every tenant's) due now; how many."""
+        return await self._release(tenant)
+
+    @abc.abstractmethod
+    async def waiting_count(self) -> int:
+        """Jobs waiting for their tenant's API key (:meth:`wait_for_key`)."""
+
     @abc.abstractmethod
     async def dead_letters(self, limit: int = 100) -> list[Job]:
         """Jobs that failed ``max_attempts`` times, oldest first, with their last error."""
 
     @abc.abstractmethod
     async def pending_count(self) -> int:
-        """Queue depth: jobs waiting, leased or scheduled for a retry (not done, not dead)."""
+        """Queue depth: jobs due, leased, scheduled for a retry or waiting for a key (not done, not dead)."""
 
     async def drop_jobs(self, match: JobMatch) -> int:
-        """Remove pending and dead-lettered jobs about a subject (or matching a predicate).
+        """Remove pending (key-waiting included) and dead-lettered jobs about a subject (or matching a predicate).
 
         A worker holding a dropped job will find its ack refused.
         """
@@ -577,6 +601,13 @@ class State(abc.ABC):
 
     @abc.abstractmethod
     async def _bury(self, job: Job, error: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def _park(self, job: Job) -> bool:
+        """If the lease is held: take the job off the queue, count this delivery back, keep it waiting."""
+
+    @abc.abstractmethod
+    async def _release(self, tenant: str | None) -> int: ...
 
     @abc.abstractmethod
     async def _drop_jobs(self, predicate: Callable[[Job], bool]) -> int: ...

@@ -7,8 +7,9 @@ The job queue is a stream with one consumer group: XADD to enqueue, XREADGROUP t
 once done, and XAUTOCLAIM with ``min-idle = lease`` to take over jobs whose worker died. Streams
 carry only job ids; each job's mutable state (attempts, last error) sits in a hash, so a retry is
 "ack this entry, park the id in a sorted set scored by its due time", moved back onto the stream
-when due. Conditional steps (lease still held? idempotency key free?) run as small Lua scripts so
-two replicas never interleave inside one. All keys start with ``prefix:`` so tests and several
+when due. A job waiting for its tenant's key leaves the stream for a hash (job id -> tenant) until
+a release moves it back. Conditional steps (lease still held? idempotency key free?) run as small Lua
+scripts so two replicas never interleave inside one. All keys start with ``prefix:`` so tests and several
 deployments can share one Redis.
 
 Leases are measured by Redis (entry idle time), so all consumers should pass the same
@@ -49,6 +50,8 @@ from proxy.state.base import (
 
 GROUP = "workers"
 PROMOTE_BATCH = 100
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection: an unreachable Redis fails a call, it does not hang it."""
 
 ENQUEUE = """
 if ARGV[2] == '1' then
@@ -99,6 +102,33 @@ else
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
 return 1
+"""
+
+# KEYS: job hash, stream, waiting hash. ARGV: attempts, group, entry, now, job id, tenant.
+# The delivery is counted back: released and claimed again, the job is on the same attempt.
+PARK = """
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HSET', KEYS[1], 'visible_at', ARGV[4])
+redis.call('HDEL', KEYS[1], 'consumer')
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+return 1
+"""
+
+# KEYS: waiting hash, stream. ARGV: '1' to release every tenant's jobs, else '0' and the tenant.
+RELEASE = """
+local flat = redis.call('HGETALL', KEYS[1])
+local released = 0
+for i = 1, #flat, 2 do
+  if ARGV[1] == '1' or flat[i + 1] == ARGV[2] then
+    redis.call('HDEL', KEYS[1], flat[i])
+    redis.call('XADD', KEYS[2], '*', 'job', flat[i])
+    released = released + 1
+  end
+end
+return released
 """
 
 # KEYS: chain head, record bodies, record order, record sequence counter.
@@ -170,18 +200,22 @@ class RedisState(State):
         self._stream = self._key("jobs")
         self._delayed = self._key("jobs", "delayed")
         self._dead = self._key("jobs", "dead")
+        self._waiting = self._key("jobs", "waiting")
         self._enqueue_script = client.register_script(ENQUEUE)
         self._start_script = client.register_script(START)
         self._promote_script = client.register_script(PROMOTE)
         self._settle_script = client.register_script(SETTLE)
         self._append_chained_script = client.register_script(APPEND_CHAINED)
+        self._park_script = client.register_script(PARK)
+        self._release_script = client.register_script(RELEASE)
 
     @classmethod
     async def connect(
         cls, url: str, *, prefix: str = "memproxy", clock: Clock | None = None, policy: JobPolicy | None = None
     ) -> RedisState:
         """Connect and make sure the job stream and its consumer group exist."""
-        state = cls(Redis.from_url(url, decode_responses=True), prefix=prefix, clock=clock, policy=policy)
+        client = Redis.from_url(url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT)
+        state = cls(client, prefix=prefix, clock=clock, policy=policy)
         try:
             await state._ensure_group()
         except BaseException:
@@ -191,6 +225,9 @@ class RedisState(State):
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     def _key(self, *parts: str) -> str:
         return ":".join([self.prefix, *map(_part, parts)])
@@ -392,6 +429,25 @@ class RedisState(State):
         dead = replace(job, last_error=error, receipt="")
         return await self._settle(job, self._dead, "dead", dead.to_json())
 
+    async def _park(self, job: Job) -> bool:
+        keys = [self._job_key(job.id), self._stream, self._waiting]
+        args: list[str | int] = [
+            job.attempts,
+            GROUP,
+            job.receipt or "0-0",
+            repr(self.clock()),
+            job.id,
+            job.tenant or "",
+        ]
+        return bool(await self._park_script(keys=keys, args=args))
+
+    async def _release(self, tenant: str | None) -> int:
+        args = ["1", ""] if tenant is None else ["0", tenant]
+        return int(await self._release_script(keys=[self._waiting, self._stream], args=args))
+
+    async def waiting_count(self) -> int:
+        return int(await self.redis.hlen(self._waiting))
+
     async def dead_letters(self, limit: int = 100) -> list[Job]:
         entries = cast(_Entries, await self.redis.xrange(self._dead, count=limit))
         return [replace(Job.from_json(fields["job"]), receipt=entry) for entry, fields in entries]
@@ -400,13 +456,15 @@ class RedisState(State):
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(self._stream)
             pipe.zcard(self._delayed)
-            streamed, delayed = await pipe.execute()
-        return int(streamed) + int(delayed)
+            pipe.hlen(self._waiting)
+            streamed, delayed, waiting = await pipe.execute()
+        return int(streamed) + int(delayed) + int(waiting)
 
     async def _drop_jobs(self, predicate: Callable[[Job], bool]) -> int:
         """Scan the stream, the retry set and the dead letters; rare (erasure), so a scan is fine."""
         located = [(fields["job"], entry) for entry, fields in cast(_Entries, await self.redis.xrange(self._stream))]
         located += [(job_id, "") for job_id in cast("list[str]", await self.redis.zrange(self._delayed, 0, -1))]
+        located += [(job_id, "") for job_id in cast("list[str]", await self.redis.hkeys(self._waiting))]
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id, _ in located:
                 pipe.hgetall(self._job_key(job_id))
@@ -424,6 +482,7 @@ class RedisState(State):
                     pipe.xack(self._stream, GROUP, job.receipt)
                     pipe.xdel(self._stream, job.receipt)
                 pipe.zrem(self._delayed, job.id)
+                pipe.hdel(self._waiting, job.id)
                 pipe.delete(self._job_key(job.id))
                 if job.idempotency_key is not None:
                     pipe.delete(self._idem_key(job))

@@ -8,7 +8,8 @@ job is never leased twice. ``synchronous=FULL``: a committed job survives a powe
 crash.
 
 Jobs are rows with a visibility time: claiming moves ``visible_at`` to the lease deadline, so an
-expired lease needs no janitor; the row is simply due again.
+expired lease needs no janitor; the row is simply due again. A job waiting for its tenant's key has
+status ``waiting`` (never claimed) until :meth:`State.release_waiting` makes it ``ready`` again.
 
 A chained append (:meth:`State.append_chained`) is one such transaction: ``BEGIN IMMEDIATE`` takes
 the write lock before the head is read, so appends of every process on the file queue up behind
@@ -449,6 +450,33 @@ class SqliteState(State):
 
         return await self._run(run, self.clock())
 
+    async def _park(self, job: Job) -> bool:
+        def run(conn: sqlite3.Connection, now: float) -> bool:
+            sql = (
+                "UPDATE jobs SET status = 'waiting', attempts = attempts - 1, visible_at = ?, consumer = NULL "
+                f"WHERE {LEASE_HELD}"
+            )
+            return conn.execute(sql, (now, job.id, job.attempts)).rowcount > 0
+
+        return await self._run(run, self.clock())
+
+    async def _release(self, tenant: str | None) -> int:
+        def run(conn: sqlite3.Connection, now: float) -> int:
+            if tenant is None:
+                sql, args = "UPDATE jobs SET status = 'ready', visible_at = ? WHERE status = 'waiting'", (now,)
+                return conn.execute(sql, args).rowcount
+            sql = "UPDATE jobs SET status = 'ready', visible_at = ? WHERE status = 'waiting' AND tenant = ?"
+            return conn.execute(sql, (now, tenant)).rowcount
+
+        return await self._run(run, self.clock())
+
+    async def waiting_count(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            waiting: int = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'waiting'").fetchone()[0]
+            return waiting
+
+        return await self._run(run)
+
     async def dead_letters(self, limit: int = 100) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
             sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'dead' ORDER BY finished_at, seq LIMIT ?"
@@ -458,14 +486,15 @@ class SqliteState(State):
 
     async def pending_count(self) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            pending: int = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'ready'").fetchone()[0]
+            sql = "SELECT COUNT(*) FROM jobs WHERE status IN ('ready', 'waiting')"
+            pending: int = conn.execute(sql).fetchone()[0]
             return pending
 
         return await self._run(run)
 
     async def _drop_jobs(self, predicate: Callable[[Job], bool]) -> int:
         def select(conn: sqlite3.Connection) -> list[Job]:
-            sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('ready', 'dead')"
+            sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('ready', 'waiting', 'dead')"
             return [_job(row) for row in conn.execute(sql)]
 
         def delete(conn: sqlite3.Connection, ids: list[str]) -> int:
