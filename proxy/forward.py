@@ -41,6 +41,8 @@ HOP_BY_HOP = frozenset(
 )
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 KEEPALIVE = b": keepalive\n\n"
+PRIVATE_PREFIX = b"x-memory"
+"""The proxy's own request headers (``X-Memory``, ``X-Memory-User``, ``X-Memory-Tenant``, any ``X-Memory*``)."""
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:
@@ -66,6 +68,21 @@ def filter_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ())
     }
     excluded = HOP_BY_HOP | named | {name.lower() for name in drop}
     return [(key, value) for key, value in raw if key.decode("latin-1").lower() not in excluded]
+
+
+def upstream_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:
+    """A client's request headers as they go upstream.
+
+    :func:`filter_headers`, without the proxy's own ``X-Memory*`` headers, and each value without
+    the whitespace around it, which is no part of a field value (RFC 9110 5.5) and which the
+    upstream client refuses to send: ``Authorization: Bearer `` goes up as ``Bearer``, for the
+    upstream to judge.
+    """
+    return [
+        (key, value.strip(b" \t"))
+        for key, value in filter_headers(raw, drop)
+        if not key.lower().startswith(PRIVATE_PREFIX)
+    ]
 
 
 def safe_suffix(raw_path: bytes) -> bytes | None:
@@ -105,6 +122,8 @@ class Forwarder:
         self.observer = observer
         self.base = httpx2.URL(settings.upstream_url)
         self.keepalive_interval = settings.keepalive_interval
+        # never sent upstream, nor is any X-Memory* header
+        self.private_headers: tuple[str, ...] = ("host", settings.memory_user_header)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.open_responses = 0  # upstream responses not yet released: a gauge, and a leak detector
 
@@ -140,8 +159,8 @@ class Forwarder:
         url = self.target(request)
         if url is None:
             return error_response(400, f"Invalid path: {request.url.path!r}", code="invalid_path", headers=extra)
-        drop = ["host", "x-memory", "x-memory-user"] + (["accept-encoding"] if tap else [])
-        headers_up = filter_headers(request.headers.raw, drop=drop)
+        drop = (*self.private_headers, "accept-encoding") if tap else self.private_headers
+        headers_up = upstream_headers(request.headers.raw, drop=drop)
         if tap:
             headers_up.append((b"accept-encoding", b"identity"))
         if body is not None:
@@ -179,7 +198,7 @@ class Forwarder:
         Only the credential and the OpenAI routing headers are sent. Any failure is None: a hook
         that cannot learn something goes on without it.
         """
-        headers = {name: value for name, value in request.headers.items() if name in FETCH_HEADERS}
+        headers = {name: value.strip(" \t") for name, value in request.headers.items() if name in FETCH_HEADERS}
         url = self.base.copy_with(raw_path=self.base.raw_path.rstrip(b"/") + path.encode())
         try:
             response = await self.client.get(url, params=params, headers=headers)
@@ -206,6 +225,12 @@ def upstream_error(exc: httpx2.HTTPError, method: str) -> Response:
     connection never opened, or the method is idempotent. A POST that timed out mid-flight may
     have created a run upstream, and a blind retry would create a second one.
     """
+    if isinstance(exc, httpx2.LocalProtocolError):
+        # Raised before a byte went out: the client's request carries what no HTTP message may (a
+        # control character in a header value, say). The client's error, never the upstream's.
+        log.info("request refused before sending: %s", type(exc).__name__)
+        message = "The request could not be sent upstream: a header or the target is malformed."
+        return error_response(400, message, code="invalid_request", should_retry=False)
     never_sent = isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout))
     retry = never_sent or method.upper() in IDEMPOTENT
     if isinstance(exc, httpx2.PoolTimeout):
