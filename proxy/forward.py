@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Settings
-from proxy.errors import error_response
+from proxy.errors import CLIENT_CLOSED, error_response
 from proxy.observe import NOOP, Observer
 
 log = logging.getLogger("memproxy.forward")
@@ -126,6 +126,7 @@ class Forwarder:
         self.private_headers: tuple[str, ...] = ("host", settings.memory_user_header)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.open_responses = 0  # upstream responses not yet released: a gauge, and a leak detector
+        self.waiting = 0  # requests sent upstream and not answered yet (no response headers)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run work after a response (a tap's finish) without holding the response up."""
@@ -163,19 +164,54 @@ class Forwarder:
         headers_up = upstream_headers(request.headers.raw, drop=drop)
         if tap:
             headers_up.append((b"accept-encoding", b"identity"))
+        uploaded: asyncio.Event | None = None
         if body is not None:
             headers_up = [(k, v) for k, v in headers_up if k.lower() != b"content-length"]
             content: bytes | AsyncIterator[bytes] | None = body
+        elif _has_body(request):
+            uploaded = asyncio.Event()
+            content = _upload(request, uploaded)
         else:
-            content = _client_body(request)
+            content = None
         try:
-            upstream = await self.send(request.method, url, headers_up, content)
+            upstream = await self.send_unless_gone(request, url, headers_up, content, uploaded)
         except httpx2.HTTPError as exc:
             response = upstream_error(exc, request.method)
             response.headers.update(extra)
             return response
+        if upstream is None:
+            log.info("client went away before the upstream answered: upstream request cancelled")
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it: it tells the access log and metrics
         self.open_responses += 1
         return UpstreamResponse(upstream, self.keepalive_interval, tap=tap, headers=extra, forwarder=self)
+
+    async def send_unless_gone(
+        self,
+        request: Request,
+        url: httpx2.URL,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | AsyncIterator[bytes] | None,
+        uploaded: asyncio.Event | None,
+    ) -> httpx2.Response | None:
+        """:meth:`send`, cancelled the moment the client goes away: None then.
+
+        Cancelling closes the upstream connection, so the upstream stops working (and billing) on a
+        call nobody will read. The client is watched once its body has gone up (``uploaded``; at
+        once without one); while the body still streams up, a client gone ends the upload itself
+        (``ClientDisconnect``, raised through here).
+        """
+        upstream: httpx2.Response | None = None
+        self.waiting += 1
+        try:
+            with anyio.CancelScope() as scope:
+                watcher = asyncio.ensure_future(_cancel_on_disconnect(request.receive, scope, uploaded))
+                try:
+                    upstream = await self.send(request.method, url, headers, content)
+                finally:
+                    watcher.cancel()
+        finally:
+            self.waiting -= 1
+        return upstream
 
     async def send(
         self,
@@ -210,12 +246,19 @@ class Forwarder:
 FETCH_HEADERS = frozenset({"authorization", "api-key", "openai-organization", "openai-project", "openai-beta"})
 
 
-def _client_body(request: Request) -> AsyncIterator[bytes] | None:
-    """Stream the client's body up as it arrives; no body at all when the client sent none."""
-    has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
-    if not has_body or request.headers.get("content-length") == "0":
-        return None
-    return request.stream()
+def _has_body(request: Request) -> bool:
+    """Whether the client sends a body (none at all when it sent no length or an empty one)."""
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        return True
+    return headers.get("content-length", "0") != "0"
+
+
+async def _upload(request: Request, uploaded: asyncio.Event) -> AsyncIterator[bytes]:
+    """The client's body as it arrives; ``uploaded`` is set once all of it has gone up."""
+    async for chunk in request.stream():
+        yield chunk
+    uploaded.set()
 
 
 def upstream_error(exc: httpx2.HTTPError, method: str) -> Response:
@@ -348,7 +391,10 @@ class UpstreamResponse(Response):
             self.last_write = loop.time()
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope, after: asyncio.Event | None = None) -> None:
+    """Cancel ``scope`` when the client goes away (listening only once ``after`` is set, if given)."""
+    if after is not None:
+        await after.wait()
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
