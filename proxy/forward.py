@@ -198,7 +198,7 @@ class Forwarder:
         Cancelling closes the upstream connection, so the upstream stops working (and billing) on a
         call nobody will read. The client is watched once its body has gone up (``uploaded``; at
         once without one); while the body still streams up, a client gone ends the upload itself
-        (``ClientDisconnect``, raised through here).
+        (``ClientDisconnect``, raised through here to :class:`proxy.limits.ClientGuard`).
         """
         upstream: httpx2.Response | None = None
         self.waiting += 1

@@ -4,7 +4,8 @@ Against the real API an abandoned call keeps generating and billing, and holds o
 upstream connections until it ends: here the emulator answers only after a long ``delay`` and each
 test checks, on the proxy's own counters and its HTTP pool, that the upstream connection was
 closed the moment the client left: while waiting for the first byte (plain and streamed, hooked
-route and plain forwarding).
+route and plain forwarding), and while the request body was still going up. Stopping the server
+with such calls in flight ends within its shutdown deadline.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 
 import httpx
@@ -126,6 +128,40 @@ def test_a_client_gone_before_the_first_byte_cancels_the_upstream_call(proxy, em
     assert not [r for r in of(proxy, logged) if r.exc_info]
 
 
+@pytest.mark.parametrize(
+    ("path", "payload", "reaches_upstream"),
+    [
+        ("/v1/embeddings", EMBED, True),  # the first bytes are already upstream when the client leaves
+        ("/v1/chat/completions", CHAT, False),  # the hook is still reading the body
+    ],
+    ids=["relayed", "hooked"],
+)
+def test_a_client_gone_mid_body_ends_the_upload_and_logs_one_line(
+    proxy, emulator, logged, path, payload, reaches_upstream
+) -> None:
+    forwarder = proxy.app.state.runtime.forwarder
+    body = json.dumps({**payload, "padding": "x" * 200_000}).encode()
+    sock = send_raw(proxy, path, body, sent=100_000)
+    if reaches_upstream:
+        assert wait_for(lambda: forwarder.waiting == 1 and busy_connections(forwarder) == 1)
+    else:
+        time.sleep(0.3)
+    abort(sock)
+    assert wait_for(lambda: forwarder.waiting == 0 and busy_connections(forwarder) == 0, timeout=2)
+    assert wait_for(lambda: any(r.name == "memproxy.access" for r in of(proxy, logged)))
+    if reaches_upstream:  # the upstream saw the upload end early: it got less than was announced
+        assert len(emulator.requests(path)[-1]["body"]) <= 100_000 < len(body)
+    else:
+        assert not emulator.requests(path)
+    records = of(proxy, logged)
+    assert not [r for r in records if r.exc_info], "a traceback was logged"
+    assert not [r for r in records if r.levelno >= logging.WARNING]
+    ours = [r for r in records if r.name == "memproxy.limits"]
+    assert len(ours) == 1 and ours[0].levelno == logging.INFO
+    assert ours[0].getMessage().startswith("client closed the connection while sending the request body")
+    assert [r.status for r in records if r.name == "memproxy.access"] == [499]
+
+
 def test_the_waiting_gauge_counts_calls_until_their_client_leaves(proxy, emulator) -> None:
     def gauge() -> float:
         text = httpx.get(proxy.url + "/metrics").text
@@ -141,3 +177,38 @@ def test_the_waiting_gauge_counts_calls_until_their_client_leaves(proxy, emulato
     for sock in sockets:
         abort(sock)
     assert wait_for(lambda: gauge() == 0, timeout=2)
+
+
+@pytest.fixture
+def short_deadline(make_proxy):
+    return make_proxy(shutdown_timeout=1)
+
+
+def test_stopping_with_calls_in_flight_ends_within_the_shutdown_deadline(short_deadline, emulator, logged) -> None:
+    """One abandoned call, one whose client waits on: the server is gone after the deadline, the
+    waiting client gets an OpenAI-shaped 503 it must not retry (the upstream had the POST), and no
+    traceback is logged."""
+    server = short_deadline
+    forwarder = server.app.state.runtime.forwarder
+    emulator.fault(path="/chat/completions", delay=5, times=2)
+    abandoned = send_raw(server, "/v1/chat/completions", json.dumps(CHAT).encode())
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30))
+    )
+    waiting.start()
+    assert wait_for(lambda: forwarder.waiting == 2)
+    abort(abandoned)
+    assert wait_for(lambda: forwarder.waiting == 1, timeout=2)
+
+    started = time.monotonic()
+    server.stop()
+    stopped = time.monotonic() - started
+    waiting.join(timeout=10)
+    assert stopped < 1 + 2.0, f"stopping took {stopped:.1f} s"
+    assert not server.thread.is_alive()
+    assert answers and answers[0].status_code == 503
+    assert answers[0].json()["error"]["code"] == "shutting_down"
+    assert answers[0].headers["x-should-retry"] == "false"
+    assert busy_connections(forwarder) == 0
+    assert not [r for r in of(server, logged) if r.exc_info], "a traceback was logged"
