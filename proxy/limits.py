@@ -97,12 +97,18 @@ class GuardedHttpTools(HttpToolsProtocol):
             if self.discarding > LINGER_BYTES:
                 self.transport.close()
             return
-        if self.awaiting_headers and self.header_timer is None:
+        in_headers = self.awaiting_headers  # this chunk starts within a request's line or headers
+        if in_headers and self.header_timer is None:
             self._arm_header_timer()
         self.headers_done_in_feed = False
         super().data_received(data)
-        if self.awaiting_headers and not self.headers_done_in_feed and not self.transport.is_closing():
-            # (a chunk that also ended headers is left out: the count stays a lower bound)
+        if self.transport.is_closing() or not self.awaiting_headers:
+            return
+        if self.request_begun and self.header_timer is None:
+            self._arm_header_timer()  # a (pipelined) request began in the chunk that ended the previous one
+        if in_headers and not self.headers_done_in_feed:
+            # Only chunks wholly inside headers count (one that ended a body or headers is left out:
+            # the count stays a lower bound, never charging a body's bytes to headers).
             self.header_bytes += len(data)
             if self.header_bytes > self.max_header_bytes:
                 log.info("request headers over %d bytes: 431, connection closed", self.max_header_bytes)

@@ -114,6 +114,27 @@ def test_headers_within_the_limits_go_through(strict, emulator) -> None:
     assert emulator.requests("/v1/chat")[-1]["headers"]["x-part-3"] == "v" * 1500
 
 
+def test_body_bytes_never_count_as_header_bytes(strict, emulator) -> None:
+    """A body far over the header limit, its end in one chunk, then a second request on the connection."""
+    body = json.dumps({**CHAT, "padding": "x" * 200_000}).encode()
+    sock = connect(strict.url)
+    for _ in range(2):
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        time.sleep(0.2)  # the headers are in: the whole body now comes in a few large chunks
+        sock.sendall(body)
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+        received = len(head.partition(b"\r\n\r\n")[2])
+        while received < length:
+            received += len(sock.recv(65536))
+    sock.close()
+    assert len(emulator.requests("/v1/chat")) == 2
+
+
 def test_slowloris_connections_get_a_408_at_the_header_deadline(strict) -> None:
     """Each sends a header line every 0.2 s and never ends its headers; meanwhile others are served."""
     results: list[Answer] = []
