@@ -23,6 +23,7 @@ from proxy.hooks.bridge import bridge_routes
 from proxy.hooks.chat import create_chat_completion
 from proxy.hooks.responses import create_response, retrieve_response
 from proxy.identity import memory_api_refusal
+from proxy.limits import ClientGuard
 from proxy.memory.embed import Embedder
 from proxy.metrics import Metrics, Observe, metrics_endpoint
 from proxy.runtime import STARTING, Runtime, open_runtime
@@ -139,7 +140,13 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         Route("/v1/{path:path}", relay, methods=METHODS),
     ]
     handlers = {**ASSISTANTS_EXCEPTION_HANDLERS, **api.EXCEPTION_HANDLERS}
-    middleware = [Middleware(Observe, metrics=metrics)]
+    guard = Middleware(
+        ClientGuard,
+        max_header_bytes=settings.max_header_bytes,
+        max_field_bytes=settings.max_header_field_bytes,
+        body_timeout=settings.body_timeout,
+    )
+    middleware = [Middleware(Observe, metrics=metrics), guard]  # Observe outside: it sees the guard's answers
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.settings = settings
     app.state.metrics = metrics

@@ -23,6 +23,31 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: Path = Field(Path("~/.local/share/memproxy"), description="Embedded state and vectors live here.")
 
+    # --- clients (see README, "Limits") ----------------------------------------------------------
+    max_header_bytes: int = Field(
+        65536, description="Largest request line + headers a client may send, in bytes; more is a 431."
+    )
+    max_header_field_bytes: int = Field(
+        16384, description="Largest single request header (name + value), in bytes; more is a 431."
+    )
+    header_timeout: float = Field(
+        10.0,
+        description="Seconds a client has to send a request's line and headers (from connecting, or "
+        "its first byte on a kept-alive connection); then 408 and closed.",
+    )
+    body_timeout: float = Field(
+        30.0, description="Seconds a client may stay silent while sending a request body; then 408 and closed."
+    )
+    client_keepalive_timeout: int = Field(
+        5, description="Seconds an idle client connection is kept open between two requests."
+    )
+    max_client_connections: int | None = Field(
+        2048, description="Client connections (and requests in flight) at most; past it new requests get a 503."
+    )
+    shutdown_timeout: int = Field(
+        20, description="Seconds a stopping proxy (SIGTERM) waits for requests in flight before cancelling them."
+    )
+
     # --- upstream connection -------------------------------------------------------------------
     connect_timeout: float = Field(5.0, description="Seconds to open a connection to the upstream.")
     read_timeout: float | None = Field(

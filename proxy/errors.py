@@ -14,6 +14,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+CLIENT_CLOSED = 499
+"""Status recorded (access log, metrics) for a request whose client went away: nginx's convention.
+Never read by anyone: the client is gone."""
+
 
 class MemproxyError(Exception):
     """The root of every exception memproxy raises on purpose."""

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Settings
-from proxy.errors import error_response
+from proxy.errors import CLIENT_CLOSED, error_response
 from proxy.observe import NOOP, Observer
 
 log = logging.getLogger("memproxy.forward")
@@ -41,6 +41,8 @@ HOP_BY_HOP = frozenset(
 )
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 KEEPALIVE = b": keepalive\n\n"
+PRIVATE_PREFIX = b"x-memory"
+"""The proxy's own request headers (``X-Memory``, ``X-Memory-User``, ``X-Memory-Tenant``, any ``X-Memory*``)."""
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:
@@ -66,6 +68,21 @@ def filter_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ())
     }
     excluded = HOP_BY_HOP | named | {name.lower() for name in drop}
     return [(key, value) for key, value in raw if key.decode("latin-1").lower() not in excluded]
+
+
+def upstream_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:
+    """A client's request headers as they go upstream.
+
+    :func:`filter_headers`, without the proxy's own ``X-Memory*`` headers, and each value without
+    the whitespace around it, which is no part of a field value (RFC 9110 5.5) and which the
+    upstream client refuses to send: ``Authorization: Bearer `` goes up as ``Bearer``, for the
+    upstream to judge.
+    """
+    return [
+        (key, value.strip(b" \t"))
+        for key, value in filter_headers(raw, drop)
+        if not key.lower().startswith(PRIVATE_PREFIX)
+    ]
 
 
 def safe_suffix(raw_path: bytes) -> bytes | None:
@@ -105,8 +122,11 @@ class Forwarder:
         self.observer = observer
         self.base = httpx2.URL(settings.upstream_url)
         self.keepalive_interval = settings.keepalive_interval
+        # never sent upstream, nor is any X-Memory* header
+        self.private_headers: tuple[str, ...] = ("host", settings.memory_user_header)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.open_responses = 0  # upstream responses not yet released: a gauge, and a leak detector
+        self.waiting = 0  # requests sent upstream and not answered yet (no response headers)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run work after a response (a tap's finish) without holding the response up."""
@@ -140,23 +160,58 @@ class Forwarder:
         url = self.target(request)
         if url is None:
             return error_response(400, f"Invalid path: {request.url.path!r}", code="invalid_path", headers=extra)
-        drop = ["host", "x-memory", "x-memory-user"] + (["accept-encoding"] if tap else [])
-        headers_up = filter_headers(request.headers.raw, drop=drop)
+        drop = (*self.private_headers, "accept-encoding") if tap else self.private_headers
+        headers_up = upstream_headers(request.headers.raw, drop=drop)
         if tap:
             headers_up.append((b"accept-encoding", b"identity"))
+        uploaded: asyncio.Event | None = None
         if body is not None:
             headers_up = [(k, v) for k, v in headers_up if k.lower() != b"content-length"]
             content: bytes | AsyncIterator[bytes] | None = body
+        elif _has_body(request):
+            uploaded = asyncio.Event()
+            content = _upload(request, uploaded)
         else:
-            content = _client_body(request)
+            content = None
         try:
-            upstream = await self.send(request.method, url, headers_up, content)
+            upstream = await self.send_unless_gone(request, url, headers_up, content, uploaded)
         except httpx2.HTTPError as exc:
             response = upstream_error(exc, request.method)
             response.headers.update(extra)
             return response
+        if upstream is None:
+            log.info("client went away before the upstream answered: upstream request cancelled")
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it: it tells the access log and metrics
         self.open_responses += 1
         return UpstreamResponse(upstream, self.keepalive_interval, tap=tap, headers=extra, forwarder=self)
+
+    async def send_unless_gone(
+        self,
+        request: Request,
+        url: httpx2.URL,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | AsyncIterator[bytes] | None,
+        uploaded: asyncio.Event | None,
+    ) -> httpx2.Response | None:
+        """:meth:`send`, cancelled the moment the client goes away: None then.
+
+        Cancelling closes the upstream connection, so the upstream stops working (and billing) on a
+        call nobody will read. The client is watched once its body has gone up (``uploaded``; at
+        once without one); while the body still streams up, a client gone ends the upload itself
+        (``ClientDisconnect``, raised through here to :class:`proxy.limits.ClientGuard`).
+        """
+        upstream: httpx2.Response | None = None
+        self.waiting += 1
+        try:
+            with anyio.CancelScope() as scope:
+                watcher = asyncio.ensure_future(_cancel_on_disconnect(request.receive, scope, uploaded))
+                try:
+                    upstream = await self.send(request.method, url, headers, content)
+                finally:
+                    watcher.cancel()
+        finally:
+            self.waiting -= 1
+        return upstream
 
     async def send(
         self,
@@ -179,7 +234,7 @@ class Forwarder:
         Only the credential and the OpenAI routing headers are sent. Any failure is None: a hook
         that cannot learn something goes on without it.
         """
-        headers = {name: value for name, value in request.headers.items() if name in FETCH_HEADERS}
+        headers = {name: value.strip(" \t") for name, value in request.headers.items() if name in FETCH_HEADERS}
         url = self.base.copy_with(raw_path=self.base.raw_path.rstrip(b"/") + path.encode())
         try:
             response = await self.client.get(url, params=params, headers=headers)
@@ -191,12 +246,19 @@ class Forwarder:
 FETCH_HEADERS = frozenset({"authorization", "api-key", "openai-organization", "openai-project", "openai-beta"})
 
 
-def _client_body(request: Request) -> AsyncIterator[bytes] | None:
-    """Stream the client's body up as it arrives; no body at all when the client sent none."""
-    has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
-    if not has_body or request.headers.get("content-length") == "0":
-        return None
-    return request.stream()
+def _has_body(request: Request) -> bool:
+    """Whether the client sends a body (none at all when it sent no length or an empty one)."""
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        return True
+    return headers.get("content-length", "0") != "0"
+
+
+async def _upload(request: Request, uploaded: asyncio.Event) -> AsyncIterator[bytes]:
+    """The client's body as it arrives; ``uploaded`` is set once all of it has gone up."""
+    async for chunk in request.stream():
+        yield chunk
+    uploaded.set()
 
 
 def upstream_error(exc: httpx2.HTTPError, method: str) -> Response:
@@ -206,6 +268,12 @@ def upstream_error(exc: httpx2.HTTPError, method: str) -> Response:
     connection never opened, or the method is idempotent. A POST that timed out mid-flight may
     have created a run upstream, and a blind retry would create a second one.
     """
+    if isinstance(exc, httpx2.LocalProtocolError):
+        # Raised before a byte went out: the client's request carries what no HTTP message may (a
+        # control character in a header value, say). The client's error, never the upstream's.
+        log.info("request refused before sending: %s", type(exc).__name__)
+        message = "The request could not be sent upstream: a header or the target is malformed."
+        return error_response(400, message, code="invalid_request", should_retry=False)
     never_sent = isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout))
     retry = never_sent or method.upper() in IDEMPOTENT
     if isinstance(exc, httpx2.PoolTimeout):
@@ -323,7 +391,10 @@ class UpstreamResponse(Response):
             self.last_write = loop.time()
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope, after: asyncio.Event | None = None) -> None:
+    """Cancel ``scope`` when the client goes away (listening only once ``after`` is set, if given)."""
+    if after is not None:
+        await after.wait()
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()

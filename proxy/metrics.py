@@ -246,6 +246,11 @@ class RuntimeCollector:
                 runtime.forwarder.open_responses,
             ),
             (
+                "memproxy_upstream_requests_waiting",
+                "Requests sent upstream whose answer has not begun (no response headers yet).",
+                runtime.forwarder.waiting,
+            ),
+            (
                 "memproxy_memory_up",
                 "1 when the memory layer is available, 0 when the proxy only forwards.",
                 1 if runtime.memory is not None else 0,

@@ -53,7 +53,7 @@ async def record(state: State, owner: Owner, kind: Kind, upstream_id: str, route
 def credential_headers(api_key: str | None = None, headers: Mapping[str, str] | None = None) -> dict[str, str]:
     """Upstream headers: the caller's own (API) or ``Authorization: Bearer <key>`` (CLI)."""
     if headers is not None:
-        passed = {name: headers[name] for name in PASSED_HEADERS if name in headers}
+        passed = {name: headers[name].strip(" \t") for name in PASSED_HEADERS if name in headers}
         if passed:
             return passed
     return {"authorization": f"Bearer {api_key}"} if api_key else {}

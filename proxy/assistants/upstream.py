@@ -78,7 +78,9 @@ class HttpUpstream:
     def __init__(self, client: httpx2.AsyncClient, base_url: str, headers: Mapping[str, str]) -> None:
         self.client = client
         self.base = base_url.rstrip("/")
-        self.headers = {name: headers[name] for name in PASSED_HEADERS if name in headers}
+        # trimmed: whitespace around a value is no part of it (RFC 9110 5.5), and the client refuses to
+        # send it; ``Bearer `` goes up as ``Bearer`` for the upstream to judge, never a 502
+        self.headers = {name: headers[name].strip(" \t") for name in PASSED_HEADERS if name in headers}
 
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
@@ -89,9 +91,7 @@ class HttpUpstream:
             )
         except httpx2.HTTPError as exc:
             log.warning("upstream %s %s failed: %s", method, path.split("/")[1], type(exc).__name__)
-            raise UpstreamError(
-                502, envelope("The upstream API could not be reached.", type="upstream_error")
-            ) from None
+            raise _transport_error(exc) from None
         if response.status_code >= 400:
             raise UpstreamError(response.status_code, _error_json(response.content, response.status_code))
         return response.json()
@@ -105,10 +105,8 @@ class HttpUpstream:
         )
         try:
             response = await self.client.send(request, stream=True)
-        except httpx2.HTTPError:
-            raise UpstreamError(
-                502, envelope("The upstream API could not be reached.", type="upstream_error")
-            ) from None
+        except httpx2.HTTPError as exc:
+            raise _transport_error(exc) from None
         if response.status_code >= 400:
             content = await response.aread()
             await response.aclose()
@@ -170,6 +168,14 @@ class HttpUpstream:
                 "/conversations/{conversation_id}/items/{item_id}", conversation_id=conversation_id, item_id=item_id
             ),
         )
+
+
+def _transport_error(exc: httpx2.HTTPError) -> UpstreamError:
+    """A 502, unless the request could not even be sent (a malformed header of the client's): a 400."""
+    if isinstance(exc, httpx2.LocalProtocolError):
+        message = "The request could not be sent upstream: a header is malformed."
+        return UpstreamError(400, envelope(message, code="invalid_request"))
+    return UpstreamError(502, envelope("The upstream API could not be reached.", type="upstream_error"))
 
 
 def _error_json(content: bytes, status: int) -> dict[str, Any]:

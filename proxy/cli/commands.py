@@ -45,6 +45,8 @@ def serve(
     _configure_logging(settings.log_level)
     announce(settings.data_dir, local_url(settings.host, settings.port))  # the GDPR commands find it here
     try:
+        from proxy.server import server_options  # client limits (header size and time, body, shutdown)
+
         # The upstream's Date and Server headers pass through; uvicorn must not add a second pair.
         uvicorn.run(
             create_app(settings),
@@ -55,6 +57,7 @@ def serve(
             date_header=False,
             log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
             access_log=False,  # memproxy.access logs each request instead, with its id and route
+            **server_options(settings),
         )
     finally:
         withdraw(settings.data_dir)
