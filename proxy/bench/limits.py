@@ -211,8 +211,8 @@ def _upstream_connections(port: int) -> int:
     return count
 
 
-async def _abandoned_call(host: str, port: int, delay: float, after: float, stream: bool) -> None:
-    _, writer = await asyncio.open_connection(host, port)
+async def _send_chat(writer: asyncio.StreamWriter, host: str, delay: float, stream: bool) -> None:
+    """One chat completion, written raw; the emulator answers it ``delay`` seconds late."""
     body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]%s}' % (
         b', "stream": true' if stream else b""
     )
@@ -222,6 +222,11 @@ async def _abandoned_call(host: str, port: int, delay: float, after: float, stre
         b"Content-Length: %d\r\n\r\n%s" % (host.encode(), delay, len(body), body)
     )
     await writer.drain()
+
+
+async def _abandoned_call(host: str, port: int, delay: float, after: float, stream: bool) -> None:
+    _, writer = await asyncio.open_connection(host, port)
+    await _send_chat(writer, host, delay, stream)
     await asyncio.sleep(after)
     writer.transport.abort()  # the client gives up: RST, no goodbye
 
@@ -265,15 +270,7 @@ async def abandon(
 async def _live_call(host: str, port: int, delay: float, stream: bool, started: float) -> Outcome:
     outcome = Outcome()
     reader, writer = await asyncio.open_connection(host, port)
-    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]%s}' % (
-        b', "stream": true' if stream else b""
-    )
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer sk-bench\r\n"
-        b"Content-Type: application/json\r\nX-Memory: off\r\nx-emulator-fault: delay=%g\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (host.encode(), delay, len(body), body)
-    )
-    await writer.drain()
+    await _send_chat(writer, host, delay, stream)
     await _read_answer(reader, outcome, started)
     writer.close()
     return outcome
