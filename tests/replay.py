@@ -182,6 +182,8 @@ class Replay:
     fallback_paths: tuple[str, ...] = ("/v1/conversations",)
     event_delay: float = 0.0
     """Seconds between the events of a stream."""
+    chunk_size: int = 0
+    """Cut a stream every ``chunk_size`` bytes instead of after each event (0: by event), as TCP may."""
     queued: list[tuple[Exchange, bool]] = field(default_factory=list)
     served: list[Played] = field(default_factory=list)
     misses: list[Received] = field(default_factory=list)
@@ -204,6 +206,7 @@ class Replay:
             self.misses.clear()
             self._conversation_of.clear()
             self._synced.clear()
+        self.event_delay, self.chunk_size = 0.0, 0
         state = getattr(getattr(self.fallback, "state", None), "emulator", None)
         if state is not None:
             state.reset()
@@ -256,15 +259,28 @@ class Replay:
             return
         self._sync_conversation(exchange, received)
         if exchange.stream:
-            await _send(send, exchange.status, list(exchange.headers), exchange.events, self.event_delay, sized=False)
+            size = self.chunk_size
+            chunks = [exchange.body[at : at + size] for at in range(0, len(exchange.body), size)] if size else None
+            await _send(
+                send, exchange.status, list(exchange.headers), chunks or exchange.events, self.event_delay, sized=False
+            )
         else:
             await _send(send, exchange.status, list(exchange.headers), [exchange.body])
 
     def _sync_conversation(self, exchange: Exchange, received: Received) -> None:
-        """A response made on a conversation adds its input, and once finished its output, to it."""
+        """Keep the fallback in step with what was served.
+
+        A recorded conversation created or deleted is created or deleted there too (with the recorded
+        id), and a response made on a conversation adds its input, and once finished its output, to it.
+        """
         store = getattr(getattr(self.fallback, "state", None), "emulator", None)
+        if store is None or exchange.status != 200:
+            return
+        if exchange.path.startswith("/v1/conversations"):
+            _mirror_conversation(store, exchange)
+            return
         response = exchange.response()
-        if store is None or response is None:
+        if response is None:
             return
         body = received.json() if received.method == "POST" else None
         conversation = body.get("conversation") if isinstance(body, dict) else None
@@ -278,6 +294,19 @@ class Replay:
         if conversation and response.get("status") in TERMINAL and response["id"] not in self._synced:
             self._synced.add(response["id"])
             store.conversations.get(conversation).items.extend(response.get("output") or [])
+
+
+def _mirror_conversation(store: Any, exchange: Exchange) -> None:
+    from proxy.emulator.state import Conversation
+
+    answer = exchange.json()
+    if not isinstance(answer, dict):
+        return
+    if answer.get("object") == "conversation" and exchange.method == "POST" and exchange.path == "/v1/conversations":
+        adopted = Conversation(answer["id"], answer["created_at"], answer.get("metadata") or {})
+        store.conversations._by_id[adopted.id] = adopted  # the recorded id, so later calls find it
+    elif answer.get("object") == "conversation.deleted" and _has(store, answer["id"]):
+        store.conversations.delete(answer["id"])
 
 
 def _has(store: Any, conversation_id: str) -> bool:
