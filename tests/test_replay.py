@@ -105,6 +105,19 @@ def test_every_recorded_exchange_reaches_the_client_as_recorded(client, replay, 
         assert played.received.headers["authorization"] == "Bearer sk-replay"
 
 
+STREAMS = [RESPONSES_BG_STREAM, RESPONSES_CONV_STREAM, RESPONSES_STREAM_REASONING, CHAT_STREAM_TOOL]
+
+
+@pytest.mark.parametrize("name", STREAMS)
+async def test_a_stream_sent_a_byte_at_a_time_is_relayed_and_captured(proxy, client, replay, name) -> None:
+    """TCP may cut an SSE body anywhere, mid-line and mid-character: the tap parses events, not chunks."""
+    replay.chunk_size = 1
+    for exchange, response in replayed(client, replay, name):
+        assert response.http_response.content == exchange.body
+    [turn] = await captured(proxy, 1)
+    assert turn["user"] and turn["turn_id"] in str([exchange.data() for exchange in cassette(name)])
+
+
 def test_streams_arrive_event_by_event(client, replay) -> None:
     """A stream is relayed as the upstream sends it, not buffered: each event is read before the next is sent."""
     replay.event_delay = 0.05
