@@ -231,20 +231,27 @@ async def test_a_streamed_reasoning_model_answering_with_a_tool_call(proxy, clie
     assert turn["model"] == "gpt-5-2025-08-07"
 
 
-@pytest.mark.parametrize("name", [RESPONSES_STREAM_TOOL, RESPONSES_BG_TOOL, RESPONSES_CONV_TOOL])
-async def test_a_tool_round_trip_is_one_turn_captured_at_the_call(proxy, client, replay, name) -> None:
+@pytest.mark.parametrize(
+    ("name", "question"),
+    [
+        (RESPONSES_STREAM_TOOL, "What is the capital of France?"),
+        (RESPONSES_BG_TOOL, "What is the weather in Paris? Use the get_weather tool."),
+        (RESPONSES_CONV_TOOL, "Call get_conversation_code and reply with only the returned code."),
+    ],
+    ids=["stream", "background", "conversation"],
+)
+async def test_a_tool_round_trip_is_one_turn_captured_at_the_call(proxy, client, replay, name, question) -> None:
     """The user's message is captured once, with the response that calls the tool; the continuation
-    (function_call_output in, the final answer out) brings no user text, so it adds no job."""
+    (function_call_output in, the final answer out) brings no user text, so it adds no job.
+
+    In the background cassette the first poll already sees the call completed: it must not outrun
+    the park of the create call's tap (``PARK_WAITS``).
+    """
     exchanges = [exchange for exchange, _ in replayed(client, replay, name)]
     [turn] = await captured(proxy, 1)
-    calls = [exchange.response() for exchange in exchanges if exchange.method == "POST" and exchange.response()]
-    asked = calls[0]["id"]
-    assert turn["turn_id"] == asked and turn["assistant"] == [""]
-    assert turn["user"] in (
-        ["What is the capital of France?"],
-        ["What is the weather in Paris? Use the get_weather tool."],
-        ["Call get_conversation_code and reply with only the returned code."],
-    )
+    asking = next(exchange for exchange in exchanges if exchange.method == "POST" and exchange.response())
+    assert turn["turn_id"] == asking.response()["id"]
+    assert turn["user"] == [question] and turn["assistant"] == [""]
 
 
 async def test_a_response_that_is_not_completed_is_not_captured(proxy, client, replay) -> None:
