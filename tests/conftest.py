@@ -365,6 +365,38 @@ def assistants_client():
     assert not recorded or checked, "nothing was validated"
 
 
+# --- replay (tests/replay.py): real recorded OpenAI traffic as the upstream ---------------------------
+
+
+@pytest.fixture(scope="session")
+def replay_server():
+    """One replay upstream for the session (the emulator behind it for unrecorded Conversations calls).
+
+    Skips when the recordings are not there: they are CI fixtures at ``../shared/data/recorded-openai/``.
+    """
+    from replay import RECORDINGS, Replay
+
+    from proxy.emulator import create_app
+    from proxy.server import ServerThread
+
+    if not any(RECORDINGS.glob("*.yaml")):
+        pytest.skip(
+            f"recorded OpenAI traffic not found at {RECORDINGS} (../shared/data/recorded-openai/ beside the repo)"
+        )
+    app = Replay(fallback=create_app())
+    with ServerThread(app) as server:
+        app.url = server.url
+        yield app
+
+
+@pytest.fixture
+def replay(replay_server):
+    """The session's replay upstream, emptied for this test: ``replay.play(cassette(name))`` loads answers."""
+    replay_server.reset()
+    yield replay_server
+    assert not replay_server.misses, f"requests nothing recorded answered: {replay_server.misses}"
+
+
 TEST_SECRET = b"test-secret"
 
 

@@ -6,6 +6,7 @@ A conversation with no named user is its own subject: memory that outlives its t
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
@@ -21,6 +22,13 @@ from proxy.runtime import Runtime
 from proxy.sse import Event
 
 PENDING = "pending_response"
+PARK_WAITS = (0.05, 0.2, 0.5)
+"""Seconds to look again for a completed response's parked turn: a poll can outrun the park.
+
+The create call's tap parks a background response after the client already has its id (taps run
+once the answer is sent), so a client that polls at once, against an upstream as fast as a replay
+of recorded traffic, can see the response completed before its turn is parked.
+"""
 
 
 def conversation_id(body: dict[str, Any]) -> str | None:
@@ -102,6 +110,11 @@ class PolledResponseTap(TurnTap):
         if not isinstance(response, dict) or response.get("status") != "completed":
             return
         waiting = await unpark(self.runtime, PENDING, self.tenant, response["id"])
+        for pause in PARK_WAITS:  # after the client has its answer: waiting here delays nobody
+            if waiting is not None:
+                break
+            await asyncio.sleep(pause)
+            waiting = await unpark(self.runtime, PENDING, self.tenant, response["id"])
         if waiting is not None:
             owner, record = waiting
             user, conversation = record.get("user") or [], record.get("conversation_id")
