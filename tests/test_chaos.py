@@ -17,9 +17,11 @@ makes a turn's memory its user text, so "learned" is read back through the memor
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,3 +236,129 @@ def test_redis_killed_and_restarted_under_traffic_loses_no_turn(make_proxy, emul
     assert runtime.counters["turns.lost"] == 0
     assert runtime.counters["turns.delivered"] == runtime.counters["turns.spooled"] > 0
     assert {t.route for t in done} == {"chat", "responses"} and {t.stream for t in done} == {True, False}
+
+
+# --- b. a slow and a cut upstream, during traffic ---------------------------------------------------
+
+CLIENT_TIMEOUT = 1.0
+"""Seconds a client of test b waits for a byte; a longer upstream delay makes it give up."""
+
+UPSTREAM_FAULTS = [
+    {"path": "/v1/chat/completions", "status": 500, "times": 2},
+    {"path": "/v1/responses", "status": 503, "times": 2},
+    {"path": "/v1/chat/completions", "drop_after": 3, "times": 3},  # 3 SSE events, or 3 bytes of JSON
+    {"path": "/v1/responses", "drop_after": 3, "times": 3},
+    {"path": "/v1/chat/completions", "delay": 0.3, "times": 2},  # slow, answered
+    {"path": "/v1/responses", "delay": 0.3, "times": 2},
+    {"path": "/v1", "delay": 3.0, "times": 2},  # slower than the client waits: abandoned
+    {"path": "/v1", "event_delay": 0.05, "times": 2},  # a slow stream (a JSON body is one chunk)
+]
+
+
+def raw_sender(base: str, key: str) -> Callable[[Turn], None]:
+    """A turn as raw HTTP (httpx), keeping every byte the client got and how the body ended."""
+    local = threading.local()
+    headers = {"authorization": f"Bearer {key}"}
+
+    def send(turn: Turn) -> None:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=httpx.Timeout(CLIENT_TIMEOUT, connect=5.0))
+        client: httpx.Client = local.client
+        if turn.route == "chat":
+            path = "/v1/chat/completions"
+            body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": turn.text}]}
+            body["user"] = turn.user
+        else:
+            path, body = "/v1/responses", {"model": MODEL, "input": turn.text, "safety_identifier": turn.user}
+        with client.stream("POST", base + path, json={**body, "stream": turn.stream}, headers=headers) as response:
+            turn.status, turn.request_id = response.status_code, response.headers.get("x-request-id")
+            try:
+                for chunk in response.iter_raw():
+                    turn.body += chunk
+            except httpx.HTTPError as exc:
+                turn.error = f"{type(exc).__name__}: {exc}"[:300]
+                return
+        turn.completed = turn.status == 200
+
+    return send
+
+
+def sse_events(body: bytes) -> list[bytes]:
+    return [event for event in body.split(b"\n\n") if event.strip()]
+
+
+def expected_outcome(record: dict[str, Any]) -> str:
+    """What the upstream did with a request, from the emulator's record of it."""
+    fault = record["fault"]
+    if fault is None:
+        return "answered"
+    if fault["delay"] >= CLIENT_TIMEOUT:
+        return "abandoned"
+    if fault["status"]:
+        return "error"
+    if fault["drop_after"] is not None:
+        return "cut"
+    return "answered"
+
+
+def check_seen(turn: Turn, record: dict[str, Any], outcome: str) -> str | None:
+    """Why what the client saw differs from what the upstream did, or None."""
+    from proxy.emulator.control import Fault
+
+    if outcome == "abandoned":
+        return None if turn.status is None and "Timeout" in (turn.error or "") else "not abandoned"
+    if turn.request_id != record["request_id"]:
+        return f"x-request-id {turn.request_id} is not the upstream's {record['request_id']}"
+    fault = record["fault"]
+    if outcome == "error":
+        sent = Fault(**fault).error_body()
+        return None if turn.status == fault["status"] and json.loads(turn.body) == sent else "error not relayed as sent"
+    if outcome == "cut":
+        if turn.status != 200 or turn.completed or "RemoteProtocolError" not in (turn.error or ""):
+            return f"cut not seen as cut: {turn.status} {turn.error}"
+        got = len(sse_events(turn.body)) if turn.stream else len(turn.body)
+        return (
+            None if got == fault["drop_after"] else f"{got} events or bytes before the cut, not {fault['drop_after']}"
+        )
+    if not turn.completed:
+        return f"answered upstream, not complete here: {turn.status} {turn.error}"
+    if fault and turn.seconds < fault["delay"]:
+        return f"answered in {turn.seconds:.2f}s, before the upstream's delay of {fault['delay']}s"
+    if turn.stream:
+        last = sse_events(turn.body)[-1]
+        ended = last == b"data: [DONE]" if turn.route == "chat" else last.startswith(b"event: response.completed")
+        return None if ended else f"stream ended with {last[:60]!r}"
+    return None if json.loads(turn.body).get("id") else "no id in the answer"
+
+
+def test_slow_and_cut_upstream_each_client_sees_what_the_upstream_did(make_proxy, emulator) -> None:
+    key = "sk-chaos-upstream-" + uuid.uuid4().hex[:8]
+    proxy = make_proxy(worker_in_proxy=True, extractor="verbatim", **FAST)
+    runtime = proxy.app.state.runtime
+    traffic = Traffic(raw_sender(proxy.url, key), threads=4, prefix="upstream").start()
+    try:
+        traffic.wait_completed(8)
+        for fault in UPSTREAM_FAULTS:  # registered while the clients keep sending
+            emulator.fault(**fault)
+        wait_for(lambda: not emulator.faults(), 30, "every fault used")
+        traffic.wait_completed(8)
+        turns = traffic.finish()
+        wait_for(lambda: runtime.forwarder.waiting == 0 and runtime.forwarder.open_responses == 0, 5, "calls closed")
+        done = [t for t in turns if t.completed]
+        wait_for(lambda: runtime.worker.stats.processed >= len(done), 30, "every completed turn processed")
+        found = learned(proxy.url, key, turns)
+        records = emulator.requests()
+    finally:
+        traffic.stop.set()
+        emulator.clear_faults()
+        proxy.stop()
+    by_user = {r["body"].get("user") or r["body"].get("safety_identifier"): r for r in records}
+    outcomes = {t.user: expected_outcome(by_user[t.user]) for t in turns}
+    wrong = {t.user: why for t in turns if (why := check_seen(t, by_user[t.user], outcomes[t.user]))}
+    counts = account(found, turns)
+    print(f"\nupstream chaos: {counts}; upstream did {dict(Counter(outcomes.values()))}")
+    assert not wrong, f"{len(wrong)} clients saw something else than the upstream did: {list(wrong.items())[:3]}"
+    assert all(t.completed == (outcomes[t.user] == "answered") for t in turns)
+    assert Counter(outcomes.values()) == Counter(answered=counts["completed"], error=4, cut=6, abandoned=2)
+    assert counts["lost"] == 0 and counts["unearned"] == 0 and counts["duplicated"] == 0, counts
+    assert runtime.counters["turns.lost"] == 0 and runtime.worker.stats.dead_lettered == 0
