@@ -86,9 +86,11 @@ def test_redis_going_away_fails_no_request(make_proxy, emulator) -> None:
     assert run.headers["x-memory-status"] == "degraded" and run.parse().status in ("queued", "in_progress", "completed")
     assert "additional_instructions" not in emulator.requests("/v1/threads/")[-2]["body"]
     assert answer.parse().status == "completed"
-    time.sleep(0.3)  # the capture runs after the answer: it fails, is counted, and hurts nobody
+    time.sleep(0.3)
     counters = proxy.app.state.runtime.counters
-    assert counters["degraded.hook_error"] >= 2 and counters["degraded.capture_error"] >= 1
+    assert counters["degraded.hook_error"] >= 2, counters
+    # the thread's capture (who it belongs to) was stored before its answer ended, so before the kill
+    assert counters["degraded.capture_error"] == 0, counters
     assert counters["turns.spooled"] == 1, "the finished response waits in the spool for Redis (test_fail_open.py)"
     proxy.stop()  # its spool would retry Redis for the whole session
 
