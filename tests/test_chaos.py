@@ -17,7 +17,11 @@ makes a turn's memory its user text, so "learned" is read back through the memor
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -81,6 +85,8 @@ class Traffic:
     send: Callable[[Turn], None]
     threads: int = 4
     prefix: str = "chaos"
+    kinds: tuple[tuple[str, bool], ...] = (("chat", False), ("responses", False), ("chat", True), ("responses", True))
+    """(route, streamed) of each turn, in turn."""
     turns: list[Turn] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -103,7 +109,7 @@ class Traffic:
     def _loop(self, n: int) -> None:
         sent = 0
         while not self.stop.is_set():
-            route, stream = [("chat", False), ("responses", False), ("chat", True), ("responses", True)][(sent + n) % 4]
+            route, stream = self.kinds[(sent + n) % len(self.kinds)]
             user = f"{self.prefix}-{n}-{sent}-{uuid.uuid4().hex[:6]}"
             turn = Turn(user, f"My {route} locker code is {uuid.uuid4().hex[:8]}.", route, stream)
             started = time.monotonic()
@@ -362,3 +368,105 @@ def test_slow_and_cut_upstream_each_client_sees_what_the_upstream_did(make_proxy
     assert Counter(outcomes.values()) == Counter(answered=counts["completed"], error=4, cut=6, abandoned=2)
     assert counts["lost"] == 0 and counts["unearned"] == 0 and counts["duplicated"] == 0, counts
     assert runtime.counters["turns.lost"] == 0 and runtime.worker.stats.dead_lettered == 0
+
+
+# --- c. memproxy serve SIGKILLed mid-traffic, started again on its data directory --------------------
+
+
+@dataclass(frozen=True)
+class JobRow:
+    status: str
+    attempts: int
+    subject: str | None  # the job's user while its payload is kept (until it is done)
+
+
+def jobs_on_disk(data_dir) -> dict[str, JobRow]:
+    """The job table of an embedded proxy's state store: turn id -> its job."""
+    with contextlib.closing(sqlite3.connect(data_dir / "state.sqlite3")) as db:
+        rows = db.execute("SELECT idempotency_key, status, attempts, payload FROM jobs").fetchall()
+    return {
+        key.split(":", 1)[1]: JobRow(status, attempts, json.loads(payload)["subject"] if payload else None)
+        for key, status, attempts, payload in rows
+    }
+
+
+def wait_ready(url: str) -> None:
+    wait_for(lambda: httpx.get(url + "/readyz/memory").status_code == 200, 60, "memory ready")
+
+
+def test_proxy_killed_mid_traffic_processes_every_queued_job_once(
+    emulator, emulator_server, tmp_path, memory_model_dir
+) -> None:
+    """Every turn whose client got the whole answer, and every job on disk at the kill, is learned once.
+
+    A turn whose job was on disk when the kill cut its answer's last bytes is learned too (the upstream
+    answered it in full; the proxy queues a turn before its client sees the end of the answer).
+    """
+    from proxy.bench.harness import child_server
+    from proxy.bench.limits import exited
+
+    port, key, data = _free_port(), "sk-chaos-kill-" + uuid.uuid4().hex[:8], tmp_path / "data"
+    env = {
+        "MEMPROXY_DATA_DIR": str(data),
+        "MEMPROXY_UPSTREAM_URL": emulator_server.url + "/v1",
+        "MEMPROXY_EMBED_MODEL_PATH": str(memory_model_dir),
+        "MEMPROXY_LLM_API_KEY": "sk-operator-extraction",  # the restarted process needs no tenant's request
+        "MEMPROXY_JOB_LEASE_SECONDS": "2",
+        "MEMPROXY_WORKER_POLL_INTERVAL": "0.05",
+        "MEMPROXY_LOG_LEVEL": "warning",
+    }
+    processed = 'memproxy_jobs_total{outcome="processed"}'
+    # The extraction model (chat completions) is slow: jobs pile up behind the Responses traffic.
+    emulator.fault(path="/v1/chat/completions", delay=0.3, times=0)
+    responses_only = (("responses", False), ("responses", True))
+    try:
+        with child_server(["serve", "--port", str(port)], port, env=env) as first:
+            wait_ready(first.url)
+            traffic = Traffic(sdk_sender(first.url + "/v1", key), threads=4, prefix="kill", kinds=responses_only)
+            traffic.start()
+            try:
+                traffic.wait_completed(16)
+                wait_for(
+                    lambda: (m := scrape(first.url))[processed] >= 2 and m["memproxy_queue_depth"] >= 6,
+                    20,
+                    "jobs done and jobs queued",
+                )
+                before = scrape(first.url)
+                os.kill(first.pid, signal.SIGKILL)  # clients sending, extractions running
+                traffic.stop.set()
+                wait_for(lambda: exited(first.pid), 10, "the proxy gone")
+            finally:
+                turns = traffic.finish()
+        at_kill = jobs_on_disk(data)
+        with child_server(["serve", "--port", str(port)], port, env=env) as second:
+            wait_ready(second.url)
+            wait_for(lambda: scrape(second.url)["memproxy_queue_depth"] == 0, 60, "the queue drained")
+            after = scrape(second.url)
+            found = learned(second.url, key, turns)
+        extractions = [r for r in emulator.requests("/v1/chat/completions") if "response_format" in r["body"]]
+    finally:
+        emulator.clear_faults()
+    final = jobs_on_disk(data)
+    counts = account(found, turns)
+    queued = {job.subject for job in at_kill.values() if job.status != "done"}
+    cut = [t for t in turns if not t.completed and t.user in queued]  # queued, then the kill cut the answer
+    unearned = [t for t in turns if not t.completed and t.user not in queued and found[t.user]]
+    bodies = [json.dumps(r["body"]) for r in extractions]
+    calls = Counter(sum(t.text in body for body in bodies) for t in turns if found[t.user])
+    print(
+        f"\nproxy kill: {counts}; jobs on disk at the kill {len(at_kill)} "
+        f"({dict(Counter(job.status for job in at_kill.values()))}), of answers the kill cut {len(cut)}; "
+        f"processed before the kill {before[processed]:.0f}, after the restart {after[processed]:.0f}; "
+        f"jobs at the end {dict(Counter(job.status for job in final.values()))}, "
+        f"attempts {dict(Counter(job.attempts for job in final.values()))}, extraction calls per learned turn "
+        f"{dict(calls)}"
+    )
+    assert len(queued) >= 4, "the kill must find jobs queued"
+    assert counts["lost"] == 0, f"answered turns not learned: {counts}"
+    assert all(found[t.user] == [t.text] for t in cut), "a job on disk at the kill is processed after the restart"
+    assert not unearned, f"learned without an answer or a job: {[t.user for t in unearned]}"
+    assert counts["duplicated"] == 0, "no memory twice"
+    assert set(at_kill) <= set(final) and all(job.status == "done" for job in final.values()), "every job done"
+    assert len(final) == counts["completed"] + len(cut), "one job per answered turn, none for another"
+    # done twice only where the kill stopped an extraction halfway: at most one per worker loop
+    assert sum(job.attempts > 1 for job in final.values()) <= 2 and set(calls) <= {1, 2}
