@@ -39,7 +39,7 @@ def test_a_tiny_soak_prints_its_table_and_loses_nothing(monkeypatch, memory_mode
     assert result.turns_sent and result.lost == 0 and result.unearned == 0 and result.duplicated == 0
     assert result.drained and result.dead_letters == 0
     start, peak, end = result.rss
-    assert 0 < start <= peak and end <= peak and all(result.fds)
+    assert 0 < start <= peak and end <= peak and all(opened for opened, _ in result.fds)
 
 
 def test_shares_outside_zero_to_one_are_refused_before_anything_starts() -> None:

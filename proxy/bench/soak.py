@@ -178,8 +178,14 @@ class Gauges:
                     return int(line.split()[1]) / 1024
         return 0.0
 
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+    def fds(self) -> tuple[int, int]:
+        """Open file descriptors, and how many of them are sockets."""
+        sockets = 0
+        names = os.listdir(f"/proc/{self.pid}/fd")
+        for name in names:
+            with contextlib.suppress(OSError):
+                sockets += os.readlink(f"/proc/{self.pid}/fd/{name}").startswith("socket:")
+        return len(names), sockets
 
     async def sample(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -196,7 +202,8 @@ class Result:
     learned: dict[str, list[str]]
     metrics: dict[str, float]
     rss: tuple[float, float, float]
-    fds: tuple[int, int]
+    fds: tuple[tuple[int, int], tuple[int, int]]
+    """(open, sockets) at the start and at the end."""
     drained: bool
 
     @property
@@ -370,7 +377,11 @@ def report(result: Result) -> None:
         ["memories twice", f"{result.duplicated:,}", ""],
         ["jobs processed / dead-lettered", f"{processed:,.0f} / {result.dead_letters}", ""],
         ["proxy RSS start / peak / end", f"{rss[0]:.0f} / {rss[1]:.0f} / {rss[2]:.0f} MB", "/proc/PID/status VmRSS"],
-        ["proxy open fds start / end", f"{fds[0]} / {fds[1]}", "/proc/PID/fd"],
+        [
+            "proxy open fds start / end",
+            f"{fds[0][0]} / {fds[1][0]}",
+            f"/proc/PID/fd; sockets {fds[0][1]} / {fds[1][1]}",
+        ],
     ]
     print_table("memproxy bench soak", ["measure", "value", "note"], rows, caption=f"requests: {mix}")
     notes = []
