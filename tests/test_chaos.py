@@ -219,10 +219,10 @@ def test_redis_killed_and_restarted_under_traffic_loses_no_turn(make_proxy, emul
                     60,
                     "every job processed",
                 )
-                found = learned(proxy.url, key, turns)
                 numbers = wait_for(
                     lambda: (m := scrape(proxy.url)).get("memproxy_queue_depth") == 0 and m, 30, "an empty queue"
                 )
+                found = learned(proxy.url, key, turns)
         finally:
             traffic.stop.set()
             emulator.clear_faults()
@@ -230,8 +230,9 @@ def test_redis_killed_and_restarted_under_traffic_loses_no_turn(make_proxy, emul
     counts = account(found, turns)
     failed = [t.error for t in turns if not t.completed]
     print(
-        f"\nredis chaos: {counts}; jobs queued at the kill {queued_at_kill:.0f}; sent before the kill {killed_at}, during the outage "
-        f"{restarted_at - killed_at}, after {len(turns) - restarted_at}; spooled {runtime.counters['turns.spooled']}, "
+        f"\nredis chaos: {counts}; jobs queued at the kill {queued_at_kill:.0f}; turns sent before the kill "
+        f"{killed_at}, during the outage {restarted_at - killed_at}, after {len(turns) - restarted_at}; "
+        f"spooled {runtime.counters['turns.spooled']}, "
         f"delivered {runtime.counters['turns.delivered']}, jobs processed {runtime.worker.stats.processed}, "
         f"dead letters {numbers['memproxy_dead_letters']}"
     )
