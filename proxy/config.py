@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     memory_recall_deadline_ms: float = Field(
         150.0, description="Recall budget per request; past it the request goes upstream without memory (degraded)."
     )
+    memory_capture_deadline_ms: float = Field(
+        250.0,
+        ge=0,
+        description="How long the end of a hooked answer waits for its turn to be queued or spooled; past it the "
+        "answer ends and the turn is queued in the background (0: always in the background).",
+    )
     memory_max_body_bytes: int = Field(
         4 * 1024 * 1024,
         gt=0,

@@ -107,7 +107,8 @@ def safe_suffix(raw_path: bytes) -> bytes | None:
 
 
 class Tap(Protocol):
-    """Reads a copy of a response as it goes by; it can never delay or alter what the client gets."""
+    """Reads a copy of a response as it goes by; it never alters what the client gets, and delays only the
+    end of a complete answer, by its ``finish`` and at most the capture deadline (:class:`UpstreamResponse`)."""
 
     def feed(self, chunk: bytes) -> None: ...
 
@@ -124,15 +125,18 @@ class Forwarder:
         self.keepalive_interval = settings.keepalive_interval
         # never sent upstream, nor is any X-Memory* header
         self.private_headers: tuple[str, ...] = ("host", settings.memory_user_header)
+        self.capture_deadline = settings.memory_capture_deadline_ms / 1000
         self.tasks: set[asyncio.Task[Any]] = set()
         self.open_responses = 0  # upstream responses not yet released: a gauge, and a leak detector
         self.waiting = 0  # requests sent upstream and not answered yet (no response headers)
+        self.captures_late = 0  # answers that ended before their tap finished (capture deadline passed)
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run work after a response (a tap's finish) without holding the response up."""
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a tap's finish as its own task: a response that stops waiting for it never cancels it."""
         task = asyncio.ensure_future(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def target(self, request: Request) -> httpx2.URL | None:
         suffix = safe_suffix(request.scope.get("raw_path") or request.url.path.encode())
@@ -308,6 +312,13 @@ class UpstreamResponse(Response):
     client goes away (not at the next write, so an abandoned stream stops costing tokens), one
     writes a ``: keepalive`` comment when the upstream has been silent for a while, only between
     two events so a client parser never sees a torn one. A plain body needs neither.
+
+    With a tap, the end of a complete answer waits for the tap's finish (the turn queued, or
+    spooled), at most the forwarder's ``capture_deadline``: a stream's closing chunk, and a plain
+    body's last chunk (held back one chunk behind the upstream), reach the client only once its
+    turn is on disk, so a process killed after its client has the whole answer has its turn. Past
+    the deadline the answer ends and the finish goes on in the background; an incomplete answer
+    (cut upstream, client gone) is finished in the background, as before.
     """
 
     def __init__(
@@ -354,8 +365,17 @@ class UpstreamResponse(Response):
     async def _relay(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
         self.last_write = loop.time()
+        # a tapped plain body keeps its newest chunk back: its last one goes once the turn is queued
+        hold = self.tap is not None and not self.streaming and self.forwarder.capture_deadline > 0
+        held = b""
         try:
             async for chunk in self.upstream.aiter_raw():
+                if hold:
+                    self._feed(chunk)
+                    chunk, held = held, chunk
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    continue
                 async with self.write_lock:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.last_write = loop.time()
@@ -365,9 +385,27 @@ class UpstreamResponse(Response):
             # Headers are gone already: ending without the last chunk makes the server drop the
             # connection, so the client sees a truncated body instead of a clean, wrong one.
             log.warning("upstream stream broke: %s", type(exc).__name__)
+            if held:  # what the upstream sent, then the cut
+                await send({"type": "http.response.body", "body": held, "more_body": True})
             return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.forwarder.capture_deadline > 0:
+            self.complete = True  # the whole answer is here: its turn is queued before the client sees the end
+            await self._settle()
+        async with self.write_lock:
+            await send({"type": "http.response.body", "body": held, "more_body": False})
         self.complete = True
+
+    async def _settle(self) -> None:
+        """Finish the tap before the answer ends, waiting at most the capture deadline (never cancelling it)."""
+        deadline = self.forwarder.capture_deadline
+        if self.tap is None or deadline <= 0:
+            return
+        tap, self.tap = self.tap, None  # finished here, not again when the response is released
+        finishing = self.forwarder.spawn(tap.finish(self.status_code, True))
+        done, _ = await asyncio.wait({finishing}, timeout=deadline)
+        if not done:
+            self.forwarder.captures_late += 1
+            log.warning("turn capture slower than %.0f ms: the answer ends, the capture goes on", deadline * 1000)
 
     def _feed(self, chunk: bytes) -> None:
         if self.tap is None:

@@ -233,6 +233,12 @@ class RuntimeCollector:
                 "Finished turns neither queued nor spooled (the state store and the spool both failed).",
                 value=turn("turns.lost", 0),
             ),
+            CounterMetricFamily(
+                "memproxy_turns_captured_late",
+                "Answers that ended before their turn was queued or spooled (the capture deadline passed; the "
+                "capture went on in the background).",
+                value=runtime.forwarder.captures_late,
+            ),
         ]
         return [degraded, retries, events, *families]
 

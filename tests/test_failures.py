@@ -87,10 +87,12 @@ def test_redis_going_away_fails_no_request(make_proxy, emulator) -> None:
     assert "additional_instructions" not in emulator.requests("/v1/threads/")[-2]["body"]
     assert answer.parse().status == "completed"
     counters = proxy.app.state.runtime.counters
-    deadline = time.monotonic() + 10  # the capture runs after the answer: it fails, is counted, hurts nobody
+    deadline = time.monotonic() + 10  # the answer's turn is spooled: Redis is gone
     while counters["turns.spooled"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert counters["degraded.hook_error"] >= 2 and counters["degraded.capture_error"] >= 1
+    assert counters["degraded.hook_error"] >= 2, counters
+    # the thread's capture (who it belongs to) was stored before its answer ended, so before the kill
+    assert counters["degraded.capture_error"] == 0, counters
     assert counters["turns.spooled"] == 1, "the finished response waits in the spool for Redis (test_fail_open.py)"
     proxy.stop()  # its spool would retry Redis for the whole session
 

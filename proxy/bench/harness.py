@@ -44,26 +44,40 @@ class Child:
 
 
 @contextlib.contextmanager
-def child_server(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[Child]:
-    """Run ``python -m proxy <args>`` and yield it once its port accepts connections."""
+def child_server(
+    args: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[Child]:
+    """Run ``python -m proxy <args>`` and yield it once its port accepts connections.
+
+    Its stderr goes to ``log`` when given: a child that logs much (a soak's faults) must not block on
+    a full pipe nobody reads while it runs.
+    """
+    sink = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below, after the child
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=sink if sink is not None else subprocess.PIPE,
     )
     try:
-        _wait_until_listening(port, process)
+        _wait_until_listening(port, process, log)
         yield Child(f"http://127.0.0.1:{port}", process.pid)
     finally:
         stop_process(process)
+        if sink is not None:
+            sink.close()
 
 
-def _wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _wait_until_listening(
+    port: int, process: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
+            if log is not None:
+                stderr = log.read_text(errors="replace")
+            else:
+                stderr = process.stderr.read().decode() if process.stderr else ""
             raise RuntimeError(f"server exited with {process.returncode}: {stderr[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return

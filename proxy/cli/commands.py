@@ -113,6 +113,49 @@ def bench_overhead(
     run(requests=requests, concurrency=concurrency, memories=memories)
 
 
+@bench.command("soak")
+def bench_soak(
+    seconds: Annotated[float, typer.Option(help="Seconds of traffic at most.")] = 60.0,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="Requests at most (0: as many as fit).")] = 0,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Clients sending at once.")] = 16,
+    memory_share: Annotated[float, typer.Option(help="Share of requests naming a user (memory on).")] = 0.5,
+    fault_rate: Annotated[float, typer.Option(help="Share of requests the upstream fails: 5xx, cut, slow.")] = 0.1,
+    abandon_rate: Annotated[float, typer.Option(help="Share of requests their client abandons.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the request plan (same seed, same requests).")] = 1,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")
+    ] = None,
+) -> None:
+    """Mixed traffic with upstream faults and abandoned clients: errors by kind, lost turns, RSS and fds.
+
+    Exits 1 when a turn was lost or learned without its answer, a memory doubled, a job dead-lettered
+    or an answer differed from what the upstream was told to do.
+    """
+    from proxy.bench.soak import run
+
+    for name, share in (
+        ("--memory-share", memory_share),
+        ("--fault-rate", fault_rate),
+        ("--abandon-rate", abandon_rate),
+    ):
+        if not 0 <= share <= 1:
+            raise typer.BadParameter("a share from 0 to 1", param_hint=name)
+    if fault_rate + abandon_rate > 1:
+        raise typer.BadParameter("--fault-rate + --abandon-rate must stay at most 1", param_hint="--fault-rate")
+    result = run(
+        seconds=seconds,
+        requests=requests,
+        concurrency=concurrency,
+        memory_share=memory_share,
+        fault_rate=fault_rate,
+        abandon_rate=abandon_rate,
+        seed=seed,
+        model_path=model_path,
+    )
+    if not result.passed:
+        raise typer.Exit(1)
+
+
 @bench.command("recall")
 def bench_recall(
     sizes: Annotated[str, typer.Option(help="Memories in the tenant, comma-separated (10k,100k,1M).")] = "10k,100k",
