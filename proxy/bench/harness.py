@@ -43,6 +43,15 @@ class Child:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` now (VmRSS in /proc/PID/status), in MB."""
+    with Path(f"/proc/{pid}/status").open() as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 @contextlib.contextmanager
 def child_server(
     args: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from proxy.bench.harness import rss_mb
+
 
 @dataclass
 class Outcome:
@@ -42,11 +44,7 @@ class Rss:
     samples: list[float] = field(default_factory=list)
 
     def read(self) -> float:
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        return rss_mb(self.pid)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

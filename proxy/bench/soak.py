@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx2
 
-from proxy.bench.harness import Child, child_server, free_port, print_notes, print_table
+from proxy.bench.harness import Child, child_server, free_port, print_notes, print_table, rss_mb
 
 MODEL = "gpt-4o-mini"
 KEY = "sk-soak"
@@ -174,11 +174,7 @@ class Gauges:
     rss: list[float] = field(default_factory=list)
 
     def rss_mb(self) -> float:
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        return rss_mb(self.pid)
 
     def fds(self) -> tuple[int, int]:
         """Open file descriptors, and how many of them are sockets."""
