@@ -47,7 +47,7 @@ from .store import (
     access_payload,
     expiry_payload,
 )
-from .tokens import cap_query
+from .tokens import cap_query, load_encoding
 
 if TYPE_CHECKING:
     from proxy.config import Settings
@@ -114,6 +114,7 @@ class MemoryService:
         if self.store.dim != self.embedder.dim:
             raise DimensionMismatchError(self.store.collection, self.store.dim, self.embedder.dim)
         await self.store.start()
+        await asyncio.to_thread(load_encoding)  # recall caps every query with it: not on the first request
 
     async def aclose(self) -> None:
         self._closed = True

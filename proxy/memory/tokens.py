@@ -38,6 +38,12 @@ def _encoding() -> _Encoding:
     return encoding
 
 
+def load_encoding() -> None:
+    """Load the o200k vocabulary now (it takes a while, once): callers do it at start, off the event loop,
+    so the first request's recall does not pay for it inside its deadline."""
+    _encoding()
+
+
 def count_tokens(text: str) -> int:
     return len(_encoding().encode_ordinary(text))
 
