@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+from rich.console import Console
+from rich.status import Status
 
 from proxy.bench.harness import Child, child_server, free_port, print_notes, print_table, rss_mb
 
@@ -263,7 +265,7 @@ async def _wait_ready(client: httpx2.AsyncClient, proxy: Child, timeout: float =
         await asyncio.sleep(0.2)
 
 
-async def _drain(client: httpx2.AsyncClient, proxy: Child, turns: int) -> tuple[dict[str, float], bool]:
+async def _drain(client: httpx2.AsyncClient, proxy: Child, turns: int, status: Status) -> tuple[dict[str, float], bool]:
     """Wait until every answered turn was captured and the queue and the spool are empty.
 
     The worker may have fallen behind the traffic: the wait goes on as long as it makes progress, and
@@ -280,6 +282,8 @@ async def _drain(client: httpx2.AsyncClient, proxy: Child, turns: int) -> tuple[
         now = (found.get("memproxy_turns_captured_total"), found.get('memproxy_jobs_total{outcome="processed"}'))
         if now != progress:
             progress, moved = now, time.monotonic()
+        captured, depth = found.get("memproxy_turns_captured_total", 0), found.get("memproxy_queue_depth", 0)
+        status.update(f"draining: {captured:,.0f} of {turns:,} turns captured, {depth:,.0f} jobs queued")
         if done or time.monotonic() - moved > DRAIN_STALL:
             return found, done
         await asyncio.sleep(0.25)
@@ -299,6 +303,17 @@ async def _learned(client: httpx2.AsyncClient, proxy: Child, users: list[str]) -
     return dict(await asyncio.gather(*(one(user) for user in users)))
 
 
+async def _tick(status: Status, started: float, seconds: float, seen: list[Seen], stop: asyncio.Event) -> None:
+    """The live line while traffic runs (stderr, terminals only): time and answers so far."""
+    while not stop.is_set():
+        elapsed = time.monotonic() - started
+        status.update(
+            f"traffic: {elapsed:.0f} of {seconds:.0f} s, {len(seen):,} answers ({len(seen) / max(elapsed, 1e-3):.0f}/s)"
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
 async def _soak(
     proxy: Child,
     seconds: float,
@@ -310,6 +325,24 @@ async def _soak(
     seed: int,
 ) -> Result:
     gauges = Gauges(proxy.pid)
+    with Console(stderr=True).status("waiting for the proxy's memory") as status:
+        return await _traffic(
+            proxy, gauges, status, seconds, requests, concurrency, memory_share, fault_rate, abandon_rate, seed
+        )
+
+
+async def _traffic(
+    proxy: Child,
+    gauges: Gauges,
+    status: Status,
+    seconds: float,
+    requests: int,
+    concurrency: int,
+    memory_share: float,
+    fault_rate: float,
+    abandon_rate: float,
+    seed: int,
+) -> Result:
     async with httpx2.AsyncClient(timeout=60) as control:
         await _wait_ready(control, proxy)
         rss_start, fds_start = gauges.rss_mb(), gauges.fds()
@@ -320,6 +353,8 @@ async def _soak(
         sampler = asyncio.ensure_future(gauges.sample(stop))
         limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         started = time.monotonic()
+        traffic_over = asyncio.Event()
+        ticker = asyncio.ensure_future(_tick(status, started, seconds, seen, traffic_over))
         async with httpx2.AsyncClient(limits=limits, timeout=30) as client:
 
             async def worker() -> None:
@@ -336,7 +371,9 @@ async def _soak(
         elapsed = time.monotonic() - started
         turns = [s.planned for s in seen if s.complete and s.planned.user]
         ended = time.monotonic()
-        metrics, drained = await _drain(control, proxy, len(turns))
+        traffic_over.set()
+        await ticker
+        metrics, drained = await _drain(control, proxy, len(turns), status)
         drain_seconds = time.monotonic() - ended
         stop.set()
         await sampler

@@ -22,6 +22,23 @@ bench = typer.Typer(help="Benchmarks; each prints a table.", no_args_is_help=Tru
 app.add_typer(bench, name="bench")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"memproxy {version('memproxy')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """memproxy: long-term memory for OpenAI API applications."""
+
+
 def _configure_logging(level: str) -> None:
     """Text or JSON lines (``MEMPROXY_LOG_FORMAT``), with request ids: see proxy/logs.py."""
     from proxy.logs import setup_logging
@@ -96,6 +113,8 @@ def emulator(
     from proxy.emulator import create_app
 
     _configure_logging("info")
+    typer.echo(f"memproxy emulator listening on http://{host}:{port}/v1 (offline: a deterministic model, no network)")
+    typer.echo(f"  point memproxy at it: memproxy serve --upstream http://{host}:{port}/v1")
     uvicorn.run(create_app(), host=host, port=port, log_level="warning")
 
 
