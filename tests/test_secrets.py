@@ -21,12 +21,12 @@ import pytest
 from conftest import TEST_SECRET
 from test_erasure_disk import found_in
 from test_extract import scripted, turn
-from test_redact import IBAN_DE, OPENAI_KEY, VISA
+from test_redact import IBAN_DE, MASTERCARD, OPENAI_KEY, VISA
 
 from proxy.config import Settings
 from proxy.learn.extract import SYSTEM_PROMPT, LLMExtractor, looks_like_instruction
 from proxy.memory.sealing import MemoryKeyStore, Sealer
-from proxy.memory.service import MemoryService
+from proxy.memory.service import REDACT_INLINE_CHARS, MemoryService
 from proxy.memory.sparse import Bm25Encoder
 from proxy.memory.store_qdrant import QdrantStore
 from proxy.owner import Owner
@@ -75,19 +75,22 @@ def test_the_memory_api_stores_markers_never_the_secrets(make_proxy) -> None:
     assert patched["history"][0]["text"] == memory["text"]
     assert patched["history"][0]["reason"] == "old card [redacted:card]"
     api(proxy.url, "POST", f"/users/{user}/memories", json={"text": "Needs gluten-free food", "kind": "constraint"})
+    long = "I hike in the Alps every summer. " * 12 + f"My backup card is {MASTERCARD}."  # redacted off the loop
+    stored = api(proxy.url, "POST", f"/users/{user}/memories", json={"text": long}).json()["memory"]["text"]
+    assert len(long) > REDACT_INLINE_CHARS and stored.endswith("My backup card is [redacted:card].")
 
-    raw = [OPENAI_KEY, VISA, "4111111111111111", IBAN_DE, IBAN_DE.replace(" ", ""), "hunter2"]
+    raw = [OPENAI_KEY, VISA, "4111111111111111", MASTERCARD, IBAN_DE, IBAN_DE.replace(" ", ""), "hunter2"]
     listed = api(proxy.url, "GET", f"/users/{user}/memories").text
     exported = api(proxy.url, "GET", f"/users/{user}/export").json()
     assert not [secret for secret in raw if secret in listed or secret in json.dumps(exported)]
-    assert sorted(m["kind"] for m in exported["memories"]) == ["constraint", "fact"]
+    assert sorted(m["kind"] for m in exported["memories"]) == ["constraint", "fact", "fact"]
     # what the proxy would inject: markers, not secrets
     block = api(proxy.url, "POST", f"/users/{user}/context", json={"query": "Where does the rent go?"}).json()
     assert "[redacted:iban]" in json.dumps(block) and IBAN_DE not in json.dumps(block)
 
     counted = redactions(proxy)
     assert counted["openai_key"] == 1 and counted["iban"] == 1 and counted["password"] == 1
-    assert counted["card"] == 2 and counted["ssn"] == 0  # the card in the text and the one in the reason
+    assert counted["card"] == 3 and counted["ssn"] == 0  # the cards in the texts and the one in the reason
     assert found_in(data_dir, raw) == {}
 
 

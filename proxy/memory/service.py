@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+REDACT_INLINE_CHARS = 256
+"""Texts up to this long are redacted on the event loop (tens of microseconds); longer ones in a thread."""
+
+
 class MemoryNotFound(MemproxyError, LookupError):
     """No live memory with this id in this tenant and subject (it may exist in another scope)."""
 
@@ -184,12 +188,15 @@ class MemoryService:
             raise ValueError("a memory needs non-empty text")
         if len(text) > self.settings.memory_max_chars:
             raise ValueError(f"memory text is longer than {self.settings.memory_max_chars} characters")
-        return self._redact(text)
+        return text
 
-    def _redact(self, text: str) -> str:
+    async def _redact(self, text: str) -> str:
         """``text`` with its secrets replaced by markers (counted by kind, never logged): what is stored,
         embedded and turned into BM25 terms. See :mod:`proxy.memory.redact`."""
-        redacted = self.redactor.redact(text)
+        if len(text) <= REDACT_INLINE_CHARS:
+            redacted = self.redactor.redact(text)
+        else:  # up to about a millisecond of regex scans for the longest texts: not on the event loop
+            redacted = await asyncio.to_thread(self.redactor.redact, text)
         self.redactions.update(redacted.kinds)
         return redacted.text
 
@@ -314,7 +321,7 @@ class OwnerMemory:
         (never-expiring wins). ``ttl`` (timedelta or seconds) overrides the kind's default TTL.
         """
         now = self.service._now(now)
-        text = self.service._clean_text(text)
+        text = await self.service._redact(self.service._clean_text(text))
         check_kind(kind)
         expires_at = self.service._expiry(kind, ttl, now)
         restrict = self.service._restrict(assistant_id)
@@ -370,8 +377,8 @@ class OwnerMemory:
     ) -> Memory:
         """Replace a memory's text, keeping the previous text in ``history``; re-embeds it."""
         now = self.service._now(now)
-        text = self.service._clean_text(text)
-        reason = None if reason is None else self.service._redact(reason)
+        text = await self.service._redact(self.service._clean_text(text))
+        reason = None if reason is None else await self.service._redact(reason)
         async with self.service._lock(self.owner):
             current = await self._live(memory_id, now)
             if text == current.text:
@@ -390,7 +397,7 @@ class OwnerMemory:
     async def delete(self, memory_id: str, reason: str | None = None, *, now: datetime | None = None) -> Memory:
         """Soft delete: the memory becomes a tombstone (kept for export and audit, never recalled or listed)."""
         now = self.service._now(now)
-        reason = None if reason is None else self.service._redact(reason)
+        reason = None if reason is None else await self.service._redact(reason)
         async with self.service._lock(self.owner):
             found = await self._live(memory_id, None)
             tombstone = found.model_copy(update={"deleted_at": now, "deleted_reason": reason})
