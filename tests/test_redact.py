@@ -8,6 +8,7 @@ secret scanner mistakes this file for a leak.
 from __future__ import annotations
 
 import pytest
+from conftest import SHARED
 
 from proxy.config import Settings
 from proxy.memory.redact import KINDS, Redactor
@@ -120,6 +121,20 @@ def test_each_secret_becomes_a_typed_marker(redactor: Redactor, text: str, expec
 def test_ordinary_text_survives(redactor: Redactor, text: str) -> None:
     result = redactor.redact(text)
     assert (result.text, result.kinds) == (text, ())
+
+
+def test_thousands_of_real_conversation_turns_keep_every_word(redactor: Redactor) -> None:
+    """LoCoMo's dialogues (people chatting about jobs, pets, trips, dates, numbers): no secret in them,
+    so any redaction would be a false positive."""
+    from proxy.bench.locomo.data import load_locomo
+
+    path = SHARED / "data" / "locomo-dev.json"
+    if not path.exists():
+        pytest.skip(f"LoCoMo dev set not found at {path} (../shared/data beside the repo)")
+    memories = [turn.memory_text() for conv in load_locomo(path).conversations for turn in conv.turns]
+    assert len(memories) > 1000
+    redacted = [text for text in memories if redactor.redact(text).kinds]
+    assert redacted == []
 
 
 def test_only_luhn_valid_cards_and_checksummed_ibans_are_redacted(redactor: Redactor) -> None:
