@@ -73,7 +73,10 @@ _PLAIN_WORDS = frozenset(
     insecure safe unsafe stored saved set reset changed updated written hidden encrypted hashed private
     public secret empty blank unknown forgotten lost stolen leaked compromised shared needed used working
     broken case sensitive something nothing being going about how what when where which who why there
-    here in on at for to from of by with as if but and or out up down over off gone back more less""".split()  # noqa: SIM905
+    here in on at for to from of by with as if but and or out up down over off gone back more less fine good
+    bad ok okay great terrible awful complex complicated unique random temporary default generated known
+    obvious easy-to-guess guessable memorable ready enough different required sent emailed written down
+    locked expiring due stale outdated case-sensitive""".split()  # noqa: SIM905
 )
 
 _KEYCHARS = r"A-Za-z0-9_\-"
@@ -110,6 +113,11 @@ def _credential(value: str) -> bool:
     """A value after "password is": kept when it reads as a plain English word describing it."""
     value = value.strip("\"'`")
     return bool(value) and value.lower().rstrip(".!?,;:") not in _PLAIN_WORDS
+
+
+def _unwordlike(value: str) -> bool:
+    """A digit, a symbol, or capitals after the first letter: not a word that could follow "password"."""
+    return bool(re.search(r"\d|[^\w\s]|_|.[A-Z]", value))
 
 
 def _strong(value: str) -> bool:
@@ -207,12 +215,25 @@ DETECTORS: tuple[Detector, ...] = (
     _d("ssn", r"\b\d{3}-\d{2}-\d{4}\b", _valid_ssn),
     _d(
         "password",
-        rf"\b(?:password|passwd|pwd|passcode|passphrase|pass ?word)s?{_FOR}{_IS}{_VALUE}",
+        rf"\b(?:password|passwd|pwd|pw|passcode|passphrase|pass ?word)s?{_FOR}{_IS}{_VALUE}",
         _credential,
+        re.IGNORECASE,
+        hints=("pass", "pw"),
+    ),
+    _d(  # "wifi MyNet, password Tr0ub4dor": no "is", so only a value that cannot be an English word
+        "password",
+        r"\b(?:password|passwd|pwd|passcode|passphrase)\s+(?P<value>(?!\[redacted:)[^\s\"',;]*[^\s\"',;.!?:])",
+        _unwordlike,
         re.IGNORECASE,
         hints=("pass", "pwd"),
     ),
-    _d("pin", rf"\bpin(?: code| number)?{_FOR}{_IS}(?P<value>\d{{4,8}})\b", flags=re.IGNORECASE, hints=("pin",)),
+    _d(
+        "pin",
+        rf"\b(?:pin|(?:door|alarm|gate|lock|garage|safe|entry|unlock|access) code)(?: code| number)?{_FOR}{_IS}"
+        r"(?P<value>\d{4,8})\b",
+        flags=re.IGNORECASE,
+        hints=("pin", " code"),
+    ),
     _d(
         "secret",
         rf"\b(?:secret|token|api[ _-]?key|access[ _-]?key|client[ _-]?secret|private[ _-]?key|auth[ _-]?code)"
