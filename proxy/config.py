@@ -5,6 +5,7 @@ Every field here is documented in the README's configuration table; keep the two
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -143,6 +144,16 @@ class Settings(BaseSettings):
         300.0, description="Seconds between two sweeps removing expired memories (audited)."
     )
     memory_access_flush_seconds: float = Field(2.0, description="How often recall's access counts are written back.")
+    redact_secrets: bool = Field(
+        True,
+        description="Replace API keys, passwords, card numbers, IBANs and similar in a memory's text with "
+        "[redacted:<kind>] before it is stored or embedded (extracted or written through the memory API).",
+    )
+    redact_patterns: dict[str, str] = Field(
+        {},
+        description='Operator patterns redacted as well (JSON name -> regex, e.g. {"employee_id": "EMP-\\d{6}"}): '
+        "each match is stored as [redacted:<name>]; applied even when redact_secrets is off.",
+    )
 
     # --- hooks ---
     memory_user_header: str = Field("x-memory-user", description="Request header naming the end user (subject).")
@@ -221,6 +232,20 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """An empty variable (a template that renders ``""``) means unset, never an empty secret."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        """Names become markers and metric labels: lowercase identifiers; each regex must compile."""
+        for name, pattern in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+                raise ValueError(f"redact_patterns: name {name!r} must be a lowercase identifier (at most 32)")
+            try:
+                if re.compile(pattern).fullmatch(""):
+                    raise ValueError(f"redact_patterns: the pattern of {name!r} matches the empty string")
+            except re.error as exc:
+                raise ValueError(f"redact_patterns: the pattern of {name!r} is not a regex ({exc})") from None
+        return value
 
     @field_validator("data_dir", "embed_model_path")
     @classmethod

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import audit, logs
+from proxy.memory.redact import KINDS as REDACTED_KINDS
 from proxy.observe import Observer
 
 if TYPE_CHECKING:
@@ -183,7 +184,13 @@ class RuntimeCollector:
         runtime = self.runtime
         if runtime is None:
             return []
-        return [*self._events(runtime), *self._gauges(runtime), *self._worker(runtime.worker), self._audit(runtime)]
+        return [
+            *self._events(runtime),
+            *self._gauges(runtime),
+            *self._worker(runtime.worker),
+            self._audit(runtime),
+            self._redactions(runtime),
+        ]
 
     @staticmethod
     def _events(runtime: Runtime) -> list[Metric]:
@@ -302,6 +309,20 @@ class RuntimeCollector:
             "Audit entries appended by this process (each one also logged with its tenant, seq and hash prefix).",
             value=runtime.store.chain_appends.get(audit.COLLECTION, 0) if runtime.store is not None else 0,
         )
+
+    @staticmethod
+    def _redactions(runtime: Runtime) -> Metric:
+        """Secrets the memory layer replaced by a marker before a write, by kind (never their values)."""
+        family = CounterMetricFamily(
+            "memproxy_redactions",
+            "Secrets (keys, passwords, card numbers, IBANs, ...) replaced by a [redacted:<kind>] marker in memories "
+            "before they were stored, by kind.",
+            labels=["kind"],
+        )
+        counts = runtime.memory.redactions if runtime.memory is not None else {}
+        for kind in sorted(set(REDACTED_KINDS) | set(counts)):
+            family.add_metric([kind], counts.get(kind, 0))
+        return family
 
     @staticmethod
     def _worker(worker: Worker | None) -> list[Metric]:

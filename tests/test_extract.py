@@ -164,7 +164,7 @@ async def test_temporary_facts_get_a_ttl_and_instructions_are_never_memories(ext
         ('{"operations": [{"op": "add", "text": "User lives in Lyon"', "not JSON"),
         ('{"ops": []}', "does not match the schema"),
         ('{"operations": [{"op": "merge", "text": "User lives in Lyon"}]}', "does not match the schema"),
-        ('{"operations": [{"op": "add", "text": "User lives in Lyon", "kind": "secret"}]}', "does not match"),
+        ('{"operations": [{"op": "add", "text": ["User lives in Lyon"], "kind": "fact"}]}', "does not match"),
     ],
 )
 async def test_an_answer_that_is_not_the_schema_is_an_extraction_error(extractor, emulator, content, message) -> None:

@@ -5,7 +5,9 @@ the schema decides the shape, the texts (the user's first-person statements, or 
 tool's name) fill it, so a fact-extraction prompt gets the user's statements back in whatever shape
 it asked for. Deterministic: the same schema and texts always give the same value.
 
-Rules, in short: ``const``/``enum`` -> the constant / first value; ``anyOf``/``oneOf`` -> the first
+Rules, in short: ``const`` -> the constant; ``enum`` -> the first value the texts name (a value of
+fewer than 6 characters as a whole word, a longer one by a word starting with its first 6: "I prefer
+tea" names ``preference``), else the first value; ``anyOf``/``oneOf`` -> the first
 non-null branch; ``allOf`` -> the branches merged; objects get every declared property; an array gets
 one element per text (each element built from that text alone), clipped to ``minItems``/``maxItems``;
 a string is all texts joined by a space (``fallback`` when there are none), fitted to
@@ -15,10 +17,12 @@ minimum, else 1; booleans are true. ``$ref`` to ``#/...`` inside the schema is f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 _MAX_DEPTH = 12
+_WORD = re.compile(r"[a-z0-9_]+")
 
 _FORMAT_SAMPLES = {
     "date-time": "2024-01-01T00:00:00Z",
@@ -53,7 +57,7 @@ class _Builder:
         if "const" in schema:
             return schema["const"]
         if schema.get("enum"):
-            return schema["enum"][0]
+            return self.choose(schema["enum"], texts)
         for key in ("anyOf", "oneOf"):
             if schema.get(key):
                 return self.build(self.pick_branch(schema[key]), texts, depth + 1)
@@ -71,6 +75,18 @@ class _Builder:
         if kind == "null":
             return None
         return self.string(schema, texts)
+
+    @staticmethod
+    def choose(values: list[Any], texts: list[str]) -> Any:
+        """The first enum value the texts name (see the module docstring), else the first value."""
+        words = _WORD.findall(" ".join(texts).lower())
+        for value in values:
+            if not isinstance(value, str) or not value:
+                continue
+            name = value.lower()
+            if name in words if len(name) < 6 else any(word.startswith(name[:6]) for word in words):
+                return value
+        return values[0]
 
     def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         """Follow local ``$ref``s (``#/$defs/x``, ``#/definitions/x``); siblings override."""

@@ -27,7 +27,8 @@ tests can predict the output exactly. Behaviour:
   are filled from the user's first-person statements: sentences of user messages containing
   I / me / my / mine / myself / we / our / ours, questions excluded; transcript lines labelled
   ``assistant:``/``system:`` are skipped and a ``user:`` label is dropped. With no such statement,
-  arrays stay empty and strings get the last user message. See ``jsonfill`` for the shape rules.
+  arrays stay empty and strings get the last user message. An ``enum`` takes the value its text
+  names ("I prefer tea" -> ``preference``), else its first value. See ``jsonfill`` for the shape rules.
 - Tokens: one per word or punctuation mark (``count_tokens``), used for every ``usage`` block.
 - Streaming splits text at word boundaries (``chunk_text``): one delta per word with its
   leading whitespace.

@@ -14,9 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-#: Kinds the extractor and the API use. Other lowercase identifiers are accepted too (a deployment may
-#: add its own); a kind only matters for its default TTL (``Settings.memory_ttl_days``).
-KNOWN_KINDS = ("fact", "preference", "plan", "identity", "temporary")
+#: Kinds the extractor assigns (its prompt defines each) and the API documents. Other lowercase
+#: identifiers are accepted too (a deployment may add its own; memories of kind ``identity``, which
+#: ``profile`` replaced, keep it). A kind sets the default TTL (``Settings.memory_ttl_days``).
+KNOWN_KINDS = ("fact", "profile", "preference", "constraint", "plan", "temporary")
+
+#: Kinds an extraction model may answer that mean a known one.
+KIND_ALIASES = {"identity": "profile"}
 
 #: What ``MemoryService.remember`` did with a text.
 RememberAction = Literal["created", "duplicate", "near_duplicate"]

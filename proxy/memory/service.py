@@ -17,6 +17,7 @@ import builtins
 import logging
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
@@ -35,6 +36,7 @@ from .models import (
     check_kind,
     utcnow,
 )
+from .redact import Redactor
 from .scoring import ScoringWeights, confidence, cosine
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
@@ -53,6 +55,10 @@ if TYPE_CHECKING:
     from proxy.config import Settings
 
 log = logging.getLogger(__name__)
+
+
+REDACT_INLINE_CHARS = 256
+"""Texts up to this long are redacted on the event loop (tens of microseconds); longer ones in a thread."""
 
 
 class MemoryNotFound(MemproxyError, LookupError):
@@ -100,6 +106,9 @@ class MemoryService:
             frequency_cap=settings.memory_frequency_cap,
         )
         self._owns_store, self._owns_embedder = owns_store, owns_embedder
+        self.redactor = Redactor(enabled=settings.redact_secrets, extra=settings.redact_patterns)
+        self.redactions: Counter[str] = Counter()
+        """Secrets replaced by a marker before a write, by kind (``memproxy_redactions_total``)."""
         self._locks: weakref.WeakValueDictionary[Owner, asyncio.Lock] = weakref.WeakValueDictionary()
         # access tracking: scope -> id -> (recalls since last flush, last recall time)
         self._pending: dict[Owner, dict[str, tuple[int, datetime]]] = {}
@@ -180,6 +189,16 @@ class MemoryService:
         if len(text) > self.settings.memory_max_chars:
             raise ValueError(f"memory text is longer than {self.settings.memory_max_chars} characters")
         return text
+
+    async def _redact(self, text: str) -> str:
+        """``text`` with its secrets replaced by markers (counted by kind, never logged): what is stored,
+        embedded and turned into BM25 terms. See :mod:`proxy.memory.redact`."""
+        if len(text) <= REDACT_INLINE_CHARS:
+            redacted = self.redactor.redact(text)
+        else:  # up to about a millisecond of regex scans for the longest texts: not on the event loop
+            redacted = await asyncio.to_thread(self.redactor.redact, text)
+        self.redactions.update(redacted.kinds)
+        return redacted.text
 
     async def _point(self, memory: Memory, api_key: str | None, dense: list[float] | None = None) -> MemoryPoint:
         if dense is None:
@@ -302,7 +321,7 @@ class OwnerMemory:
         (never-expiring wins). ``ttl`` (timedelta or seconds) overrides the kind's default TTL.
         """
         now = self.service._now(now)
-        text = self.service._clean_text(text)
+        text = await self.service._redact(self.service._clean_text(text))
         check_kind(kind)
         expires_at = self.service._expiry(kind, ttl, now)
         restrict = self.service._restrict(assistant_id)
@@ -358,7 +377,8 @@ class OwnerMemory:
     ) -> Memory:
         """Replace a memory's text, keeping the previous text in ``history``; re-embeds it."""
         now = self.service._now(now)
-        text = self.service._clean_text(text)
+        text = await self.service._redact(self.service._clean_text(text))
+        reason = None if reason is None else await self.service._redact(reason)
         async with self.service._lock(self.owner):
             current = await self._live(memory_id, now)
             if text == current.text:
@@ -377,6 +397,7 @@ class OwnerMemory:
     async def delete(self, memory_id: str, reason: str | None = None, *, now: datetime | None = None) -> Memory:
         """Soft delete: the memory becomes a tombstone (kept for export and audit, never recalled or listed)."""
         now = self.service._now(now)
+        reason = None if reason is None else await self.service._redact(reason)
         async with self.service._lock(self.owner):
             found = await self._live(memory_id, None)
             tombstone = found.model_copy(update={"deleted_at": now, "deleted_reason": reason})
