@@ -47,6 +47,10 @@ class Series:
     def latest(self) -> float | None:
         return next((value for _, value in reversed(self.points) if value is not None), None)
 
+    @property
+    def peak(self) -> float | None:
+        return max((value for _, value in self.points if value is not None), default=None)
+
 
 def _recall_totals(metrics: Metrics) -> tuple[float, float]:
     total = count = 0.0
@@ -109,7 +113,7 @@ def svg(series: Series) -> Markup:
     """The series as a small line chart (newest at the right), labelled for screen readers."""
     known = [(ago, value) for ago, value in series.points if value is not None]
     span = max((ago for ago, _ in series.points), default=0.0) or 1.0
-    top = max((value for _, value in known), default=0.0) or 1.0
+    top = series.peak or 1.0
     coords = " ".join(
         f"{WIDTH * (1 - ago / span):.1f},{HEIGHT - 4 - (HEIGHT - 8) * value / top:.1f}" for ago, value in known
     )

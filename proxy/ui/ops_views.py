@@ -69,7 +69,16 @@ def sampler(request: Request) -> Sampler:
 async def _charts(request: Request) -> list[dict[str, Any]]:
     sampling = sampler(request)
     await sampling.sample(request.app.state.metrics, runtime_of(request))
-    return [{"series": s, "svg": svg(s), "latest": figure(s.latest, s.unit)} for s in sampling.series()]
+    return [
+        {
+            "series": s,
+            "svg": svg(s),
+            "latest": figure(s.latest, s.unit),
+            "peak": figure(s.peak, s.unit),
+            "samples": len(s.points),
+        }
+        for s in sampling.series()
+    ]
 
 
 @guarded
