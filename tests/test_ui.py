@@ -220,8 +220,8 @@ def test_a_pseudonym_opens_only_with_the_user_id_behind_it(proxy, tenants) -> No
     assert wrong.status_code == 404 and "not the one behind" in wrong.text
     right = http.get(f"/ui/t/{a}/open", params={"pseudonym": pseudonym, "id": "alice@example.com"})
     assert right.status_code == 303 and right.headers["location"] == f"/ui/t/{a}/user?id=alice%40example.com"
-    bad = http.get(f"/ui/t/{a}/user", params={"id": "x" * 257})
-    assert bad.status_code == 400
+    for params in ({"id": "x" * 257}, {"id": "a\x00b"}, {"id": "alice@example.com", "cursor": "not-a-cursor"}):
+        assert http.get(f"/ui/t/{a}/user", params=params).status_code == 400
 
 
 def test_query_shows_the_block_and_every_confidence_term(proxy, tenants) -> None:
@@ -315,3 +315,33 @@ def test_logout_ends_the_session_in_the_browser(proxy) -> None:
     assert out.status_code == 303 and out.headers["location"] == "/ui/login"
     assert 'memproxy_ui=""' in out.headers["set-cookie"]
     assert http.get("/ui/tenants").status_code == 401
+
+
+def test_with_a_fixed_tenant_only_the_admin_token_opens_the_explorer(make_proxy) -> None:
+    fixed = make_proxy(tenant="acme", admin_token=ADMIN)
+    form = client(fixed).get("/ui/login")
+    assert 'value="application"' not in form.text, "no key login offered: a key names no tenant here"
+    http = client(fixed)
+    csrf = re.search(r'name="login_csrf" value="([^"]+)"', http.get("/ui/login").text)[1]
+    refused = http.post("/ui/login", data={"login_csrf": csrf, "token": KEY_A, "as": "application"})
+    assert refused.status_code == 401 and "admin token only" in refused.text
+    assert httpx.get(fixed.url + "/ui/t/acme", headers={"authorization": f"Bearer {KEY_A}"}).status_code == 401
+    assert httpx.get(fixed.url + "/ui/t/acme", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # qdrant-client says so: there is none
+def test_a_memory_layer_that_is_down_is_a_503_page_not_a_crash(make_proxy) -> None:
+    from test_failures import closed_port
+
+    down = make_proxy(admin_token=ADMIN, qdrant_url=f"http://127.0.0.1:{closed_port()}", single_replica=True)
+    try:
+        bearer = {"authorization": f"Bearer {ADMIN}"}
+        for path in ("/ui/tenants", "/ui/t/acme", "/ui/t/acme/user?id=alice"):
+            page = httpx.get(down.url + path, headers=bearer)
+            assert page.status_code == 503, path
+            assert "memory layer is unavailable" in page.text and "/readyz" in page.text
+        assert httpx.get(down.url + "/ui/t/acme/audit", headers=bearer).status_code == 200, (
+            "the audit log needs no Qdrant"
+        )
+    finally:
+        down.stop()  # its retries would go on for the whole session

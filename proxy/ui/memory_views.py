@@ -13,6 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.api import list_cursor
+from proxy.errors import OpenAIError
 from proxy.identity import credential
 from proxy.memory import census
 from proxy.memory.models import KNOWN_KINDS, utcnow
@@ -32,7 +34,7 @@ MAX_QUERY_CHARS = 2000
 
 def tenant_of(request: Request, who: Principal) -> str:
     """The tenant in the path, once ``who`` may see it (same bounds as a subject: it is a path segment)."""
-    tenant = request.path_params["tenant"]
+    tenant: str = request.path_params["tenant"]
     if subject_problem(tenant) is not None:
         raise UIError(400, "That is not a tenant id.")
     tenant_access(request, who, tenant)
@@ -110,11 +112,11 @@ async def user_page(request: Request, who: Principal) -> Response:
     owner, memory = owner_of(request, who, request.query_params.get("id"))
     runtime = runtime_of(request)
     params = request.query_params
-    cursor = params.get("cursor") or None
     try:
-        listing = await memory.list(cursor, PAGE_SIZE, include_deleted=True)
-    except (ValueError, MemoryNotFound):
+        cursor = list_cursor(params.get("cursor"))
+    except OpenAIError:
         raise UIError(400, "That page cursor is not one this list handed out.") from None
+    listing = await memory.list(cursor, PAGE_SIZE, include_deleted=True)
     query = params.get("q", "").strip()[:MAX_QUERY_CHARS]
     result = None
     if query:
