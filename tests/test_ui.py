@@ -76,13 +76,18 @@ def test_without_an_admin_token_the_explorer_says_how_to_enable_it(make_proxy) -
     assert httpx.post(plain.url + "/ui/login", data={"token": "anything"}).status_code == 503
 
 
-def test_login_sets_a_signed_http_only_strict_cookie_and_a_wrong_token_gets_none(proxy, tenants) -> None:
+def test_login_sets_a_signed_http_only_strict_cookie_and_a_wrong_token_gets_none(proxy, tenants, caplog) -> None:
+    refused_before = proxy.app.state.runtime.counters["ui.login_refused"]
     http = client(proxy)
     form = http.get("/ui/login")
     csrf = re.search(r'name="login_csrf" value="([^"]+)"', form.text)[1]
     wrong = http.post("/ui/login", data={"login_csrf": csrf, "token": ADMIN + "x", "as": "admin"})
     assert wrong.status_code == 401 and "not the admin token" in wrong.text
     assert "memproxy_ui=" not in wrong.headers.get("set-cookie", "")
+    assert proxy.app.state.runtime.counters["ui.login_refused"] == refused_before + 1
+    assert "refused a login" in caplog.text and ADMIN[:8] not in caplog.text
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert re.search(r'memproxy_events_total\{event="ui.login_refused"\} [1-9]', metrics)
 
     forged = client(proxy).post("/ui/login", data={"login_csrf": csrf, "token": ADMIN, "as": "admin"})
     assert forged.status_code == 403, "the login form's token is bound to its own cookie"

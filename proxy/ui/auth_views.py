@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,6 +27,8 @@ from .forms import read_form
 from .links import tenant_url
 from .session import Principal
 from .web import guarded, page, posted, redirect, safe_next
+
+log = logging.getLogger("memproxy.ui")
 
 MAX_LOGIN_BYTES = 4096
 
@@ -78,9 +81,14 @@ async def login(request: Request) -> Response:
     if form.get("as") == "application":
         tenant = key_tenant(token, runtime.settings, runtime.secret)
         if tenant is None or memory_api_refusal(runtime.settings):
+            runtime.count("ui.login_refused")
+            log.warning("explorer: refused an application login (this proxy takes the admin token only)")
             return await login_form(request, status=401, error="This proxy accepts the admin token only.")
     elif not (token and hmac.compare_digest(token.encode(), admin.get_secret_value().encode())):
+        runtime.count("ui.login_refused")
+        log.warning("explorer: refused a login with a wrong admin token")
         return await login_form(request, status=401, error="That is not the admin token.")
+    log.info("explorer: %s logged in", "the admin" if tenant is None else f"tenant {tenant}")
     response = redirect(safe_next(form.get("next")))
     set_session(request, response, sign.issue(tenant))
     return response
