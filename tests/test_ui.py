@@ -350,3 +350,20 @@ def test_a_memory_layer_that_is_down_is_a_503_page_not_a_crash(make_proxy) -> No
         )
     finally:
         down.stop()  # its retries would go on for the whole session
+
+
+def test_a_tenant_with_many_users_is_paged(proxy) -> None:
+    key = "sk-app-many"
+    with Memory(proxy.url, api_key=key) as memory:
+        for n in range(101):
+            memory.user(f"user-{n:03}").remember(f"Has lucky number {n}")
+    from proxy.ui.access import key_tenant
+
+    tenant = key_tenant(key, proxy.app.state.settings, proxy.app.state.runtime.secret)
+    http = login(proxy)
+    first = http.get(f"/ui/t/{tenant}")
+    assert "101 users by pseudonym" in first.text and "page 1 of 2" in first.text
+    assert first.text.count("<tr>") - 1 == 100 and "Next page" in first.text and "Previous page" not in first.text
+    second = http.get(f"/ui/t/{tenant}", params={"page": "2"})
+    assert second.text.count("<tr>") - 1 == 1 and "Previous page" in second.text
+    assert http.get(f"/ui/t/{tenant}", params={"page": "0"}).status_code == 400

@@ -29,6 +29,7 @@ from .session import Principal
 from .web import guarded, page, redirect
 
 PAGE_SIZE = 50
+OWNERS_PER_PAGE = 100
 MAX_QUERY_CHARS = 2000
 
 
@@ -88,8 +89,16 @@ async def open_tenant(request: Request, who: Principal) -> Response:
 @guarded
 async def users_page(request: Request, who: Principal) -> Response:
     tenant = tenant_of(request, who)
+    raw = request.query_params.get("page", "1")
+    number = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    if number < 1:
+        raise UIError(400, "page is a page number from 1.")
     found = await census.owners(runtime_of(request).require_memory().store, tenant)
-    return page(request, "users.html", who=who, tenant=tenant, census=found)
+    pages = max(1, -(-len(found.items) // OWNERS_PER_PAGE))
+    shown = found.items[(number - 1) * OWNERS_PER_PAGE : number * OWNERS_PER_PAGE]
+    return page(
+        request, "users.html", who=who, tenant=tenant, census=found, shown=shown, number=number, pages=pages
+    )
 
 
 @guarded
