@@ -96,9 +96,7 @@ async def users_page(request: Request, who: Principal) -> Response:
     found = await census.owners(runtime_of(request).require_memory().store, tenant)
     pages = max(1, -(-len(found.items) // OWNERS_PER_PAGE))
     shown = found.items[(number - 1) * OWNERS_PER_PAGE : number * OWNERS_PER_PAGE]
-    return page(
-        request, "users.html", who=who, tenant=tenant, census=found, shown=shown, number=number, pages=pages
-    )
+    return page(request, "users.html", who=who, tenant=tenant, census=found, shown=shown, number=number, pages=pages)
 
 
 @guarded
