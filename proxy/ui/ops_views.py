@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy import audit
+from proxy.metrics import DEGRADED_CAUSES
 
 from .access import UIError, admin_only, runtime_of
 from .charts import Sampler, figure, svg
@@ -66,6 +67,12 @@ def sampler(request: Request) -> Sampler:
     return found
 
 
+def degraded_causes(request: Request) -> dict[str, int]:
+    """Degraded requests since the start, by cause (as ``memproxy_degraded_total`` exports them)."""
+    counters = runtime_of(request).counters
+    return {cause: counters.get(f"degraded.{cause}", 0) for cause in DEGRADED_CAUSES}
+
+
 async def _charts(request: Request) -> list[dict[str, Any]]:
     sampling = sampler(request)
     await sampling.sample(request.app.state.metrics, runtime_of(request))
@@ -84,11 +91,13 @@ async def _charts(request: Request) -> list[dict[str, Any]]:
 @guarded
 async def metrics_page(request: Request, who: Principal) -> Response:
     admin_only(who)
-    return page(request, "metrics.html", who=who, charts=await _charts(request), poll=POLL_SECONDS)
+    charts = await _charts(request)
+    return page(request, "metrics.html", who=who, charts=charts, causes=degraded_causes(request), poll=POLL_SECONDS)
 
 
 @guarded
 async def charts_fragment(request: Request, who: Principal) -> Response:
     """The charts alone, for the page's poll."""
     admin_only(who)
-    return page(request, "_charts.html", who=who, charts=await _charts(request))
+    charts = await _charts(request)
+    return page(request, "_charts.html", who=who, charts=charts, causes=degraded_causes(request))
