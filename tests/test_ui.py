@@ -367,3 +367,21 @@ def test_a_tenant_with_many_users_is_paged(proxy) -> None:
     second = http.get(f"/ui/t/{tenant}", params={"page": "2"})
     assert second.text.count("<tr>") - 1 == 1 and "Previous page" in second.text
     assert http.get(f"/ui/t/{tenant}", params={"page": "0"}).status_code == 400
+
+
+def test_with_an_upstream_embedder_the_admin_token_never_goes_upstream(make_proxy, emulator) -> None:
+    upstream = make_proxy(embedder="upstream", admin_token=ADMIN, llm_api_key="sk-operator")
+    with Memory(upstream.url, api_key=KEY_A) as memory:
+        memory.user("erin").remember("Collects vinyl records")
+    from proxy.ui.access import key_tenant
+
+    tenant = key_tenant(KEY_A, upstream.app.state.settings, upstream.app.state.runtime.secret)
+    emulator.clear_requests()
+    page = httpx.get(
+        f"{upstream.url}/ui/t/{tenant}/user",
+        params={"id": "erin", "q": "what does erin collect?"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
+    assert page.status_code == 200 and "Collects vinyl records" in page.text
+    sent = [entry["headers"].get("authorization") for entry in emulator.requests("/v1/embeddings")]
+    assert sent == ["Bearer sk-operator"], "the operator's upstream key embeds the query, never the admin token"
