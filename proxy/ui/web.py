@@ -88,7 +88,7 @@ def _failure(request: Request, exc: Exception) -> UIError:
     if isinstance(exc, MemoryUnavailable):
         return UIError(503, "The memory layer is unavailable now; /readyz says why.")
     log.warning("explorer: the memory layer failed on %s: %s", request.url.path, type(exc).__name__)
-    return UIError(503, f"The memory layer failed ({type(exc).__name__}); nothing was changed by this page.")
+    return UIError(503, f"The memory layer failed ({type(exc).__name__}): reload to see what was done.")
 
 
 def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
