@@ -27,6 +27,7 @@ from proxy.limits import ClientGuard
 from proxy.memory.embed import Embedder
 from proxy.metrics import Metrics, Observe, metrics_endpoint
 from proxy.runtime import STARTING, Runtime, open_runtime
+from proxy.ui import ui_routes
 
 log = logging.getLogger("memproxy.app")
 
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         Route("/readyz/memory", memory_readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *memory_routes(),
+        *ui_routes(),
     ]
     if settings.assistants_mode == "bridge":
         routes += bridge_routes()

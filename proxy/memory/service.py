@@ -394,6 +394,39 @@ class OwnerMemory:
             await self.service.store.upsert(self.owner, [await self.service._point(updated, api_key)])
             return updated
 
+    async def amend(
+        self,
+        memory_id: str,
+        *,
+        kind: str | None = None,
+        ttl: timedelta | None = None,
+        never_expires: bool = False,
+        now: datetime | None = None,
+    ) -> Memory:
+        """Change a live memory's kind and expiry (its text is :meth:`update`'s): ``kind`` None keeps it,
+        ``ttl`` makes it expire that long after ``now``, ``never_expires`` removes its expiry."""
+        now = self.service._now(now)
+        if kind is not None:
+            check_kind(kind)
+        if ttl is not None and ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        async with self.service._lock(self.owner):
+            current = await self._live(memory_id, now)
+            update: dict[str, Any] = {}
+            if kind is not None and kind != current.kind:
+                update["kind"] = kind
+            if never_expires or ttl is not None:
+                expires_at = now + ttl if ttl is not None and not never_expires else None
+                if expires_at != current.expires_at:
+                    update["expires_at"] = expires_at
+            if not update:
+                return current
+            clear = {"kind": update["kind"]} if "kind" in update else {}
+            if "expires_at" in update:
+                clear.update(expiry_payload(update["expires_at"]))
+            await self.service.store.set_payloads(self.owner, {current.id: clear})
+            return current.model_copy(update=update)
+
     async def delete(self, memory_id: str, reason: str | None = None, *, now: datetime | None = None) -> Memory:
         """Soft delete: the memory becomes a tombstone (kept for export and audit, never recalled or listed)."""
         now = self.service._now(now)

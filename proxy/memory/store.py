@@ -174,6 +174,12 @@ def build_pseudonym_filter(
     return d.combine(must, [], [])
 
 
+def build_tenant_filter(d: FilterDialect[C, F], tenant: str | None) -> F:
+    """Every point of ``tenant`` (of every tenant when None), whoever owns it: only an operator's census
+    reads with it, and it reads clear fields only (:meth:`MemoryStore.scan_clear`)."""
+    return d.combine([d.match("tenant", tenant)] if tenant is not None else [], [], [])
+
+
 def build_legacy_filter(
     d: FilterDialect[C, F], *, tenant: str | None = None, subject: str | None = None, ids: Sequence[str] | None = None
 ) -> F:
@@ -258,6 +264,46 @@ class ExpiredRef:
     id: str
     tenant: str
     owner_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearPoint:
+    """A memory as an operator's census sees it: the clear payload fields only. No text, no history, no
+    metadata (sealed), and its owner by pseudonym only (the subject id is stored nowhere)."""
+
+    id: str
+    tenant: str
+    owner_hash: str
+    kind: str
+    deleted: bool
+    access_count: int
+    created_at: datetime | None
+    updated_at: datetime | None
+    expires_at: datetime | None
+
+
+def _clear_date(value: object) -> datetime | None:
+    try:
+        return as_utc(datetime.fromisoformat(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def clear_point(point_id: object, payload: dict[str, Any] | None) -> ClearPoint:
+    """The clear fields of a stored point (whatever it holds sealed is left alone)."""
+    p = payload or {}
+    count = p.get("access_count")
+    return ClearPoint(
+        id=str(point_id),
+        tenant=str(p.get("tenant", "")),
+        owner_hash=str(p.get("subject", "")),
+        kind=str(p.get("kind", "")),
+        deleted=p.get("state") == STATE_DELETED,
+        access_count=count if isinstance(count, int) else 0,
+        created_at=_clear_date(p.get("created_at")),
+        updated_at=_clear_date(p.get("updated_at")),
+        expires_at=_clear_date(p.get("expires_at")),
+    )
 
 
 @dataclass(slots=True)
@@ -545,6 +591,17 @@ class MemoryStore(ABC):
     async def count(self, scope: Owner, *, now: datetime | None = None, include_deleted: bool = False) -> int:
         """How many memories of ``scope`` (unexpired at ``now`` if given)."""
         return await self._count(self._filter(FilterSpec(scope, now=now, include_deleted=include_deleted)))
+
+    # --- the operator's census (unscoped by owner, clear fields only) ---------------------------
+
+    async def scan_clear(
+        self, tenant: str | None = None, *, limit: int = 256, cursor: str | None = None
+    ) -> tuple[list[ClearPoint], str | None]:
+        """A page of the clear fields of ``tenant``'s points (every tenant's when None), in id order, and
+        the cursor of the next page. Nothing is opened: no key is read, no text leaves the store."""
+        records, next_offset = await self._scroll_records(build_tenant_filter(self.dialect, tenant), limit, cursor)
+        points = [clear_point(r.id, r.payload) for r in records]
+        return points, (str(next_offset) if next_offset is not None else None)
 
     # --- the janitor (unscoped) ------------------------------------------------------------------
 
