@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from proxy import audit, erasure, jsonbody
 from proxy.errors import OpenAIError
-from proxy.identity import credential, is_admin, memory_api_refusal, tenant_for
+from proxy.identity import is_admin, memory_api_refusal, tenant_for, upstream_key
 from proxy.ids import is_id
 from proxy.memory.embed import EmbeddingError
 from proxy.memory.models import KNOWN_KINDS, Memory, ScoredMemory, check_kind
@@ -237,8 +237,8 @@ def scored_json(item: ScoredMemory) -> dict[str, Any]:
 
 
 def api_key(caller: Caller) -> str | None:
-    """The caller's key, for the upstream embedder only; never stored."""
-    return credential(caller.request.headers)
+    """The key for the upstream embedder (never the admin token); never stored."""
+    return upstream_key(caller.request.headers, caller.runtime.settings)
 
 
 @endpoint
@@ -343,9 +343,8 @@ async def context(caller: Caller) -> dict[str, Any]:
 
 def upstream_headers(caller: Caller) -> dict[str, str]:
     """The caller's own credential for upstream deletions; an admin's token is no upstream key."""
-    settings = caller.runtime.settings
-    if is_admin(caller.request.headers, settings):
-        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    if is_admin(caller.request.headers, caller.runtime.settings):
+        key = api_key(caller)
         return {"authorization": f"Bearer {key}"} if key else {}
     return credential_headers(headers=caller.request.headers)
 

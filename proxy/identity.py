@@ -66,6 +66,17 @@ def is_admin(headers: Headers, settings: Settings) -> bool:
     return hmac.compare_digest(token.encode(), admin.get_secret_value().encode())
 
 
+def upstream_key(headers: Headers, settings: Settings) -> str | None:
+    """The key memproxy may send upstream on this caller's behalf (embeddings, deletions).
+
+    The caller's own key; for the admin token, which is never an upstream key, the configured
+    ``MEMPROXY_LLM_API_KEY`` (or none): the admin token must never leave the proxy.
+    """
+    if is_admin(headers, settings):
+        return settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    return credential(headers)
+
+
 def memory_api_refusal(settings: Settings) -> str | None:
     """Why the memory API must serve nobody, or None when it may serve.
 

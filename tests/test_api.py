@@ -193,3 +193,17 @@ def test_owner_pseudonym_is_stable_keyed_and_never_names_the_user() -> None:
     assert alice.hash != Owner.of(b"k1", "t2", "alice@example.com").hash
     assert Owner.of(b"k1", "a:b", "c").hash != Owner.of(b"k1", "a", "b:c").hash
     assert "alice" not in alice.hash and "alice" not in repr(alice)
+
+
+@pytest.mark.parametrize("operator_key", ["sk-operator", None])
+def test_the_admin_token_never_reaches_the_upstream_embedder(make_proxy, emulator, operator_key) -> None:
+    """An admin's memory API call embeds with MEMPROXY_LLM_API_KEY (or no key), never the admin token."""
+    upstream = make_proxy(embedder="upstream", admin_token="admin-secret", llm_api_key=operator_key)
+    admin = {"authorization": "Bearer admin-secret", "x-memory-tenant": tenant_of(upstream, "sk-tenant-a")}
+    emulator.clear_requests()
+    httpx.post(f"{upstream.url}/memory/v1/users/erin/memories", headers=admin, json={"text": "Collects vinyl"})
+    httpx.post(f"{upstream.url}/memory/v1/users/erin/recall", headers=admin, json={"query": "records?"})
+    sent = [entry["headers"].get("authorization") for entry in emulator.requests("/v1/embeddings")]
+    assert sent, "the upstream embedder was called"
+    assert "Bearer admin-secret" not in sent
+    assert set(sent) == ({f"Bearer {operator_key}"} if operator_key else {None})

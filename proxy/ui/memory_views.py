@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from proxy.api import list_cursor
 from proxy.errors import OpenAIError
-from proxy.identity import credential
+from proxy.identity import upstream_key
 from proxy.memory import census
 from proxy.memory.models import KNOWN_KINDS, utcnow
 from proxy.memory.render import render_block
@@ -61,8 +61,8 @@ def embed_key(request: Request, who: Principal) -> str | None:
     A session never holds an API key, so a key's session can only re-embed with a local embedder.
     """
     runtime = runtime_of(request)
-    if who.bearer and not who.admin:
-        return credential(request.headers)
+    if who.bearer:
+        return upstream_key(request.headers, runtime.settings)
     key = runtime.settings.llm_api_key
     return key.get_secret_value() if who.admin and key is not None else None
 
