@@ -62,15 +62,13 @@ def _endpoint(
     async def endpoint(request: Request) -> Response:
         engine = await factory(request)
         result = await handler(engine, request, await _body(request))
+        headers = engine.hooks.headers()
         if isinstance(result, RunStream):
-            headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+            headers |= {"cache-control": "no-cache", "x-accel-buffering": "no"}
             return StreamingResponse(result.body(), media_type="text/event-stream; charset=utf-8", headers=headers)
-        polled: dict[str, str] | None = (
-            {"openai-poll-after-ms": str(poll_after_ms)}
-            if poll_after_ms and result.get("object") == "thread.run"
-            else None
-        )
-        return JSONResponse(result, headers=polled)
+        if poll_after_ms and result.get("object") == "thread.run":
+            headers["openai-poll-after-ms"] = str(poll_after_ms)
+        return JSONResponse(result, headers=headers or None)
 
     return endpoint
 
