@@ -18,7 +18,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy import jsonbody
+from proxy import jsonbody, tracing
 from proxy.forward import Tap
 from proxy.hooks.modes import Choice, choose
 from proxy.identity import credential, tenant_for
@@ -192,14 +192,21 @@ async def recall(runtime: Runtime, memory: Identified, query: str, assistant_id:
     settings, service = runtime.settings, runtime.memory
     if service is None:
         return memory
-    search = service.of(memory.owner).recall(query, assistant_id=assistant_id, api_key=memory.api_key)
-    try:
-        deadline = settings.memory_recall_deadline_ms / 1000
-        items = await timed(runtime.observer.recall, asyncio.wait_for(search, deadline))
-    except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
-        report_fault(runtime, "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error", exc)
-        return replace(memory, status="degraded")
-    block = render_block(items, budget_tokens=memory.choice.budget, max_chars=settings.memory_line_chars)
+    with tracing.span("memproxy.recall", {"memproxy.recall.budget": memory.choice.budget}) as span:
+        search = service.of(memory.owner).recall(query, assistant_id=assistant_id, api_key=memory.api_key)
+        try:
+            deadline = settings.memory_recall_deadline_ms / 1000
+            items = await timed(runtime.observer.recall, asyncio.wait_for(search, deadline))
+        except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
+            cause = "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error"
+            report_fault(runtime, cause, exc)
+            if span is not None:
+                span.set_attribute("memproxy.degraded", cause)
+            return replace(memory, status="degraded")
+        with tracing.span("memproxy.render", {"memproxy.render.candidates": len(items)}):
+            block = render_block(items, budget_tokens=memory.choice.budget, max_chars=settings.memory_line_chars)
+        if span is not None:
+            span.set_attribute("memproxy.recalled", block.count)
     return replace(memory, block=block.text, recalled=block.count, status="ok" if block.count else "none")
 
 
