@@ -242,3 +242,8 @@ def test_the_bridge_answers_with_memory_headers_on_every_route(bridge, emulator,
     assert assistant.headers["x-memory-status"] == "off", "no run, no memory: it says so"
     raw = client.beta.threads.with_raw_response.create(extra_headers={"X-Memory": "maybe"})
     assert raw.headers["x-memory-reason"] == "invalid-mode"
+    with pytest.raises(openai.NotFoundError) as refused:  # a refusal says it too
+        client.beta.threads.runs.create(
+            thread_id="thread_nope", assistant_id="asst_nope", extra_headers={"X-Memory": "?"}
+        )
+    assert refused.value.response.headers["x-memory-reason"] == "invalid-mode"

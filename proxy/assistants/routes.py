@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from proxy import jsonbody
 from proxy.assistants import assistants, messages, runs, threads
 from proxy.assistants.engine import Engine
+from proxy.assistants.errors import error_response
 from proxy.assistants.translate import RunStream
 from proxy.assistants.validation import check_list_params
 from proxy.errors import OpenAIError
@@ -61,7 +62,14 @@ def _endpoint(
 
     async def endpoint(request: Request) -> Response:
         engine = await factory(request)
-        result = await handler(engine, request, await _body(request))
+        try:
+            result = await handler(engine, request, await _body(request))
+        except Exception as exc:
+            refusal = await error_response(request, exc)
+            if refusal is None:
+                raise
+            refusal.headers.update(engine.hooks.headers())  # what memory did (or not) before the refusal
+            return refusal
         headers = engine.hooks.headers()
         if isinstance(result, RunStream):
             headers |= {"cache-control": "no-cache", "x-accel-buffering": "no"}
