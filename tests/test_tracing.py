@@ -220,3 +220,34 @@ def test_console_exporter_prints_spans_from_memproxy_serve(tmp_path, emulator_se
     assert '"name": "GET /v1/{path:path}"' in printed and '"name": "memproxy.upstream"' in printed
     assert '"service.name": "memproxy-under-test"' in printed
     assert KEY not in printed
+
+
+async def test_memproxy_worker_traces_each_job(tmp_path, local_embedder, memory_model_dir) -> None:
+    from conftest import owner
+
+    from proxy.cli.tasks import run_standalone
+    from proxy.config import Settings
+    from proxy.learn.turn import Turn, enqueue_turn
+    from proxy.state.sqlite import SqliteState
+
+    settings = Settings(
+        upstream_url="http://127.0.0.1:9/v1",
+        data_dir=tmp_path,
+        embed_model_path=memory_model_dir,
+        extractor="verbatim",
+        llm_api_key=KEY,
+    )
+    async with await SqliteState.open(tmp_path / "state.sqlite3") as state:  # a proxy queued it
+        await enqueue_turn(state, Turn(owner("tenant-a", "alice"), "chat", "chatcmpl-1", ["I live in Lyon."]))
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    stats = await run_standalone(settings, once=True, embedder=local_embedder, tracer_provider=provider)
+
+    assert stats.processed == 1
+    spans = exporter.get_finished_spans()
+    [job] = [s for s in spans if s.name == "memproxy.job"]
+    [extraction] = [s for s in spans if s.name == "memproxy.extraction"]
+    assert extraction.parent.span_id == job.context.span_id and extraction.attributes["memproxy.outcome"] == "ok"
+    assert "Lyon" not in everything_said(spans) and "alice" not in everything_said(spans)
