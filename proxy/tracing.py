@@ -90,7 +90,10 @@ def span(
     from opentelemetry.trace import SpanKind
 
     kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
-    return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
+    opened: contextlib.AbstractContextManager[Any] = tracer.start_as_current_span(
+        name, kind=kind, attributes=attributes
+    )
+    return opened
 
 
 async def traced(name: str, work: Awaitable[T]) -> T:
