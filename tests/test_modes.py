@@ -219,11 +219,15 @@ def test_the_budget_header(request, emulator, user, route: str) -> None:
     tight = call(client, user, {"X-Memory-Budget": "30"})  # the block's frame alone takes more
     assert tight["x-memory-recalled"] == "0" and FACT not in sent_upstream(emulator)
 
+    counters = proxy.app.state.runtime.counters
+    before = counters["memory_budget.invalid-budget"], counters["memory_budget.budget-capped"]
     for value, reason in (("lots", "invalid-budget"), ("-5", "invalid-budget"), ("99999999", "budget-capped")):
         emulator.clear_requests()
         headers = call(client, user, {"X-Memory-Budget": value})
         assert headers["x-memory-reason"] == reason, value
         assert headers["x-memory-status"] == "ok" and FACT in sent_upstream(emulator), "memory goes on"
+    after = counters["memory_budget.invalid-budget"], counters["memory_budget.budget-capped"]
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1), "counted once per request"
 
 
 def test_a_budget_is_bounded_by_the_configured_maximum(make_proxy, emulator, user) -> None:

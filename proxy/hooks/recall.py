@@ -117,13 +117,21 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any] | None:
 
 
 def choice_of(request: Request, runtime: Runtime) -> Choice:
-    """What the request's ``X-Memory`` and ``X-Memory-Budget`` ask (:mod:`proxy.hooks.modes`), read once."""
+    """What the request's ``X-Memory`` and ``X-Memory-Budget`` ask (:mod:`proxy.hooks.modes`).
+
+    Read once per request; a header not taken as sent is counted then (``memory_off.invalid-mode``,
+    ``memory_budget.<reason>``), and an invalid mode logged.
+    """
     known = getattr(request.state, "memory_choice", None)
     if isinstance(known, Choice):
         return known
     settings = runtime.settings
     choice = choose(request.headers, settings.memory_block_tokens, settings.memory_block_tokens_max)
     request.state.memory_choice = choice
+    for reason in choice.reasons:
+        runtime.count(f"memory_off.{reason}" if reason == "invalid-mode" else f"memory_budget.{reason}")
+    if choice.mode == "off" and choice.reasons:
+        log.warning("memory off for this request: X-Memory is none of on, read, write, off")
     return choice
 
 
@@ -135,15 +143,9 @@ def tenant_of(request: Request, runtime: Runtime) -> str | None:
 
 
 def switched_off(request: Request, runtime: Runtime) -> Off:
-    """OFF, or, when ``X-Memory`` was no mode, OFF saying so (counted and logged once per request)."""
+    """OFF, or, when ``X-Memory`` was no mode, OFF saying so (``x-memory-reason: invalid-mode``)."""
     reasons = choice_of(request, runtime).reasons
-    if "invalid-mode" not in reasons:
-        return OFF
-    if not getattr(request.state, "memory_choice_reported", False):
-        request.state.memory_choice_reported = True
-        runtime.count("memory_off.invalid-mode")
-        log.warning("memory off for this request: X-Memory is none of on, read, write, off")
-    return Off(reason=", ".join(reasons))
+    return Off(reason=", ".join(reasons)) if "invalid-mode" in reasons else OFF
 
 
 def refused(request: Request, runtime: Runtime, refusal: jsonbody.Refused) -> RequestMemory:
@@ -173,8 +175,6 @@ def identify(request: Request, runtime: Runtime, subject: str | None) -> Request
         log.warning("memory off for this request: %s (%d characters)", problem, len(subject))
         return Off(reason=problem)
     owner, choice = Owner.of(runtime.secret, tenant, subject), choice_of(request, runtime)
-    for reason in choice.reasons:  # a budget not taken as sent: the request goes on with memory
-        runtime.count(f"memory_budget.{reason}")
     if runtime.memory is None:
         return Identified(owner, "degraded", choice=choice)
     api_key = credential(request.headers)
