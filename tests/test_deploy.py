@@ -292,6 +292,19 @@ def test_baked_image_points_memproxy_at_the_copied_model(dockerfile: Dockerfile)
     assert destinations == [path.rstrip("/")], f"the model is copied to {destinations}, the setting says {path}"
 
 
+def test_the_image_takes_the_packages_extras(dockerfile: Dockerfile) -> None:
+    """``--build-arg EXTRAS=otel`` builds and installs memproxy[otel]; by default no extra."""
+    assert dockerfile.global_args.get("EXTRAS") == '""', "no extra unless asked for"
+    runs = {
+        stage["name"]: " ".join(arg for op, arg in stage["instructions"] if op == "RUN") for stage in dockerfile.stages
+    }
+    assert '".[${EXTRAS}]"' in runs["build"] and '"memproxy[${EXTRAS}]"' in runs["runtime"]
+    for name in ("build", "runtime"):
+        [stage] = [stage for stage in dockerfile.stages if stage["name"] == name]
+        assert ("ARG", "EXTRAS") in stage["instructions"], f"{name}: a stage sees a global ARG only if it names it"
+    assert "otel" in PYPROJECT["project"]["optional-dependencies"]
+
+
 def test_healthcheck_calls_healthz_without_curl(dockerfile: Dockerfile) -> None:
     healthcheck = dockerfile.config()["healthcheck"]
     assert "curl" not in healthcheck and "wget" not in healthcheck, "python:3.11-slim has neither curl nor wget"
