@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from proxy import __version__, api
+from proxy import __version__, api, tracing
 from proxy.api import memory_routes
 from proxy.assistants.errors import ASSISTANTS_EXCEPTION_HANDLERS
 from proxy.config import Settings, get_settings, split_problem
@@ -27,6 +27,7 @@ from proxy.limits import ClientGuard
 from proxy.memory.embed import Embedder
 from proxy.metrics import Metrics, Observe, metrics_endpoint
 from proxy.runtime import STARTING, Runtime, open_runtime
+from proxy.tracing_http import TraceRequests, TracingObserver
 from proxy.ui import ui_routes
 
 log = logging.getLogger("memproxy.app")
@@ -104,23 +105,34 @@ def passthrough_routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, embedder: Embedder | None = None, tracer_provider: Any | None = None
+) -> Starlette:
+    """The proxy. ``tracer_provider``: an OpenTelemetry ``TracerProvider`` (default: one from ``OTEL_*``,
+    if the ``otel`` extra is installed and the variables ask for traces; else no tracing at all)."""
     settings = settings or get_settings()
     metrics = Metrics()  # one registry per app: two proxies in a process never mix their numbers
+    owned = tracer_provider is None
+    provider = tracing.provider_from_env() if owned else tracer_provider
+    tracer = tracing.tracer_of(provider) if provider is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         problem = split_problem(settings)
         if problem is not None:  # one clear line before the start-up fails (open_runtime refuses it too)
             log.error("refusing to start: %s", problem)
-        async with open_runtime(settings, embedder=embedder, background=True) as runtime:
-            app.state.runtime = metrics.collector.runtime = runtime
-            # before the memory layer's background start can run: its worker takes runtime.observer
-            runtime.observer = runtime.forwarder.observer = metrics.observer
-            refusal = memory_api_refusal(settings)
-            if refusal is not None:
-                log.warning(refusal)
-            yield
+        with tracing.using(tracer):  # the background tasks (worker, retries) trace with the app's tracer
+            async with open_runtime(settings, embedder=embedder, background=True) as runtime:
+                app.state.runtime = metrics.collector.runtime = runtime
+                # before the memory layer's background start can run: its worker takes runtime.observer
+                observer = metrics.observer if tracer is None else TracingObserver(metrics.observer)
+                runtime.observer = runtime.forwarder.observer = observer
+                refusal = memory_api_refusal(settings)
+                if refusal is not None:
+                    log.warning(refusal)
+                yield
+        if provider is not None and owned:
+            provider.shutdown()  # exports what is left (the console exporter prints it)
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -149,6 +161,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         body_timeout=settings.body_timeout,
     )
     middleware = [Middleware(Observe, metrics=metrics), guard]  # Observe outside: it sees the guard's answers
+    if tracer is not None:  # outermost: the request's span covers everything the proxy does for it
+        middleware.insert(0, Middleware(TraceRequests, tracer=tracer))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.settings = settings
     app.state.metrics = metrics

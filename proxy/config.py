@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     )
     memory_max_chars: int = Field(2000, description="Longest memory text accepted.")
     memory_block_tokens: int = Field(1000, description="Token budget of the injected block (o200k tokenizer).")
+    memory_block_tokens_max: int = Field(
+        4000, ge=0, description="Largest block budget a request may ask for with X-Memory-Budget (o200k tokens)."
+    )
     memory_line_chars: int = Field(300, description="Longest memory line in the injected block, in characters.")
     memory_weight_similarity: float = Field(0.6, description="Confidence weight of query similarity.")
     memory_weight_recency: float = Field(0.25, description="Confidence weight of recency.")

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy import tracing
 from proxy.config import Settings
 from proxy.errors import CLIENT_CLOSED, error_response
 from proxy.observe import NOOP, Observer
@@ -227,8 +228,10 @@ class Forwarder:
         """Returns at the upstream's response headers: the time taken is the upstream latency."""
         started = time.perf_counter()
         try:
-            upstream_request = self.client.build_request(method, url, headers=headers, content=content)
-            return await self.client.send(upstream_request, stream=True)
+            with tracing.span("memproxy.upstream", {"http.request.method": method}, client=True):  # no-op untraced
+                headers = tracing.propagate(headers)  # W3C traceparent of this span, while tracing
+                upstream_request = self.client.build_request(method, url, headers=headers, content=content)
+                return await self.client.send(upstream_request, stream=True)
         finally:
             self.observer.upstream(time.perf_counter() - started)
 

@@ -215,7 +215,7 @@ async def test_a_run_stored_before_run_record_carries_on(setup) -> None:
     assert waiting["status"] == "requires_action" and waiting["metadata"] == {"k": "v"}
     assert not any(key.startswith("_") for key in waiting)
     stored = await engine.records.get_record(engine.tenant, f"runs:{thread_id}", run["id"])
-    assert set(stored) == {"id", "public", "body", "response_id", "usage", "tool_step", "thread_metadata"}
+    assert set(stored) == {"id", "public", "body", "response_id", "usage", "tool_step", "thread_metadata", "kept"}
 
     # old layout again while waiting for tool outputs: the open tool step, usage and body carry over
     await engine.put(f"runs:{thread_id}", _as_stored_before_run_record(RunRecord.from_stored(stored)))

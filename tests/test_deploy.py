@@ -292,6 +292,19 @@ def test_baked_image_points_memproxy_at_the_copied_model(dockerfile: Dockerfile)
     assert destinations == [path.rstrip("/")], f"the model is copied to {destinations}, the setting says {path}"
 
 
+def test_the_image_takes_the_packages_extras(dockerfile: Dockerfile) -> None:
+    """``--build-arg EXTRAS=otel`` builds and installs memproxy[otel]; by default no extra."""
+    assert dockerfile.global_args.get("EXTRAS") == '""', "no extra unless asked for"
+    runs = {
+        stage["name"]: " ".join(arg for op, arg in stage["instructions"] if op == "RUN") for stage in dockerfile.stages
+    }
+    assert '".[${EXTRAS}]"' in runs["build"] and '"memproxy[${EXTRAS}]"' in runs["runtime"]
+    for name in ("build", "runtime"):
+        [stage] = [stage for stage in dockerfile.stages if stage["name"] == name]
+        assert ("ARG", "EXTRAS") in stage["instructions"], f"{name}: a stage sees a global ARG only if it names it"
+    assert "otel" in PYPROJECT["project"]["optional-dependencies"]
+
+
 def test_healthcheck_calls_healthz_without_curl(dockerfile: Dockerfile) -> None:
     healthcheck = dockerfile.config()["healthcheck"]
     assert "curl" not in healthcheck and "wget" not in healthcheck, "python:3.11-slim has neither curl nor wget"
@@ -786,6 +799,12 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 VALID_SECRET = {"secret": {"serverSecret": "0123456789abcdef" * 4}}
+WORKER = {  # extraction workers of their own: Redis (their job queue), Qdrant with it, and their key
+    "worker": {"enabled": True},
+    "secret": {"serverSecret": "0123456789abcdef" * 4, "llmApiKey": "sk-extraction"},
+    "redis": {"url": "redis://redis.memory.svc:6379/0"},
+    "qdrant": {"url": "http://qdrant.memory.svc:6333"},
+}
 
 
 def render_chart(overrides: dict | None = None, release: str = "demo", namespace: str = "memory") -> dict[str, str]:
@@ -853,8 +872,7 @@ def test_chart_default_render_has_proxy_worker_service_config_secret() -> None:
         ("Secret", "demo-memproxy"),
         ("Service", "demo-memproxy"),
         ("Deployment", "demo-memproxy-proxy"),
-        ("Deployment", "demo-memproxy-worker"),
-    }, "no HorizontalPodAutoscaler unless autoscaling.enabled"
+    }, "no HorizontalPodAutoscaler unless autoscaling.enabled, no worker Deployment unless worker.enabled"
 
 
 def _container(deployment: dict) -> dict:
@@ -884,7 +902,11 @@ def test_chart_proxy_deployment() -> None:
         assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
         assert path in paths
     assert container["resources"] == proxy_resources
-    worker = _container(objects[("Deployment", "demo-memproxy-worker")])
+    worker = _container(
+        chart_objects(deep_merge(WORKER, {"proxy": {"resources": proxy_resources}}))[
+            ("Deployment", "demo-memproxy-worker")
+        ]
+    )
     assert worker["resources"] == values["worker"]["resources"], "proxy and worker are sized separately"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     pod = deployment["spec"]["template"]["spec"]
@@ -897,20 +919,41 @@ def test_chart_proxy_deployment() -> None:
 
 
 def test_chart_worker_deployment() -> None:
-    objects = chart_objects(deep_merge(VALID_SECRET, {"worker": {"replicas": 3}}))
+    objects = chart_objects(deep_merge(WORKER, {"worker": {"replicas": 3}}))
     worker = objects[("Deployment", "demo-memproxy-worker")]
     assert worker["spec"]["replicas"] == 3
     container = _container(worker)
     assert container["args"] == ["worker"]
     assert "ports" not in container and "livenessProbe" not in container, "the worker serves no HTTP"
     assert [next(iter(s.values()))["name"] for s in container["envFrom"]] == ["demo-memproxy", "demo-memproxy"]
-    without_worker = chart_objects(deep_merge(VALID_SECRET, {"worker": {"enabled": False}}))
+    key = {
+        "name": "MEMPROXY_LLM_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "demo-memproxy", "key": "MEMPROXY_LLM_API_KEY"}},
+    }
+    assert container["env"] == [key], "required from the Secret: a Secret without it keeps the pod from starting"
+    assert objects[("Secret", "demo-memproxy")]["stringData"]["MEMPROXY_LLM_API_KEY"] == "sk-extraction"
+    without_worker = chart_objects(deep_merge(WORKER, {"worker": {"enabled": False}}))
     assert ("Deployment", "demo-memproxy-worker") not in without_worker
     require_cli_command("worker")
 
 
+def test_chart_worker_is_off_by_default_and_refuses_to_render_without_its_key_or_redis() -> None:
+    """A worker without MEMPROXY_LLM_API_KEY exits at start: enabled by default it crash-looped."""
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["worker"]["enabled"] is False
+    assert ("Deployment", "demo-memproxy-worker") not in chart_objects(VALID_SECRET)
+    no_key = deep_merge(WORKER, {"secret": {"llmApiKey": ""}})
+    with pytest.raises(RenderFailed, match="MEMPROXY_LLM_API_KEY"):
+        chart_objects(no_key)
+    existing = deep_merge(no_key, {"secret": {"serverSecret": "", "existingSecret": "memproxy-keys"}})
+    env = _container(chart_objects(existing)[("Deployment", "demo-memproxy-worker")])["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "memproxy-keys", "key": "MEMPROXY_LLM_API_KEY"}
+    embedded = deep_merge(VALID_SECRET, {"worker": {"enabled": True}, "secret": {"llmApiKey": "sk-extraction"}})
+    with pytest.raises(RenderFailed, match="needs Redis"):
+        chart_objects(embedded)
+
+
 def test_chart_service_selects_only_proxy_pods() -> None:
-    objects = chart_objects(deep_merge(VALID_SECRET, {"service": {"port": 80}}))
+    objects = chart_objects(deep_merge(WORKER, {"service": {"port": 80}}))
     service = objects[("Service", "demo-memproxy")]
     [port] = service["spec"]["ports"]
     assert port["port"] == 80 and port["targetPort"] == "http"
@@ -949,6 +992,7 @@ def test_chart_backends_and_secret_refs() -> None:
         "qdrant": {"url": "http://qdrant.memory.svc:6333"},
         "tenant": "acme",
         "secret": {"existingSecret": "memproxy-keys"},
+        "worker": {"enabled": True},
     }
     objects = chart_objects(overrides)
     config = objects[("ConfigMap", "demo-memproxy")]["data"]
@@ -983,19 +1027,21 @@ def test_chart_refuses_to_render_without_a_server_secret() -> None:
 
 
 def test_chart_extra_env_and_pull_secrets() -> None:
-    overrides = deep_merge(
-        VALID_SECRET,
-        {"extraEnv": [{"name": "MEMPROXY_MEMORY_TOP_K", "value": "4"}], "imagePullSecrets": [{"name": "regcred"}]},
-    )
+    extra = {"name": "MEMPROXY_MEMORY_TOP_K", "value": "4"}
+    overrides = deep_merge(WORKER, {"extraEnv": [extra], "imagePullSecrets": [{"name": "regcred"}]})
     objects = chart_objects(overrides)
     for name in ("demo-memproxy-proxy", "demo-memproxy-worker"):
         deployment = objects[("Deployment", name)]
-        assert _container(deployment)["env"] == [{"name": "MEMPROXY_MEMORY_TOP_K", "value": "4"}]
+        assert _container(deployment)["env"][-1:] == [extra], name
         assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert [item["name"] for item in _container(objects[("Deployment", "demo-memproxy-worker")])["env"]] == [
+        "MEMPROXY_LLM_API_KEY",
+        "MEMPROXY_MEMORY_TOP_K",
+    ]
 
 
 def test_chart_names_fit_kubernetes_limits() -> None:
-    objects = chart_objects(VALID_SECRET, release="x" * 70)
+    objects = chart_objects(WORKER, release="x" * 70)
     for kind, name in objects:
         assert len(name) <= 63 + len("-worker"), (kind, name)
     assert ("Service", "x" * 63) in objects, "the release name is cut to 63 characters"
@@ -1132,8 +1178,12 @@ def test_the_sidecar_that_fixes_the_tenant_also_sets_the_admin_token_from_a_secr
 def test_the_chart_with_a_fixed_tenant_sets_the_admin_token_from_a_secret(secret: dict) -> None:
     objects = chart_objects({"tenant": "acme", "secret": secret})
     assert_a_fixed_tenant_comes_with_the_admin_token(objects)
-    worker = _container(objects[("Deployment", "demo-memproxy-worker")])
-    assert "env" not in worker, "the worker serves no memory API"
+    with_worker = deep_merge(WORKER, {"tenant": "acme", "secret": {**secret, "llmApiKey": "sk-extraction"}})
+    if "existingSecret" in secret:
+        with_worker["secret"] = secret
+    worker = _container(chart_objects(with_worker)[("Deployment", "demo-memproxy-worker")])
+    names = [item["name"] for item in worker["env"]]
+    assert names == ["MEMPROXY_LLM_API_KEY"], "the worker serves no memory API: no admin token"
     notes = render_chart({"tenant": "acme", "secret": secret})["NOTES.txt"]
     assert "MEMPROXY_ADMIN_TOKEN" in notes and "Authorization: Bearer" in notes
     extra = [{"name": "MEMPROXY_MEMORY_TOP_K", "value": "4"}]
@@ -1160,9 +1210,10 @@ def test_compose_fixes_a_tenant_only_with_a_required_admin_token(compose: dict) 
 @pytest.mark.skipif(
     shutil.which("helm") is None, reason="no helm binary on PATH: the chart is rendered by the test's renderer"
 )
-def test_helm_lint_and_template(tmp_path: Path) -> None:
+@pytest.mark.parametrize("given", [VALID_SECRET, WORKER], ids=["default", "worker"])
+def test_helm_lint_and_template(tmp_path: Path, given: dict) -> None:
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(VALID_SECRET))
+    values.write_text(yaml.safe_dump(given))
     subprocess.run(["helm", "lint", str(CHART), "-f", str(values)], check=True, capture_output=True)
     result = subprocess.run(
         ["helm", "template", "demo", str(CHART), "-f", str(values), "--namespace", "memory"],
@@ -1170,5 +1221,17 @@ def test_helm_lint_and_template(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    rendered = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(result.stdout) if d}
-    assert rendered == set(chart_objects(VALID_SECRET)), "helm and the test renderer agree on the objects"
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+    assert set(documents) == set(chart_objects(given)), "helm and the test renderer agree on the objects"
+
+
+@pytest.mark.skipif(
+    shutil.which("helm") is None, reason="no helm binary on PATH: the chart is rendered by the test's renderer"
+)
+def test_helm_refuses_a_worker_without_its_key(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(deep_merge(WORKER, {"secret": {"llmApiKey": ""}})))
+    result = subprocess.run(
+        ["helm", "template", "demo", str(CHART), "-f", str(values)], check=False, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "MEMPROXY_LLM_API_KEY" in result.stderr

@@ -32,7 +32,7 @@ CHAT_TOOL_OUTPUT = "test_openai_test_openai_tool_output"
 CHAT_STREAM_TOOL = "test_openai_test_run_stream_sync_streams_real_model"
 CHAT_USER = "test_openai_test_user_id"
 
-MEMORY_HEADERS = ("x-memory-status", "x-memory-recalled", "x-memory-subject", "x-memory-reason")
+MEMORY_HEADERS = ("x-memory-status", "x-memory-recalled", "x-memory-subject", "x-memory-mode", "x-memory-reason")
 """What the proxy adds to an answer; everything else must be the upstream's."""
 
 

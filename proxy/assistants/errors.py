@@ -36,3 +36,12 @@ ASSISTANTS_EXCEPTION_HANDLERS: dict[Any, Any] = {
     InvalidId: invalid_id_handler,
 }
 """Pass to ``Starlette(exception_handlers=...)`` (it includes :data:`proxy.errors.EXCEPTION_HANDLERS`)."""
+
+
+async def error_response(request: Request, exc: Exception) -> Response | None:
+    """The answer :data:`ASSISTANTS_EXCEPTION_HANDLERS` give ``exc``, or None when none handles it."""
+    for kind, handler in ASSISTANTS_EXCEPTION_HANDLERS.items():
+        if isinstance(exc, kind):
+            response: Response = await handler(request, exc)
+            return response
+    return None

@@ -22,6 +22,9 @@ class RunContext:
     run_metadata: dict[str, str]
     new_messages: list[dict[str, Any]] = field(default_factory=list)
     """The user messages added with this run (``thread.messages`` or ``additional_messages``), as message objects."""
+    kept: dict[str, Any] = field(default_factory=dict)
+    """What :meth:`RunHooks.before_run` keeps for :meth:`RunHooks.after_run` (JSON, stored with the run record):
+    after_run may run on another request, or another replica."""
 
 
 class RunHooks:
@@ -34,3 +37,7 @@ class RunHooks:
     async def after_run(self, ctx: RunContext, run: dict[str, Any], messages: list[dict[str, Any]]) -> None:
         """Called once per run that reached a terminal status, with the messages it created."""
         return
+
+    def headers(self) -> dict[str, str]:
+        """Headers to add to this request's answer (JSON or stream), e.g. what memory did."""
+        return {}

@@ -158,7 +158,12 @@ async def after_run(engine: Engine, run: RunRecord, written: list[dict[str, Any]
     if not await engine.records.set_add(AFTER_RUN_NS, engine.tenant, run.id):
         return
     ctx = RunContext(
-        engine.tenant, run.thread_id, run.thread_metadata, run.public["assistant_id"], run.public["metadata"]
+        engine.tenant,
+        run.thread_id,
+        run.thread_metadata,
+        run.public["assistant_id"],
+        run.public["metadata"],
+        kept=run.kept,
     )
     try:
         await engine.hooks.after_run(ctx, run.answer(), written)

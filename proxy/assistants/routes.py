@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from proxy import jsonbody
 from proxy.assistants import assistants, messages, runs, threads
 from proxy.assistants.engine import Engine
+from proxy.assistants.errors import error_response
 from proxy.assistants.translate import RunStream
 from proxy.assistants.validation import check_list_params
 from proxy.errors import OpenAIError
@@ -61,16 +62,21 @@ def _endpoint(
 
     async def endpoint(request: Request) -> Response:
         engine = await factory(request)
-        result = await handler(engine, request, await _body(request))
+        try:
+            result = await handler(engine, request, await _body(request))
+        except Exception as exc:
+            refusal = await error_response(request, exc)
+            if refusal is None:
+                raise
+            refusal.headers.update(engine.hooks.headers())  # what memory did (or not) before the refusal
+            return refusal
+        headers = engine.hooks.headers()
         if isinstance(result, RunStream):
-            headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+            headers |= {"cache-control": "no-cache", "x-accel-buffering": "no"}
             return StreamingResponse(result.body(), media_type="text/event-stream; charset=utf-8", headers=headers)
-        polled: dict[str, str] | None = (
-            {"openai-poll-after-ms": str(poll_after_ms)}
-            if poll_after_ms and result.get("object") == "thread.run"
-            else None
-        )
-        return JSONResponse(result, headers=polled)
+        if poll_after_ms and result.get("object") == "thread.run":
+            headers["openai-poll-after-ms"] = str(poll_after_ms)
+        return JSONResponse(result, headers=headers or None)
 
     return endpoint
 

@@ -1,6 +1,6 @@
 """A run as the state store keeps it: the run object the API answers, and what only the engine needs.
 
-Stored as ``{"id", "public", "body", "response_id", "usage", "tool_step", "thread_metadata"}``.
+Stored as ``{"id", "public", "body", "response_id", "usage", "tool_step", "thread_metadata", "kept"}``.
 Records written before :class:`RunRecord` existed are the run object itself with the private
 fields under ``_``-prefixed keys (``_body``, ``_response_id``, ...); :meth:`RunRecord.from_stored`
 reads both, so runs started by an older replica or before an upgrade carry on.
@@ -26,6 +26,8 @@ class RunRecord:
     """The ``tool_calls`` step waiting for tool outputs, while ``requires_action``."""
     thread_metadata: dict[str, str] = field(default_factory=dict)
     """The thread's metadata when the run was created (for the after-run hook)."""
+    kept: dict[str, Any] = field(default_factory=dict)
+    """What the before-run hook kept for the after-run hook (:attr:`proxy.assistants.hooks.RunContext.kept`)."""
 
     @property
     def id(self) -> str:
@@ -56,4 +58,5 @@ class RunRecord:
         names = {f.name for f in fields(cls)}
         record = cls(**{key: value for key, value in stored.items() if key in names})
         record.thread_metadata = record.thread_metadata or {}
+        record.kept = record.kept or {}
         return record

@@ -132,7 +132,8 @@ async def build(
         "response_format": _pick(body, assistant, "response_format", "auto"),
         "reasoning_effort": _pick(body, assistant, "reasoning_effort"),
     }
-    return RunRecord(run, response_body(run, thread["conversation_id"]), thread_metadata=thread_metadata)
+    body = response_body(run, thread["conversation_id"])
+    return RunRecord(run, body, thread_metadata=thread_metadata, kept=ctx.kept)
 
 
 async def get(engine: Engine, thread_id: str, run_id: str) -> RunRecord:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import httpx2
 
+from proxy import tracing
 from proxy.errors import MemproxyError, envelope
 from proxy.ids import upstream_path
 
@@ -86,9 +87,11 @@ class HttpUpstream:
         self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         try:
-            response = await self.client.request(
-                method, self.base + path, json=body, params=params, headers=self.headers
-            )
+            with tracing.span("memproxy.upstream", {"http.request.method": method}, client=True):
+                headers = {**self.headers, **tracing.trace_headers()}  # W3C traceparent while tracing
+                response = await self.client.request(
+                    method, self.base + path, json=body, params=params, headers=headers
+                )
         except httpx2.HTTPError as exc:
             log.warning("upstream %s %s failed: %s", method, path.split("/")[1], type(exc).__name__)
             raise _transport_error(exc) from None
@@ -100,11 +103,13 @@ class HttpUpstream:
         return await self._call("POST", "/responses", body)
 
     async def stream_response(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request = self.client.build_request(
-            "POST", self.base + "/responses", json={**body, "stream": True}, headers=self.headers
-        )
         try:
-            response = await self.client.send(request, stream=True)
+            with tracing.span("memproxy.upstream", {"http.request.method": "POST"}, client=True):
+                headers = {**self.headers, **tracing.trace_headers()}  # W3C traceparent while tracing
+                request = self.client.build_request(
+                    "POST", self.base + "/responses", json={**body, "stream": True}, headers=headers
+                )
+                response = await self.client.send(request, stream=True)
         except httpx2.HTTPError as exc:
             raise _transport_error(exc) from None
         if response.status_code >= 400:

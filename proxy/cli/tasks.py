@@ -12,25 +12,42 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
+from proxy import tracing
 from proxy.audit import head, parse_head, verify
 from proxy.config import Settings
 from proxy.erasure import erase_subject, export_subject
 from proxy.identity import load_secret, tenant_for
 from proxy.learn.worker import WorkerStats
 from proxy.migrate import Migration, Progress, seen_threads
+from proxy.observe import NOOP
 from proxy.owner import Owner
 from proxy.runtime import Runtime, build_worker, open_runtime
 from proxy.state import open_state
+from proxy.tracing_http import TracingObserver
 
 
-async def run_standalone(settings: Settings, *, once: bool = False, embedder: Any = None) -> WorkerStats:
+async def run_standalone(
+    settings: Settings, *, once: bool = False, embedder: Any = None, tracer_provider: Any = None
+) -> WorkerStats:
     """``memproxy worker``: the runtime's parts without HTTP, one worker, until SIGINT/SIGTERM.
 
-    ``once``: handle the jobs due now, then return. Returns the worker's counters.
+    ``once``: handle the jobs due now, then return. Returns the worker's counters. Each job is a span
+    while tracing (``tracer_provider``, default one from ``OTEL_*``: :mod:`proxy.tracing`).
     """
     settings = settings.model_copy(update={"worker_in_proxy": False})  # this process runs its own
+    provider = tracer_provider if tracer_provider is not None else tracing.provider_from_env()
+    tracer = tracing.tracer_of(provider) if provider is not None else None
+    try:
+        with tracing.using(tracer):
+            return await _serve_worker(settings, once, embedder, traced=tracer is not None)
+    finally:
+        if provider is not None and tracer_provider is None:
+            provider.shutdown()  # exports what is left
+
+
+async def _serve_worker(settings: Settings, once: bool, embedder: Any, *, traced: bool) -> WorkerStats:
     async with open_runtime(settings, embedder=embedder) as runtime:
-        worker = build_worker(runtime)
+        worker = build_worker(runtime, observer=TracingObserver(NOOP) if traced else NOOP)
         if once:
             await worker.drain()
             return worker.stats

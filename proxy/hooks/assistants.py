@@ -26,10 +26,11 @@ from proxy.hooks.recall import (
     recall,
     tenant_of,
 )
+from proxy.hooks.subjects import named_user
 from proxy.identity import subject_for
 from proxy.ids import check_id, upstream_path
 from proxy.learn.turn import Turn, message_text
-from proxy.owner import Owner, subject_problem
+from proxy.owner import Owner
 from proxy.ownership import record_thread
 from proxy.runtime import Runtime
 from proxy.sse import Event
@@ -62,19 +63,8 @@ async def thread_subject(request: Request, runtime: Runtime, body: dict[str, Any
     direct = subject_for(request.headers, runtime.settings, body)
     if direct:
         return direct
-    tenant = tenant_of(request, runtime)
-    if tenant is None:
-        return f"thread:{thread_id}"
-    mine = runtime.state.tenant(tenant)
-    known = await mine.get("thread_subject", thread_id)
-    if isinstance(known, str):
-        return known
-    thread = await runtime.forwarder.fetch_json(request, upstream_path("/threads/{t}", t=thread_id))
-    from_thread = subject_for(request.headers, runtime.settings, thread) if isinstance(thread, dict) else None
-    if from_thread and subject_problem(from_thread) is None:  # once per thread: later runs find it here
-        owner = Owner.of(runtime.secret, tenant, from_thread)
-        await mine.set("thread_subject", thread_id, from_thread, ttl=THREAD_TTL, subject=owner)
-    return from_thread or f"thread:{thread_id}"
+    path = upstream_path("/threads/{t}", t=thread_id)
+    return await named_user(request, runtime, "thread_subject", thread_id, path) or f"thread:{thread_id}"
 
 
 async def recent_user_texts(request: Request, runtime: Runtime, owner: Owner, thread_id: str) -> list[str]:

@@ -1,9 +1,10 @@
 """Memory inside the Assistants bridge, and the bridge's wiring onto the proxy's runtime.
 
-The engine asks :class:`MemoryRunHooks`, no HTTP rewriting needed. Same identity rules and recall as
-passthrough (header, the run's then the thread's metadata, else the thread itself), same block,
-appended to the run's instructions by the engine; a run that reaches ``completed`` becomes one
-extraction job, whichever replica sees it finish. :func:`bridge_routes` builds, per request, an engine
+The engine asks :class:`MemoryRunHooks`, no HTTP rewriting needed. Same identity rules, modes and recall
+as passthrough (header, the run's then the thread's metadata, else the thread itself), same block,
+appended to the run's instructions by the engine, same ``x-memory-*`` headers on every answer; a run
+that reaches ``completed`` becomes one extraction job, whichever replica sees it finish, for the owner
+and in the mode its creation found (kept with the run record). :func:`bridge_routes` builds, per request, an engine
 over the proxy's state store and the upstream with the caller's key: ``proxy/assistants/`` itself
 never sees the runtime.
 """
@@ -22,7 +23,7 @@ from proxy.assistants.routes import NO_KEY, assistants_routes
 from proxy.assistants.upstream import HttpUpstream
 from proxy.errors import OpenAIError
 from proxy.hooks.capture import queue
-from proxy.hooks.recall import Identified, RequestMemory, identify, recall
+from proxy.hooks.recall import Identified, RequestMemory, choice_of, identify, recall, switched_off
 from proxy.identity import subject_for, tenant_for
 from proxy.learn.turn import Turn, message_text
 from proxy.ownership import record_thread
@@ -39,13 +40,22 @@ class MemoryRunHooks(RunHooks):
         self.user: list[str] = []
 
     def _identify(self, ctx: RunContext) -> RequestMemory:
+        """Whose run: the subject its creation found (kept with the run), else the rule of :mod:`proxy.hooks.subjects`."""
         settings, headers = self.runtime.settings, self.request.headers
+        kept = ctx.kept.get("subject")
         subject = (
-            subject_for(headers, settings, {"metadata": ctx.run_metadata})
+            kept
+            if isinstance(kept, str)
+            else subject_for(headers, settings, {"metadata": ctx.run_metadata})
             or subject_for(headers, settings, {"metadata": ctx.thread_metadata})
             or f"thread:{ctx.thread_id}"
         )
         return identify(self.request, self.runtime, subject)
+
+    def headers(self) -> dict[str, str]:
+        """What memory did for this request: a run's recall, else nothing (``off``, or why it is off)."""
+        memory = self.memory if self.memory is not None else switched_off(self.request, self.runtime)
+        return memory.headers()
 
     async def _latest_user_texts(self, ctx: RunContext) -> list[str]:
         """This run's new user messages, else the thread's latest ones."""
@@ -58,9 +68,12 @@ class MemoryRunHooks(RunHooks):
         return list(reversed(recent[:2]))
 
     async def before_run(self, ctx: RunContext) -> str | None:
-        memory = self._identify(ctx)
+        self.memory = memory = self._identify(ctx)
         if not isinstance(memory, Identified):
+            ctx.kept["capture"] = False  # nobody to learn for: a later poll must not find one
             return None
+        # the run's owner and mode, for the poll that sees it finish (its own headers may name no one)
+        ctx.kept.update(subject=memory.owner.subject, capture=memory.choice.captures)
         await record_thread(self.runtime.state, memory.owner, ctx.thread_id, self.runtime.route)  # erasure finds it
         self.user = await self._latest_user_texts(ctx)
         self.memory = memory = await recall(self.runtime, memory, "\n".join(self.user), assistant_id=ctx.assistant_id)
@@ -70,6 +83,8 @@ class MemoryRunHooks(RunHooks):
         memory = self.memory or self._identify(ctx)
         if not isinstance(memory, Identified) or run.get("status") != "completed":
             return
+        if not (ctx.kept.get("capture", True) and choice_of(self.request, self.runtime).captures):
+            return  # X-Memory: read on the run's creation, or on the request that sees it finish
         user = self.user or await self._latest_user_texts(ctx)
         answer = [message_text(m.get("content")) for m in written if m.get("role") == "assistant"]
         source = {

@@ -18,8 +18,9 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy import jsonbody
+from proxy import jsonbody, tracing
 from proxy.forward import Tap
+from proxy.hooks.modes import Choice, choose
 from proxy.identity import credential, tenant_for
 from proxy.memory.render import render_block
 from proxy.observe import timed
@@ -53,7 +54,11 @@ class Off:
 
 @dataclass(frozen=True, slots=True)
 class Identified:
-    """Memory acts for ``owner``: what recall found (``block``), and the status the client is told."""
+    """Memory acts for ``owner``: what recall found (``block``), and the status the client is told.
+
+    ``choice`` is what the request asked (``X-Memory``, ``X-Memory-Budget``): whether it recalls, is
+    learned, and the block's budget; its reasons (a budget not taken as sent) go to ``x-memory-reason``.
+    """
 
     owner: Owner
     status: Status = "none"
@@ -62,13 +67,18 @@ class Identified:
     api_key: str | None = field(default=None, repr=False)
     at: float = field(default_factory=time.time)
     """When the request arrived: the turn's start, which an erasure from then on fences."""
+    choice: Choice = field(default_factory=Choice)
 
     def headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "x-memory-status": self.status,
             "x-memory-recalled": str(self.recalled),
             "x-memory-subject": self.owner.hash,
+            "x-memory-mode": self.choice.mode,
         }
+        if self.choice.reasons:
+            headers["x-memory-reason"] = ", ".join(self.choice.reasons)
+        return headers
 
 
 RequestMemory = Off | Identified
@@ -106,17 +116,42 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+def choice_of(request: Request, runtime: Runtime) -> Choice:
+    """What the request's ``X-Memory`` and ``X-Memory-Budget`` ask (:mod:`proxy.hooks.modes`).
+
+    Read once per request; a header not taken as sent is counted then (``memory_off.invalid-mode``,
+    ``memory_budget.<reason>``), and an invalid mode logged.
+    """
+    known = getattr(request.state, "memory_choice", None)
+    if isinstance(known, Choice):
+        return known
+    settings = runtime.settings
+    choice = choose(request.headers, settings.memory_block_tokens, settings.memory_block_tokens_max)
+    request.state.memory_choice = choice
+    for reason in choice.reasons:
+        runtime.count(f"memory_off.{reason}" if reason == "invalid-mode" else f"memory_budget.{reason}")
+    if choice.mode == "off" and choice.reasons:
+        log.warning("memory off for this request: X-Memory is none of on, read, write, off")
+    return choice
+
+
 def tenant_of(request: Request, runtime: Runtime) -> str | None:
     """The tenant memory would act for, or None when memory is off for this request."""
-    if request.headers.get("x-memory", "").lower() == "off":
+    if choice_of(request, runtime).mode == "off":
         return None
     return tenant_for(request.headers, runtime.settings, runtime.secret)
+
+
+def switched_off(request: Request, runtime: Runtime) -> Off:
+    """OFF, or, when ``X-Memory`` was no mode, OFF saying so (``x-memory-reason: invalid-mode``)."""
+    reasons = choice_of(request, runtime).reasons
+    return Off(reason=", ".join(reasons)) if "invalid-mode" in reasons else OFF
 
 
 def refused(request: Request, runtime: Runtime, refusal: jsonbody.Refused) -> RequestMemory:
     """No memory for a body beyond the bounds: OFF when memory would not act anyway, else the reason."""
     if tenant_of(request, runtime) is None:
-        return OFF
+        return switched_off(request, runtime)
     runtime.count(f"memory_off.{refusal.reason}")
     log.warning("memory off for this request: %s", refusal.reason)
     return Off(reason=refusal.reason)
@@ -130,36 +165,48 @@ def identify(request: Request, runtime: Runtime, subject: str | None) -> Request
     untouched, with the reason in ``x-memory-reason``, counted and logged without the value.
     """
     tenant = tenant_of(request, runtime)
-    if tenant is None or subject is None:
+    if tenant is None:
+        return switched_off(request, runtime)
+    if subject is None:
         return OFF
     problem = subject_problem(subject)
     if problem is not None:
         runtime.count(f"memory_off.{problem}")
         log.warning("memory off for this request: %s (%d characters)", problem, len(subject))
         return Off(reason=problem)
-    owner = Owner.of(runtime.secret, tenant, subject)
+    owner, choice = Owner.of(runtime.secret, tenant, subject), choice_of(request, runtime)
     if runtime.memory is None:
-        return Identified(owner, "degraded")
+        return Identified(owner, "degraded", choice=choice)
     api_key = credential(request.headers)
     runtime.keys.remember(tenant, api_key)  # process memory only: this tenant's extraction jobs need it
-    return Identified(owner, api_key=api_key)
+    return Identified(owner, api_key=api_key, choice=choice)
 
 
 async def recall(runtime: Runtime, memory: Identified, query: str, assistant_id: str | None = None) -> Identified:
-    """``memory`` with the owner's memories relevant to ``query`` as its block, found within the deadline."""
-    if memory.status == "degraded" or not query.strip():
+    """``memory`` with the owner's memories relevant to ``query`` as its block, found within the deadline.
+
+    Nothing is looked up when the request does not recall (``X-Memory: write``, a budget of 0).
+    """
+    if memory.status == "degraded" or not memory.choice.recalls or not query.strip():
         return memory
     settings, service = runtime.settings, runtime.memory
     if service is None:
         return memory
-    search = service.of(memory.owner).recall(query, assistant_id=assistant_id, api_key=memory.api_key)
-    try:
-        deadline = settings.memory_recall_deadline_ms / 1000
-        items = await timed(runtime.observer.recall, asyncio.wait_for(search, deadline))
-    except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
-        report_fault(runtime, "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error", exc)
-        return replace(memory, status="degraded")
-    block = render_block(items, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
+    with tracing.span("memproxy.recall", {"memproxy.recall.budget": memory.choice.budget}) as span:
+        search = service.of(memory.owner).recall(query, assistant_id=assistant_id, api_key=memory.api_key)
+        try:
+            deadline = settings.memory_recall_deadline_ms / 1000
+            items = await timed(runtime.observer.recall, asyncio.wait_for(search, deadline))
+        except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
+            cause = "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error"
+            report_fault(runtime, cause, exc)
+            if span is not None:
+                span.set_attribute("memproxy.degraded", cause)
+            return replace(memory, status="degraded")
+        with tracing.span("memproxy.render", {"memproxy.render.candidates": len(items)}):
+            block = render_block(items, budget_tokens=memory.choice.budget, max_chars=settings.memory_line_chars)
+        if span is not None:
+            span.set_attribute("memproxy.recalled", block.count)
     return replace(memory, block=block.text, recalled=block.count, status="ok" if block.count else "none")
 
 
@@ -207,7 +254,9 @@ def hooked(planner: Planner) -> Callable[[Request], Awaitable[Response]]:
             except Exception as exc:  # noqa: BLE001 - fail open: the original request goes upstream
                 report_fault(runtime, "hook_error", exc)
                 plan = Plan(memory=FAILED)
-        return await runtime.forwarder.forward(request, plan.body, tap=plan.tap, headers=plan.memory.headers())
+        tap = plan.tap if choice_of(request, runtime).captures else None  # X-Memory: read learns nothing
+        memory = switched_off(request, runtime) if plan.memory is OFF else plan.memory  # an invalid X-Memory says so
+        return await runtime.forwarder.forward(request, plan.body, tap=tap, headers=memory.headers())
 
     endpoint.__name__ = endpoint.__qualname__ = planner.__name__
     return endpoint

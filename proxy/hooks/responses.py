@@ -1,7 +1,8 @@
 """POST /v1/responses: remembered facts appended to ``instructions``; the answer captured.
 
 Instructions are not carried over by ``previous_response_id``, so the block goes on every call.
-A conversation with no named user is its own subject: memory that outlives its truncation.
+Whose memories: the rule of :mod:`proxy.hooks.subjects`; a conversation whose metadata names no user
+is its own subject: memory that outlives its truncation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from starlette.requests import Request
 
 from proxy.hooks.capture import TurnTap, event_json, park, queue, started_of, unpark
 from proxy.hooks.recall import Identified, Plan, append_text, encode, hooked, identify, recall, tenant_of
+from proxy.hooks.subjects import named_user
 from proxy.identity import subject_for
+from proxy.ids import is_id, upstream_path
 from proxy.learn.turn import Turn, latest_user_texts, message_text
 from proxy.owner import Owner
 from proxy.ownership import record_conversation
@@ -122,15 +125,30 @@ class PolledResponseTap(TurnTap):
             await queue(self.runtime, turn)
 
 
+async def response_subject(request: Request, runtime: Runtime, body: dict[str, Any]) -> str | None:
+    """Header, the body (metadata, ``safety_identifier``, ``user``), the conversation's metadata, the conversation.
+
+    The same order as a run's (:func:`proxy.hooks.assistants.thread_subject`): a conversation is a thread.
+    """
+    direct = subject_for(request.headers, runtime.settings, body)
+    conversation = conversation_id(body)
+    if direct or not conversation:
+        return direct
+    if not is_id(conversation):  # never looked up: the upstream refuses it anyway
+        return f"conversation:{conversation}"
+    path = upstream_path("/conversations/{c}", c=conversation)
+    named = await named_user(request, runtime, "conversation_subject", conversation, path)
+    return named or f"conversation:{conversation}"
+
+
 @hooked
 async def create_response(request: Request, runtime: Runtime, body: dict[str, Any] | None) -> Plan:
     if body is None:
         return Plan()
-    conversation = conversation_id(body)
-    fallback = f"conversation:{conversation}" if conversation else None
-    memory = identify(request, runtime, subject_for(request.headers, runtime.settings, body, fallback))
+    memory = identify(request, runtime, await response_subject(request, runtime, body))
     if not isinstance(memory, Identified):
         return Plan(memory=memory)
+    conversation = conversation_id(body)
     if conversation:  # the owner's conversation (its own subject, or a named user's): erasure deletes it
         await record_conversation(runtime.state, memory.owner, conversation, runtime.route)
     user = user_texts(body)

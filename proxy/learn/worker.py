@@ -54,6 +54,7 @@ from proxy.memory.models import Memory, Source
 from proxy.memory.service import MemoryNotFound, MemoryService
 from proxy.observe import NOOP, Observer, timed
 from proxy.state import Job, State
+from proxy.tracing import traced
 
 if TYPE_CHECKING:
     from proxy.config import Settings
@@ -318,7 +319,7 @@ class Worker:
                 continue
             for job in jobs:
                 try:
-                    await self.handle(job)
+                    await traced("memproxy.job", self.handle(job))  # a span while tracing (proxy.tracing)
                 except Exception as exc:  # noqa: BLE001 - never let one job end the loop
                     log.error("job %s: unexpected %s in the worker", job.id, type(exc).__name__)
 
@@ -326,7 +327,7 @@ class Worker:
         """Claim up to ``concurrency`` due jobs and handle them; the number handled (tests, drains)."""
         await self._release_arrived()
         jobs = await self.state.claim(self.consumer, self.concurrency, self.lease_seconds)
-        await asyncio.gather(*(self.handle(job) for job in jobs))
+        await asyncio.gather(*(traced("memproxy.job", self.handle(job)) for job in jobs))
         return len(jobs)
 
     async def drain(self) -> int:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from proxy.errors import MemproxyError
 from proxy.owner import Owner
+from proxy.tracing import traced
 
 from .embed import Embedder
 from .models import (
@@ -484,15 +485,18 @@ class OwnerMemory:
         if top_k <= 0 or not query.strip():
             return []
         query = cap_query(query)  # bounded work, whatever the client sent: embedding and BM25 see the cap
-        dense = await self.service.embedder.embed_query(query, api_key=api_key)
+        dense = await traced("memproxy.embed", self.service.embedder.embed_query(query, api_key=api_key))
         sparse = self.service.sparse.query(query)
-        hits = await self.service.store.hybrid_query(
-            self.owner,
-            dense,
-            sparse,
-            limit=max(self.service.settings.memory_candidates, top_k),
-            now=now,
-            assistant_id=self.service._restrict(assistant_id),
+        hits = await traced(  # a span while tracing (proxy.tracing), else just awaited
+            "memproxy.search",
+            self.service.store.hybrid_query(
+                self.owner,
+                dense,
+                sparse,
+                limit=max(self.service.settings.memory_candidates, top_k),
+                now=now,
+                assistant_id=self.service._restrict(assistant_id),
+            ),
         )
         scored = self._score(dense, frozenset(sparse.indices), hits, now, sim_floor, floor)
         scored = scored[:top_k]  # already in fused-relevance order
