@@ -13,7 +13,6 @@ from conftest import owner
 
 from proxy.config import Settings
 from proxy.memory.embed import EmbeddingError, LocalEmbedder
-from proxy.memory.scoring import cosine
 from proxy.memory.sealing import Sealer
 from proxy.memory.service import MemoryService
 from proxy.memory.store_edge import EdgeStore

@@ -95,7 +95,9 @@ async def embed_cached(
     With ``cache_dir`` the vectors are kept in ``<cache_dir>/<sha256 of model and texts>.npy``, so a
     second run skips the embedding; the key changes whenever a text or the model does.
     """
-    key = hashlib.sha256("\x00".join([embedder.name, embedder.variant, str(embedder.dim), *texts]).encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        "\x00".join([embedder.name, embedder.variant, str(embedder.dim), *texts]).encode()
+    ).hexdigest()[:32]
     file = cache_dir / f"{key}.npy" if cache_dir is not None else None
     started = time.perf_counter()
     if file is not None and file.exists():

@@ -168,7 +168,9 @@ class LocalEmbedder:
             return TextEmbedding(model_name, threads=threads, **kwargs)
         except Exception as exc:
             where = f"from {path}" if path is not None else "(download failed: no network?)"
-            raise EmbeddingError(f"cannot load embedding model {model_name!r} {where}: {exc}; {MODEL_FILES_HINT}") from exc
+            raise EmbeddingError(
+                f"cannot load embedding model {model_name!r} {where}: {exc}; {MODEL_FILES_HINT}"
+            ) from exc
 
     async def _run(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))

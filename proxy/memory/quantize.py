@@ -49,7 +49,7 @@ def int8_model_dir(source: Path, cache_dir: Path) -> Path:
     if (target / MODEL_FILE).is_file():
         return target
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
     except ImportError as exc:  # quantize_dynamic needs the ``onnx`` package
         raise QuantizeError(f"onnxruntime.quantization is not usable ({exc}): install the onnx package") from None
     try:
