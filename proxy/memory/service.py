@@ -35,7 +35,7 @@ from .models import (
     check_kind,
     utcnow,
 )
-from .scoring import ScoringWeights, confidence, cosine
+from .scoring import ScoringWeights, confidence, cosines
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
     DimensionMismatchError,
@@ -465,10 +465,11 @@ class OwnerMemory:
                 continue
             ranked.append((rank, hit))
         lexical = lexical_scores(query_terms, [self.service.sparse.terms(hit.memory.text) for _, hit in ranked])
+        semantic = cosines(dense, [hit.dense for _, hit in ranked])
         out = []
-        for (rank, hit), lex in zip(ranked, lexical, strict=True):
+        for (rank, hit), lex, sem in zip(ranked, lexical, semantic, strict=True):
             terms = confidence(
-                semantic_cosine=cosine(dense, hit.dense) if hit.dense else 0.0,
+                semantic_cosine=sem,
                 lexical=lex,
                 last_touched_at=hit.memory.last_touched_at,
                 access_count=hit.memory.access_count,

@@ -464,8 +464,9 @@ class MemoryStore(ABC):
         for p, memory in zip(points, opened, strict=True):
             if memory is None:
                 continue
-            dense = p.vector.get(DENSE) if with_dense and isinstance(p.vector, dict) else None
-            hits.append(Hit(memory, float(p.score), list(dense) if dense else None))
+            vector = p.vector if with_dense else None  # built anew on each access (12 us on Edge): read once
+            dense = vector.get(DENSE) if isinstance(vector, dict) else None
+            hits.append(Hit(memory, float(p.score), dense if isinstance(dense, list) or not dense else list(dense)))
         return hits
 
     async def hybrid_query(
