@@ -128,8 +128,10 @@ async def test_concurrent_recalls_are_batched_and_find_what_sequential_ones_find
         for fact in FACTS:
             await mine.remember(fact)
 
-        def ids(found) -> list[str]:
-            return [s.memory.id for s in found]
+        def ids(found) -> list[tuple[str, float, float]]:
+            """What was found, with its cosine and confidence, in id order: two memories tied in the fused
+            (RRF) ranking may come back in either order, batched or not."""
+            return sorted((s.memory.id, round(s.semantic, 5), round(s.confidence, 5)) for s in found)
 
         sequential = [ids(await mine.recall(q)) for q in QUESTIONS]
         batches = int8_embedder.batches
@@ -167,3 +169,21 @@ async def test_a_failing_batch_fails_only_the_queries_in_it(memory_model_dir):
     assert len(results[0]) == 384
     assert all(isinstance(r, RuntimeError) for r in results[1:]), results
     assert len(after) == 384 and embedder.batches == 3
+
+
+async def test_memories_of_one_turn_embed_in_one_call_and_store_the_same_vectors(local_embedder, tmp_path):
+    settings = Settings(data_dir=tmp_path, memory_access_flush_seconds=3600)
+    store = EdgeStore(tmp_path / "memories", dim=local_embedder.dim, sealer=Sealer.ephemeral())
+    async with MemoryService(store, local_embedder, settings, owns_store=True) as service:
+        batched, alone = service.of(owner("t", "batched")), service.of(owner("t", "alone"))
+        calls = local_embedder.document_calls
+        vectors = await service.embed_texts(["  User keeps bees  ", FACTS[1], FACTS[1], "   "])
+        assert local_embedder.document_calls == calls + 1 and sorted(vectors) == sorted(["User keeps bees", FACTS[1]])
+        first, _ = await batched.remember("  User keeps bees  ", vectors=vectors)
+        await batched.update(first.id, FACTS[1], vectors=vectors)
+        assert local_embedder.document_calls == calls + 1, "remember and update took the vectors given"
+        await alone.remember(FACTS[1])
+        assert local_embedder.document_calls == calls + 2
+        for who in (batched, alone):  # the vector stored is the text's own
+            [found] = await who.recall(FACTS[1])
+            assert found.memory.text == FACTS[1] and found.semantic == pytest.approx(1.0, abs=1e-4)

@@ -156,8 +156,9 @@ class LocalEmbedder:
         self._drainer: asyncio.Task[None] | None = None
         self.cache_hits = 0
         self.cache_misses = 0
-        self.batches = 0
+        self.batches = 0  # query batches run, and the queries they held
         self.batched_queries = 0
+        self.document_calls = 0
 
     @staticmethod
     def _load(model_name: str, path: Path | None, threads: int | None) -> Any:
@@ -241,6 +242,7 @@ class LocalEmbedder:
     async def embed_documents(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
         if not texts:
             return []
+        self.document_calls += 1
         return await self._run(self._embed_passages, [clip(text, self.max_chars) for text in texts])
 
     def close(self) -> None:

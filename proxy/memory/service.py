@@ -17,7 +17,7 @@ import builtins
 import logging
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
@@ -181,6 +181,21 @@ class MemoryService:
             raise ValueError(f"memory text is longer than {self.settings.memory_max_chars} characters")
         return text
 
+    async def embed_texts(self, texts: Sequence[str], *, api_key: str | None = None) -> dict[str, list[float]]:
+        """Document vectors of the ``texts`` ``remember`` and ``update`` would accept, in one call to the
+        embedder, keyed by the text as those store it (pass the result as their ``vectors``). A batch
+        of memories from one turn embeds in one model run per text, and one hop to the model thread."""
+        cleaned: list[str] = []
+        for text in texts:
+            try:
+                cleaned.append(self._clean_text(text))
+            except ValueError:
+                continue  # refused by remember/update too: nothing to embed
+        unique = list(dict.fromkeys(cleaned))
+        if not unique:
+            return {}
+        return dict(zip(unique, await self.embedder.embed_documents(unique, api_key=api_key), strict=True))
+
     async def _point(self, memory: Memory, api_key: str | None, dense: list[float] | None = None) -> MemoryPoint:
         if dense is None:
             (dense,) = await self.embedder.embed_documents([memory.text], api_key=api_key)
@@ -293,6 +308,7 @@ class OwnerMemory:
         *,
         now: datetime | None = None,
         api_key: str | None = None,
+        vectors: Mapping[str, list[float]] | None = None,
     ) -> tuple[Memory, RememberAction]:
         """Store ``text`` for the subject, unless it is already known.
 
@@ -300,6 +316,7 @@ class OwnerMemory:
         ``"near_duplicate"`` (dense cosine >= ``memory_near_duplicate``), in which case the existing
         memory is touched instead: counted as accessed now, its expiry extended to the later of the two
         (never-expiring wins). ``ttl`` (timedelta or seconds) overrides the kind's default TTL.
+        ``vectors`` (from :meth:`MemoryService.embed_texts`) saves embedding the text here.
         """
         now = self.service._now(now)
         text = self.service._clean_text(text)
@@ -314,7 +331,9 @@ class OwnerMemory:
             same = await self.service.store.find(self.owner, text=text, now=now, assistant_id=restrict)
             if same:
                 return await self._touch(same[0], expires_at, now), "duplicate"
-            (dense,) = await self.service.embedder.embed_documents([text], api_key=api_key)
+            dense = (vectors or {}).get(text)
+            if dense is None:
+                (dense,) = await self.service.embedder.embed_documents([text], api_key=api_key)
             near = await self.service.store.dense_query(self.owner, dense, limit=1, now=now, assistant_id=restrict)
             if near and near[0].score >= self.service.settings.memory_near_duplicate:
                 return await self._touch(near[0].memory, expires_at, now), "near_duplicate"
@@ -355,8 +374,10 @@ class OwnerMemory:
         *,
         now: datetime | None = None,
         api_key: str | None = None,
+        vectors: Mapping[str, list[float]] | None = None,
     ) -> Memory:
-        """Replace a memory's text, keeping the previous text in ``history``; re-embeds it."""
+        """Replace a memory's text, keeping the previous text in ``history``; re-embeds it (unless
+        ``vectors``, from :meth:`MemoryService.embed_texts`, holds the new text's vector)."""
         now = self.service._now(now)
         text = self.service._clean_text(text)
         async with self.service._lock(self.owner):
@@ -371,7 +392,8 @@ class OwnerMemory:
                 }
             )
             updated = Memory.model_validate(updated.model_dump())
-            await self.service.store.upsert(self.owner, [await self.service._point(updated, api_key)])
+            dense = (vectors or {}).get(text)
+            await self.service.store.upsert(self.owner, [await self.service._point(updated, api_key, dense)])
             return updated
 
     async def delete(self, memory_id: str, reason: str | None = None, *, now: datetime | None = None) -> Memory:
