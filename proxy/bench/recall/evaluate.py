@@ -72,10 +72,6 @@ class Latency:
         parts = zip(self.total, self.embed, self.search, self.render, self.rewrite, strict=True)
         return [t - e - s - r - w for t, e, s, r, w in parts]
 
-    @property
-    def embed_share(self) -> float:
-        return sum(self.embed) / sum(self.total) if self.total else float("nan")
-
 
 @dataclass
 class Sample:

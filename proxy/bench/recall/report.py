@@ -39,7 +39,6 @@ LATENCY_COLUMNS = [
     "score p50",
     "render p50",
     "rewrite p50",
-    "embed %",
     "in block",
     "load",
 ]
@@ -81,7 +80,6 @@ def latency_rows(cells: Sequence[Cell]) -> list[list[str]]:
                     ms_percentile(lat.score, 50),
                     ms_percentile(lat.render, 50),
                     ms_percentile(lat.rewrite, 50),
-                    f"{lat.embed_share * 100:.0f}%",
                     f"{statistics.fmean(lat.returned):.1f}" if lat.returned else "-",
                     f"{lat.load_average:.1f}",
                 ]
@@ -218,7 +216,7 @@ def notes(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float)
         (
             "embed = embedding the query, search = the store's hybrid query, score = the rest of recall (BM25 query terms, "
             "confidence, checks), render = the block, rewrite = injecting it into a chat completion body and encoding that "
-            "(proxy.hooks); embed % = embedding's share of the total time."
+            "(proxy.hooks)."
         ),
         (
             f"service settings: top_k {settings.memory_top_k}, {settings.memory_candidates} candidates per retriever, "
