@@ -175,3 +175,30 @@ async def test_local_mode_is_measured_in_one_layout_past_its_own_limit(local_emb
         workdir=tmp_path,
     )
     assert [(c.size, c.layout.subjects) for c in cells] == [(30, 5), (30, 1), (50, 5)]
+
+
+WRK_OUTPUT = """Running 15s test @ http://127.0.0.1:8080
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   150.12ms   20.01ms 400.00ms   70.00%
+  Latency Distribution
+     50%  145.20ms
+     75%  160.00ms
+     90%  180.50ms
+     99%    1.20s
+  6000 requests in 15.00s, 3.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:    400.00
+"""
+
+
+def test_recall_load_reads_wrks_report():
+    from proxy.bench.recall.load import SCRIPT, parse_wrk
+
+    result = parse_wrk(WRK_OUTPUT)
+    assert (result.requests, result.seconds, result.errors) == (6000, 15.0, 7)
+    assert result.rate == 400.0 and result.latency_ms == {50: 145.2, 75: 160.0, 90: 180.5, 99: 1200.0}
+    with pytest.raises(RuntimeError, match="no summary"):
+        parse_wrk("unable to connect to 127.0.0.1:8080 Connection refused")
+    assert "counter" in SCRIPT and '"user":"%s"' in SCRIPT  # a different question and user on every request

@@ -220,6 +220,18 @@ def bench_recall(
     )
 
 
+@bench.command("recall-load")
+def bench_recall_load(
+    memories: Annotated[int, typer.Option(help="Memories in the tenant (over 1,000 users).")] = 1000,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Connections wrk keeps busy.")] = 64,
+    seconds: Annotated[float, typer.Option(help="Seconds per measured run.")] = 15.0,
+) -> None:
+    """Chat completions with a different question each, through the proxy under wrk: requests/s, CPU per request."""
+    from proxy.bench.recall.load import run
+
+    run(memories, concurrency, seconds)
+
+
 @bench.command("locomo")
 def bench_locomo(
     data: Annotated[

@@ -18,6 +18,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,24 @@ def _file_key(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantizer logs a line per tensor and advice on the root logger (``logging.info``, ``warning``):
+    keep its errors only.
+    Loggers with a name (everything memproxy logs) are not affected."""
+    root, quiet = logging.getLogger(), _ErrorsOnly()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def int8_model_dir(source: Path, cache_dir: Path) -> Path:
@@ -61,13 +81,14 @@ def int8_model_dir(source: Path, cache_dir: Path) -> Path:
         for name in TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, work / name)
-        quantize_dynamic(
-            model,
-            work / MODEL_FILE,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-        )
+        with _quiet_root_logger():
+            quantize_dynamic(
+                model,
+                work / MODEL_FILE,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+            )
         try:
             os.rename(work, target)
         except OSError:  # another process made it meanwhile: theirs is as good
