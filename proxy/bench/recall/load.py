@@ -115,9 +115,11 @@ def run(memories: int, concurrency: int, seconds: float) -> None:
     }
     emulator_port, proxy_port = free_port(), free_port()
     rows = []
-    with child_server(["emulator", "--port", str(emulator_port)], emulator_port) as emulator:
+    emulator_args = ["emulator", "--port", str(emulator_port)]
+    with child_server(emulator_args, emulator_port, log=work / "emulator.log") as emulator:
         args = ["serve", "--port", str(proxy_port), "--upstream", f"{emulator.url}/v1"]
-        with child_server(args, proxy_port, env=env) as proxy:
+        # a recall that fails open logs a line: to a file, never to a pipe nobody reads while wrk runs
+        with child_server(args, proxy_port, env=env, log=work / "proxy.log") as proxy:
             _wait_ready(proxy.url)
             rss_ready = rss_mb(proxy.pid)
             run_wrk(proxy.url, script, concurrency, 3)  # warm-up: first calls, connection pool
