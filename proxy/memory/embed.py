@@ -95,7 +95,11 @@ MODEL_FILES_HINT = (
 
 
 def _check_model_dir(path: Path) -> None:
+    """Refuse a model directory fastembed would fail on, naming the setting and the missing files (an ONNX
+    file under another name than model.onnx is left for fastembed to find)."""
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if MODEL_FILE in missing and any(path.glob("*.onnx")):
+        missing.remove(MODEL_FILE)
     if missing:
         what = "no ONNX model" if MODEL_FILE in missing else "an incomplete model directory"
         raise EmbeddingError(f"{what} in {path}: {', '.join(missing)} missing; {MODEL_FILES_HINT}")
