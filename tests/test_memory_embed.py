@@ -58,11 +58,12 @@ def test_missing_model_directory_is_a_clear_error(tmp_path):
         LocalEmbedder(model_path=tmp_path)
 
 
-def test_factory_builds_the_local_embedder_from_settings(memory_model_dir):
-    settings = Settings(embedder="local", embed_model_path=memory_model_dir, embed_cache_size=7)
+def test_factory_builds_the_local_embedder_from_settings(memory_model_dir, tmp_path):
+    settings = Settings(embedder="local", embed_model_path=memory_model_dir, embed_cache_size=7, data_dir=tmp_path)
     embedder = make_embedder(settings)
     try:
         assert isinstance(embedder, LocalEmbedder) and embedder.dim == 384 and embedder._cache_size == 7
+        assert embedder.quantized and (tmp_path / "models").is_dir()  # int8 by default, its copy in the data dir
     finally:
         embedder.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from proxy.config import Settings
-from proxy.memory.embed import LocalEmbedder
+from proxy.memory.embed import DEFAULT_MODEL_CACHE, LocalEmbedder, local_embedder
 from proxy.memory.service import MemoryService
 from proxy.owner import Owner
 
@@ -27,9 +27,9 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 
 def load_embedder(settings: Settings, model_path: Path | None = None, *, cache_size: int = 0) -> LocalEmbedder:
-    """The local embedder the proxy would use; ``cache_size=0`` so every query pays its embedding."""
-    path = model_path or settings.embed_model_path
-    return LocalEmbedder(settings.embed_model, model_path=path, cache_size=cache_size, threads=settings.embed_threads)
+    """The local embedder the proxy would use (its int8 copy kept under ``~/.cache/memproxy/models``
+    between runs); ``cache_size=0`` so every query pays its embedding."""
+    return local_embedder(settings, model_path=model_path, cache_size=cache_size, cache_dir=DEFAULT_MODEL_CACHE)
 
 
 class BenchService(MemoryService):
@@ -95,7 +95,9 @@ async def embed_cached(
     With ``cache_dir`` the vectors are kept in ``<cache_dir>/<sha256 of model and texts>.npy``, so a
     second run skips the embedding; the key changes whenever a text or the model does.
     """
-    key = hashlib.sha256("\x00".join([embedder.name, str(embedder.dim), *texts]).encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        "\x00".join([embedder.name, embedder.variant, str(embedder.dim), *texts]).encode()
+    ).hexdigest()[:32]
     file = cache_dir / f"{key}.npy" if cache_dir is not None else None
     started = time.perf_counter()
     if file is not None and file.exists():

@@ -177,7 +177,7 @@ def bench_soak(
 
 @bench.command("recall")
 def bench_recall(
-    sizes: Annotated[str, typer.Option(help="Memories in the tenant, comma-separated (10k,100k,1M).")] = "10k,100k",
+    sizes: Annotated[str, typer.Option(help="Memories in the tenant, comma-separated (1k,100k,1M).")] = "1k,100k",
     backends: Annotated[
         str, typer.Option(help="Stores to measure: edge, qdrant-local (comma-separated).")
     ] = "edge,qdrant-local",
@@ -189,6 +189,13 @@ def bench_recall(
     queries: Annotated[int, typer.Option("--queries", "-n", help="Recalls per cell at most.")] = 200,
     seconds: Annotated[float, typer.Option(help="Seconds per cell and pass at most (recalls; remembers).")] = 5.0,
     writes: Annotated[int, typer.Option(help="remember calls per cell at most.")] = 100,
+    concurrency: Annotated[
+        int, typer.Option(help="Also run distinct recalls this many at a time and report recalls/s (0: off).")
+    ] = 0,
+    optimize: Annotated[bool, typer.Option(help="Also measure the embedded store after optimize().")] = True,
+    rss: Annotated[
+        bool, typer.Option(help="Print this process's resident memory per cell (one size per run).")
+    ] = False,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -223,10 +230,25 @@ def bench_recall(
         max_queries=queries,
         max_seconds=seconds,
         max_writes=writes,
+        concurrency=concurrency,
+        optimize=optimize,
+        rss=rss,
         model_path=model_path,
         data=data,
         cache_dir=cache_dir,
     )
+
+
+@bench.command("recall-load")
+def bench_recall_load(
+    memories: Annotated[int, typer.Option(help="Memories in the tenant (over 1,000 users).")] = 1000,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Connections wrk keeps busy.")] = 64,
+    seconds: Annotated[float, typer.Option(help="Seconds per measured run.")] = 15.0,
+) -> None:
+    """Chat completions with a different question each, through the proxy under wrk: requests/s, CPU per request."""
+    from proxy.bench.recall.load import run
+
+    run(memories, concurrency, seconds)
 
 
 @bench.command("locomo")

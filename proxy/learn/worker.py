@@ -400,13 +400,12 @@ class Worker:
         """The subject's memories nearest to the turn's (last few) user messages, best first."""
         best: dict[str, tuple[float, Memory]] = {}
         queries = [m for m in turn.user if m.strip()][-SIMILAR_QUERIES:]
-        for query in queries:
-            found = await self.memory.of(turn.owner).similar(
-                query,
-                limit=self.settings.extract_similar,
-                assistant_id=assistant_id,
-                api_key=key,
-            )
+        mine = self.memory.of(turn.owner)
+        searches = [  # at once: the embedder takes their queries in one batch
+            mine.similar(query, limit=self.settings.extract_similar, assistant_id=assistant_id, api_key=key)
+            for query in queries
+        ]
+        for found in await asyncio.gather(*searches):
             for memory, score in found:
                 if not memory.deleted and (memory.id not in best or best[memory.id][0] < score):
                     best[memory.id] = (score, memory)
@@ -439,8 +438,10 @@ class Worker:
         extraction = await timed(self.observer.extraction, self.extractor.extract(turn, existing, api_key=key))
         self.stats.skipped += extraction.dropped
         counts: Counter[str] = Counter()
+        texts = [op.text for op in extraction.ops if op.op in ("add", "update") and op.text]
+        vectors = await self.memory.embed_texts(texts, api_key=key)  # the turn's memories in one embedding call
         for op in extraction.ops:
-            counts[await self._apply(turn, op, source, metadata, key, created)] += 1
+            counts[await self._apply(turn, op, source, metadata, key, created, vectors)] += 1
         log.debug(
             "job %s (attempt %d): add %d, update %d, delete %d, unchanged %d, skipped %d",
             job.id,
@@ -454,7 +455,14 @@ class Worker:
         return counts
 
     async def _apply(
-        self, turn: Turn, op: MemoryOp, source: Source, metadata: dict[str, Any], key: str | None, created: list[str]
+        self,
+        turn: Turn,
+        op: MemoryOp,
+        source: Source,
+        metadata: dict[str, Any],
+        key: str | None,
+        created: list[str],
+        vectors: dict[str, list[float]],
     ) -> str:
         """Apply one operation; what happened: add, update, delete, unchanged or skipped."""
         mine = self.memory.of(turn.owner)
@@ -469,6 +477,7 @@ class Worker:
                     metadata=metadata,
                     assistant_id=source.assistant_id,
                     api_key=key,
+                    vectors=vectors,
                 )
                 if action != "created":
                     return "unchanged"
@@ -482,6 +491,7 @@ class Worker:
                     op.text,
                     reason=f"extracted from {turn.route} turn {turn.turn_id}",
                     api_key=key,
+                    vectors=vectors,
                 )
                 return "update"
             await mine.delete(op.memory_id, reason=op.reason)

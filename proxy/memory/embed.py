@@ -19,6 +19,8 @@ import httpx2
 
 from proxy.errors import MemproxyError
 
+from .quantize import MODEL_FILE, REQUIRED_FILES, QuantizeError, int8_model_dir
+
 if TYPE_CHECKING:
     from proxy.config import Settings
 
@@ -77,11 +79,45 @@ class Embedder(Protocol):
     async def aclose(self) -> None: ...
 
 
+QUERY_CHUNK = 8
+"""Queries of a batch run through the float model this many at a time, shortest first: each chunk is padded
+to its longest query, so similar lengths together waste little. The int8 model runs each text alone: its
+activations are quantized with one scale per input tensor, so a text's vector would depend on the texts
+batched with it (cosine down to 0.977 measured) and a recall's result on the traffic around it."""
+
+DEFAULT_MODEL_CACHE = Path("~/.cache/memproxy/models")
+"""Where a model's int8 copy goes when the caller names no directory (the proxy: ``<data_dir>/models``)."""
+
+MODEL_FILES_HINT = (
+    "set MEMPROXY_EMBED_MODEL_PATH to a directory holding the model's ONNX export: "
+    f"{', '.join(REQUIRED_FILES)} (config.json and special_tokens_map.json when the model has them)"
+)
+
+
+def _check_model_dir(path: Path) -> None:
+    """Refuse a model directory fastembed would fail on, naming the setting and the missing files (an ONNX
+    file under another name than model.onnx is left for fastembed to find)."""
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if MODEL_FILE in missing and any(path.glob("*.onnx")):
+        missing.remove(MODEL_FILE)
+    if missing:
+        what = "no ONNX model" if MODEL_FILE in missing else "an incomplete model directory"
+        raise EmbeddingError(f"{what} in {path}: {', '.join(missing)} missing; {MODEL_FILES_HINT}")
+
+
 class LocalEmbedder:
     """fastembed ``TextEmbedding`` run on a dedicated worker thread, with an LRU cache of query vectors.
 
     ``model_path`` (a directory holding ``model.onnx`` and the tokenizer files) loads with no download;
-    ``model_name`` still picks the model's pooling and normalization from fastembed's registry.
+    ``model_name`` still picks the model's pooling and normalization from fastembed's registry. With
+    ``quantize`` the model runs as its int8 copy (:mod:`proxy.memory.quantize`, made once under
+    ``cache_dir``); when that copy cannot be made the float model is used and a warning logged.
+
+    Queries are micro-batched: a query that finds the model idle runs at once, alone; queries that
+    arrive while it is busy wait (``batch_window`` seconds at most beyond that) and go together as
+    one batch of at most ``max_batch``: one hop to the model thread and one wake-up of the event loop
+    for all of them. A text's vector never depends on its batch (see :data:`QUERY_CHUNK`), and a
+    batch that fails fails only the queries in it.
     """
 
     def __init__(
@@ -92,37 +128,73 @@ class LocalEmbedder:
         cache_size: int = 1024,
         batch_size: int = 64,
         threads: int | None = None,
+        quantize: bool = False,
+        cache_dir: Path | None = None,
+        max_batch: int = 32,
+        batch_window: float = 0.0,
     ) -> None:
-        from fastembed import TextEmbedding
-
-        kwargs: dict[str, Any] = {}
-        if model_path is not None:
-            path = Path(model_path).expanduser()
-            if not (path / "model.onnx").exists() and not any(path.glob("*.onnx")):
-                raise EmbeddingError(f"no ONNX model in {path} (set MEMPROXY_EMBED_MODEL_PATH to a model directory)")
-            kwargs["specific_model_path"] = str(path)
-        try:
-            self._model = TextEmbedding(model_name, threads=threads, **kwargs)
-        except Exception as exc:
-            raise EmbeddingError(f"cannot load embedding model {model_name!r}: {exc}") from exc
+        source = Path(model_path).expanduser() if model_path is not None else None
+        if source is not None:
+            _check_model_dir(source)
+        self._model = self._load(model_name, source, threads)
+        self.quantized = False
+        if quantize:
+            source = source or Path(self._model.model._model_dir)
+            try:
+                int8 = int8_model_dir(source, (cache_dir or DEFAULT_MODEL_CACHE).expanduser())
+                self._model = self._load(model_name, int8, threads)
+                self.quantized = True
+            except (QuantizeError, EmbeddingError) as exc:
+                log.warning("embedding with the float model: %s", exc)
         self.name = model_name
+        self.variant = "int8" if self.quantized else "float"
         self.dim = int(self._model.embedding_size)
         self.batch_size = batch_size
+        self.max_batch = max(1, max_batch)
+        self.batch_window = max(0.0, batch_window)
         self.max_chars = _max_tokens(getattr(self._model, "model", None)) * CHARS_PER_TOKEN
         self._cache: OrderedDict[str, tuple[float, ...]] = OrderedDict()
         self._cache_size = cache_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memproxy-embed")
+        self._waiting: list[tuple[str, asyncio.Future[tuple[float, ...]]]] = []
+        self._drainer: asyncio.Task[None] | None = None
         self.cache_hits = 0
         self.cache_misses = 0
+        self.batches = 0  # query batches run, and the queries they held
+        self.batched_queries = 0
+        self.document_calls = 0
+
+    @staticmethod
+    def _load(model_name: str, path: Path | None, threads: int | None) -> Any:
+        from fastembed import TextEmbedding
+
+        kwargs: dict[str, Any] = {"specific_model_path": str(path)} if path is not None else {}
+        try:
+            return TextEmbedding(model_name, threads=threads, **kwargs)
+        except Exception as exc:
+            where = f"from {path}" if path is not None else "(download failed: no network?)"
+            raise EmbeddingError(
+                f"cannot load embedding model {model_name!r} {where}: {exc}; {MODEL_FILES_HINT}"
+            ) from exc
 
     async def _run(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def _embed_queries(self, texts: list[str]) -> list[tuple[float, ...]]:
-        return [tuple(float(x) for x in v) for v in self._model.query_embed(texts, batch_size=self.batch_size)]
+        """Vectors of ``texts`` in their order, computed shortest first in chunks of :data:`QUERY_CHUNK`."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[tuple[float, ...]] = [()] * len(texts)
+        vectors = self._model.query_embed([texts[i] for i in order], batch_size=self._chunk(QUERY_CHUNK))
+        for i, vector in zip(order, vectors, strict=True):
+            out[i] = tuple(vector.tolist())
+        return out
 
     def _embed_passages(self, texts: list[str]) -> list[list[float]]:
-        return [[float(x) for x in v] for v in self._model.passage_embed(texts, batch_size=self.batch_size)]
+        return [v.tolist() for v in self._model.passage_embed(texts, batch_size=self._chunk(self.batch_size))]
+
+    def _chunk(self, size: int) -> int:
+        """Texts per model run: one on the int8 model (see :data:`QUERY_CHUNK`), else ``size``."""
+        return 1 if self.quantized else size
 
     async def embed_query(self, text: str, *, api_key: str | None = None) -> list[float]:
         text = clip(text, self.max_chars)  # also the cache key: the cache never holds a long text
@@ -132,16 +204,49 @@ class LocalEmbedder:
             self.cache_hits += 1
             return list(cached)
         self.cache_misses += 1
-        (vector,) = await self._run(self._embed_queries, [text])
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[float, ...]] = loop.create_future()
+        if self._drainer is not None and self._drainer.get_loop() is not loop:  # a new event loop (tests, bench)
+            self._waiting = [(t, f) for t, f in self._waiting if f.get_loop() is loop]
+            self._drainer = None
+        self._waiting.append((text, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain(), name="memproxy-embed-batch")
+        vector = await future
         if self._cache_size > 0:
             self._cache[text] = vector
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return list(vector)
 
+    async def _drain(self) -> None:
+        """Run the waiting queries, a bounded batch at a time, until none is left."""
+        first = True
+        while self._waiting:
+            if self.batch_window > 0 and not first and len(self._waiting) < self.max_batch:
+                await asyncio.sleep(self.batch_window)
+            first = False
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            batch = [(text, future) for text, future in batch if not future.done()]  # a caller gave up
+            if not batch:
+                continue
+            self.batches += 1
+            self.batched_queries += len(batch)
+            try:
+                vectors = await self._run(self._embed_queries, [text for text, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to this batch's callers, and only to them
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), vector in zip(batch, vectors, strict=True):
+                if not future.done():
+                    future.set_result(vector)
+
     async def embed_documents(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
         if not texts:
             return []
+        self.document_calls += 1
         return await self._run(self._embed_passages, [clip(text, self.max_chars) for text in texts])
 
     def close(self) -> None:
@@ -225,9 +330,25 @@ def make_embedder(settings: Settings, http_client: httpx2.AsyncClient | None = N
             dim=settings.embed_dim,
             send_dimensions=settings.embed_dim is not None,
         )
+    return local_embedder(settings)
+
+
+def local_embedder(
+    settings: Settings,
+    *,
+    model_path: Path | None = None,
+    cache_size: int | None = None,
+    cache_dir: Path | None = None,
+) -> LocalEmbedder:
+    """The local embedder ``settings`` describe; the keywords override the model directory, the query
+    cache's size and where the int8 copy goes (default ``<data_dir>/models``)."""
     return LocalEmbedder(
         settings.embed_model,
-        model_path=settings.embed_model_path,
-        cache_size=settings.embed_cache_size,
+        model_path=model_path or settings.embed_model_path,
+        cache_size=settings.embed_cache_size if cache_size is None else cache_size,
         threads=settings.embed_threads,
+        quantize=settings.embed_quantize == "int8",
+        cache_dir=cache_dir or settings.data_dir / "models",
+        max_batch=settings.embed_max_batch,
+        batch_window=settings.embed_batch_window_ms / 1000,
     )

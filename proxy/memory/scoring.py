@@ -77,6 +77,22 @@ def cosine(query: Sequence[float] | np.ndarray, vector: Sequence[float] | np.nda
     return float(q @ v) / denominator if denominator > 0 else 0.0
 
 
+def cosines(query: Sequence[float] | np.ndarray, vectors: Sequence[Sequence[float] | None]) -> list[float]:
+    """:func:`cosine` of ``query`` with each of ``vectors`` (0.0 for a missing or empty one), in one
+    matrix product: the same values, without a conversion and two norms per candidate."""
+    present = [i for i, v in enumerate(vectors) if v is not None and len(v) > 0]
+    out = [0.0] * len(vectors)
+    if not present:
+        return out
+    q = np.asarray(query, dtype=np.float32)
+    matrix = np.asarray([vectors[i] for i in present], dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(q))
+    dots = matrix @ q
+    for i, dot, norm in zip(present, dots.tolist(), norms.tolist(), strict=True):
+        out[i] = dot / norm if norm > 0 else 0.0
+    return out
+
+
 def similarity_score(semantic_cosine: float, lexical: float) -> tuple[float, float, float]:
     """(similarity, semantic, lexical), each in [0, 1]."""
     semantic = min(1.0, max(0.0, semantic_cosine))

@@ -18,7 +18,7 @@ import logging
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
@@ -38,7 +38,7 @@ from .models import (
     utcnow,
 )
 from .redact import Redactor
-from .scoring import ScoringWeights, confidence, cosine
+from .scoring import ScoringWeights, confidence, cosines
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
     DimensionMismatchError,
@@ -191,15 +191,32 @@ class MemoryService:
             raise ValueError(f"memory text is longer than {self.settings.memory_max_chars} characters")
         return text
 
-    async def _redact(self, text: str) -> str:
+    async def _redact(self, text: str, *, count: bool = True) -> str:
         """``text`` with its secrets replaced by markers (counted by kind, never logged): what is stored,
         embedded and turned into BM25 terms. See :mod:`proxy.memory.redact`."""
         if len(text) <= REDACT_INLINE_CHARS:
             redacted = self.redactor.redact(text)
         else:  # up to about a millisecond of regex scans for the longest texts: not on the event loop
             redacted = await asyncio.to_thread(self.redactor.redact, text)
-        self.redactions.update(redacted.kinds)
+        if count:
+            self.redactions.update(redacted.kinds)
         return redacted.text
+
+    async def embed_texts(self, texts: Sequence[str], *, api_key: str | None = None) -> dict[str, list[float]]:
+        """Document vectors of the ``texts`` ``remember`` and ``update`` would accept, in one call to the
+        embedder, keyed by the text as those store it (pass the result as their ``vectors``). A batch
+        of memories from one turn embeds in one model run per text, and one hop to the model thread."""
+        cleaned: list[str] = []
+        for text in texts:
+            try:
+                clean = self._clean_text(text)
+            except ValueError:
+                continue  # refused by remember/update too: nothing to embed
+            cleaned.append(await self._redact(clean, count=False))  # counted when remember/update store it
+        unique = list(dict.fromkeys(cleaned))
+        if not unique:
+            return {}
+        return dict(zip(unique, await self.embedder.embed_documents(unique, api_key=api_key), strict=True))
 
     async def _point(self, memory: Memory, api_key: str | None, dense: list[float] | None = None) -> MemoryPoint:
         if dense is None:
@@ -313,6 +330,7 @@ class OwnerMemory:
         *,
         now: datetime | None = None,
         api_key: str | None = None,
+        vectors: Mapping[str, list[float]] | None = None,
     ) -> tuple[Memory, RememberAction]:
         """Store ``text`` for the subject, unless it is already known.
 
@@ -320,6 +338,7 @@ class OwnerMemory:
         ``"near_duplicate"`` (dense cosine >= ``memory_near_duplicate``), in which case the existing
         memory is touched instead: counted as accessed now, its expiry extended to the later of the two
         (never-expiring wins). ``ttl`` (timedelta or seconds) overrides the kind's default TTL.
+        ``vectors`` (from :meth:`MemoryService.embed_texts`) saves embedding the text here.
         """
         now = self.service._now(now)
         text = await self.service._redact(self.service._clean_text(text))
@@ -334,7 +353,9 @@ class OwnerMemory:
             same = await self.service.store.find(self.owner, text=text, now=now, assistant_id=restrict)
             if same:
                 return await self._touch(same[0], expires_at, now), "duplicate"
-            (dense,) = await self.service.embedder.embed_documents([text], api_key=api_key)
+            dense = (vectors or {}).get(text)
+            if dense is None:
+                (dense,) = await self.service.embedder.embed_documents([text], api_key=api_key)
             near = await self.service.store.dense_query(self.owner, dense, limit=1, now=now, assistant_id=restrict)
             if near and near[0].score >= self.service.settings.memory_near_duplicate:
                 return await self._touch(near[0].memory, expires_at, now), "near_duplicate"
@@ -375,8 +396,10 @@ class OwnerMemory:
         *,
         now: datetime | None = None,
         api_key: str | None = None,
+        vectors: Mapping[str, list[float]] | None = None,
     ) -> Memory:
-        """Replace a memory's text, keeping the previous text in ``history``; re-embeds it."""
+        """Replace a memory's text, keeping the previous text in ``history``; re-embeds it (unless
+        ``vectors``, from :meth:`MemoryService.embed_texts`, holds the new text's vector)."""
         now = self.service._now(now)
         text = await self.service._redact(self.service._clean_text(text))
         reason = None if reason is None else await self.service._redact(reason)
@@ -392,7 +415,8 @@ class OwnerMemory:
                 }
             )
             updated = Memory.model_validate(updated.model_dump())
-            await self.service.store.upsert(self.owner, [await self.service._point(updated, api_key)])
+            dense = (vectors or {}).get(text)
+            await self.service.store.upsert(self.owner, [await self.service._point(updated, api_key, dense)])
             return updated
 
     async def amend(
@@ -523,10 +547,11 @@ class OwnerMemory:
                 continue
             ranked.append((rank, hit))
         lexical = lexical_scores(query_terms, [self.service.sparse.terms(hit.memory.text) for _, hit in ranked])
+        semantic = cosines(dense, [hit.dense for _, hit in ranked])
         out = []
-        for (rank, hit), lex in zip(ranked, lexical, strict=True):
+        for (rank, hit), lex, sem in zip(ranked, lexical, semantic, strict=True):
             terms = confidence(
-                semantic_cosine=cosine(dense, hit.dense) if hit.dense else 0.0,
+                semantic_cosine=sem,
                 lexical=lex,
                 last_touched_at=hit.memory.last_touched_at,
                 access_count=hit.memory.access_count,

@@ -2,9 +2,10 @@
 
 The recall path is what the proxy runs before forwarding a request: embed the query with the real
 model, hybrid query (dense + BM25, RRF) filtered to the tenant and subject, confidence scoring,
-and rendering the block (:func:`proxy.memory.render.render_block`). Each sample is one
-``MemoryService.recall`` + ``render_block``, timed end to end, with the embedding and the store
-query timed inside it.
+rendering the block (:func:`proxy.memory.render.render_block`) and rewriting the request body with
+it. Each sample is one ``MemoryService.recall`` + ``render_block`` + body rewrite, timed end to end
+and per stage, one at a time (c=1), then, with ``--concurrency``, many at once (recalls/s, CPU per
+recall, the embedder's batch size); ``--rss`` adds the process's resident memory per cell.
 
 Building 100k memories by embedding 100k texts would take most of the run, so the corpus is
 built from a pool of distinct sentences embedded once with the real model: memory i reuses a

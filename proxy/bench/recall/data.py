@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,7 +106,14 @@ class LoadStats:
 
 
 async def bulk_load(
-    store: Any, pool: Pool, total: int, layout: Layout, *, seed: int = 1, batch: int = 512
+    store: Any,
+    pool: Pool,
+    total: int,
+    layout: Layout,
+    *,
+    seed: int = 1,
+    batch: int = 512,
+    advance: Callable[[int], None] = lambda _n: None,
 ) -> LoadStats:
     """Upsert ``total`` memories spread over ``layout.subjects`` subjects, straight through the store.
 
@@ -137,4 +145,5 @@ async def bulk_load(
             await store.upsert(scope, points)
             stats.prep_seconds += prepared - started
             stats.upsert_seconds += time.perf_counter() - prepared
+            advance(n)
     return stats

@@ -3,6 +3,7 @@ render (as loaded, and optimized for the embedded store) and the rate of ``remem
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from proxy.bench.corpus import notes, queries
+from proxy.bench.harness import rss_mb
 from proxy.bench.membench import BenchService, TimedEmbedder, TimedStore
 from proxy.bench.recall.data import (
     NOW,
@@ -25,6 +27,8 @@ from proxy.bench.recall.data import (
     subject_name,
 )
 from proxy.config import Settings
+from proxy.hooks.chat import inject
+from proxy.hooks.recall import encode
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.render import render_block
 from proxy.memory.sealing import Sealer
@@ -36,22 +40,61 @@ BACKENDS = ("edge", "qdrant-local")
 LOCAL_MODE_LIMIT = 20_000
 
 
+Progress = Callable[[str, int], Callable[[int], None]]
+"""``start(label, total)`` -> ``advance(n)``: the command's progress bar (tests pass none)."""
+
+
+def no_progress(_label: str, _total: int) -> Callable[[int], None]:
+    return lambda _n: None
+
+
+#: The request a recalled block is injected into (a chat completion with a system message), as the hook does.
+REQUEST: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "system", "content": "You are a helpful assistant. Answer briefly."}],
+}
+
+
 @dataclass
 class Latency:
     total: list[float] = field(default_factory=list)
     embed: list[float] = field(default_factory=list)
     search: list[float] = field(default_factory=list)
+    render: list[float] = field(default_factory=list)
+    rewrite: list[float] = field(default_factory=list)
     returned: list[int] = field(default_factory=list)
     first_pass: list[float] = field(default_factory=list)
     load_average: float = float("nan")  # 1-minute load average of the machine when the cell ended
 
     @property
-    def rest(self) -> list[float]:
-        return [t - e - s for t, e, s in zip(self.total, self.embed, self.search, strict=True)]
+    def score(self) -> list[float]:
+        """What recall spends besides embedding and searching: BM25 query terms, confidence, the checks."""
+        parts = zip(self.total, self.embed, self.search, self.render, self.rewrite, strict=True)
+        return [t - e - s - r - w for t, e, s, r, w in parts]
 
-    @property
-    def embed_share(self) -> float:
-        return sum(self.embed) / sum(self.total) if self.total else float("nan")
+
+@dataclass
+class Sample:
+    total: float
+    render: float
+    rewrite: float
+    count: int
+
+
+async def recall_once(service: BenchService, subjects: int, i: int, text: str) -> Sample:
+    """What the proxy does with a question before forwarding: recall, render the block, inject it and
+    encode the request body (``proxy.hooks``), timed end to end and per stage."""
+    settings = service.settings
+    started = time.perf_counter()
+    asker = Owner.of(SECRET, TENANT, subject_name((i * 7907) % subjects))
+    found = await service.of(asker).recall(text, now=NOW)
+    recalled = time.perf_counter()
+    block = render_block(found, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
+    rendered = time.perf_counter()
+    messages = [*REQUEST["messages"], {"role": "user", "content": text}]
+    encode({**REQUEST, "messages": inject(messages, block.text)})
+    done = time.perf_counter()
+    return Sample(done - started, rendered - recalled, done - rendered, block.count)
 
 
 async def measure_recall(
@@ -65,42 +108,93 @@ async def measure_recall(
     max_seconds: float,
     passes: int = 2,
     warmup: int = 2,
+    advance: Callable[[int], None] = lambda _n: None,
 ) -> Latency:
-    """Recall + render for each query (one subject each, spread over the layout), ``passes`` times over
-    the same queries; each pass stops after ``max_queries`` or ``max_seconds`` (at least 3 samples).
+    """Recall + render + body rewrite for each query, one at a time (one subject each, spread over the
+    layout), ``passes`` times over the same queries; each pass stops after ``max_queries`` or
+    ``max_seconds`` (at least 3 samples).
 
     The last pass is the one reported: the first one after a load or an optimize() runs while the
     store's new segments are still being paged in, and is kept apart as ``first_pass``.
     """
-    settings = service.settings
-
-    async def one(i: int, text: str) -> tuple[float, float, float, int]:
-        embedder.query_times.clear()
-        store.query_times.clear()
-        started = time.perf_counter()
-        asker = Owner.of(SECRET, TENANT, subject_name((i * 7907) % subjects))
-        found = await service.of(asker).recall(text, now=NOW)
-        block = render_block(found, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
-        return time.perf_counter() - started, sum(embedder.query_times), sum(store.query_times), block.count
-
     for i in range(warmup):  # first-call costs of the Python side, not the store's
-        await one(i, f"warm-up question number {i}")
+        await recall_once(service, subjects, i, f"warm-up question number {i}")
     out = Latency()
     for number in range(passes):
         run = Latency()
         deadline = time.perf_counter() + max_seconds
         for i, text in enumerate(texts[:max_queries]):
-            total, embed, search, count = await one(i, text)
-            run.total.append(total)
-            run.embed.append(embed)
-            run.search.append(search)
-            run.returned.append(count)
+            embedder.query_times.clear()
+            store.query_times.clear()
+            sample = await recall_once(service, subjects, i, text)
+            advance(1)
+            run.total.append(sample.total)
+            run.embed.append(sum(embedder.query_times))
+            run.search.append(sum(store.query_times))
+            run.render.append(sample.render)
+            run.rewrite.append(sample.rewrite)
+            run.returned.append(sample.count)
             if time.perf_counter() > deadline and len(run.total) >= min(3, max_queries):
                 break
         if number == 0 and passes > 1:
             out.first_pass = run.total
         out.total, out.embed, out.search, out.returned = run.total, run.embed, run.search, run.returned
+        out.render, out.rewrite = run.render, run.rewrite
     out.load_average = os.getloadavg()[0]
+    return out
+
+
+@dataclass
+class Throughput:
+    """Recalls run ``concurrency`` at a time, as concurrent requests would."""
+
+    concurrency: int
+    latency: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the whole process's CPU time (every thread) over the run
+    batches: int = 0  # embedding batches, and the queries they held
+    batched: int = 0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latency) / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu_seconds / len(self.latency) * 1000 if self.latency else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        return self.batched / self.batches if self.batches else float("nan")
+
+
+async def measure_throughput(
+    service: BenchService,
+    embedder: LocalEmbedder,
+    texts: Sequence[str],
+    subjects: int,
+    concurrency: int,
+    *,
+    max_seconds: float,
+    advance: Callable[[int], None] = lambda _n: None,
+) -> Throughput:
+    """``concurrency`` workers taking the next question until ``texts`` or ``max_seconds`` run out."""
+    out = Throughput(concurrency)
+    pending = iter(enumerate(texts))
+    deadline = time.perf_counter() + max_seconds
+
+    async def worker() -> None:
+        for i, text in pending:
+            out.latency.append((await recall_once(service, subjects, i, text)).total)
+            advance(1)
+            if time.perf_counter() > deadline:
+                return
+
+    batches, batched = embedder.batches, embedder.batched_queries
+    cpu, started = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    out.seconds, out.cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    out.batches, out.batched = embedder.batches - batches, embedder.batched_queries - batched
     return out
 
 
@@ -138,6 +232,10 @@ class Cell:
     load: LoadStats
     latency: dict[str, Latency]  # phase ("as loaded", "optimized") -> samples
     writes: Writes
+    throughput: dict[str, Throughput] = field(default_factory=dict)  # phase -> recalls at --concurrency
+    rss_started_mb: float = 0.0  # this process's resident memory with the model loaded and the store open
+    rss_loaded_mb: float = 0.0  # after the bulk load
+    rss_end_mb: float = 0.0  # after the recalls (and optimize())
 
 
 def unknown_backend(backend: str) -> ValueError:
@@ -159,6 +257,19 @@ def open_store(backend: str, workdir: Path, dim: int, name: str) -> Any:
     raise unknown_backend(backend)
 
 
+@dataclass
+class Plan:
+    """How each cell is measured (the command's options)."""
+
+    max_queries: int
+    max_seconds: float
+    max_writes: int
+    concurrency: int = 0  # 0: no throughput run
+    optimize: bool = True
+    say: Callable[[str], None] = lambda _m: None
+    progress: Progress = no_progress
+
+
 async def measure_cell(
     backend: str,
     size: int,
@@ -169,49 +280,64 @@ async def measure_cell(
     workdir: Path,
     query_texts: Sequence[str],
     write_texts: Sequence[str],
-    *,
-    max_queries: int,
-    max_seconds: float,
-    max_writes: int,
-    say: Callable[[str], None],
+    plan: Plan,
 ) -> Cell:
     name = f"{backend}-{size}-{layout.subjects}"
     timed_embedder = TimedEmbedder(embedder)
     store = TimedStore(open_store(backend, workdir, embedder.dim, name))
     service = BenchService(cast(MemoryStore, store), timed_embedder, settings)  # a timing proxy of one
     await service.start()
+    cell = Cell(backend, size, layout, LoadStats(size), {}, Writes(), rss_started_mb=rss_mb(os.getpid()))
     try:
-        say(f"{backend}: loading {size:,} memories ({layout.name}) ...")
-        load = await bulk_load(store, pool, size, layout)
-        latency: dict[str, Latency] = {}
+        cell.load = await bulk_load(
+            store, pool, size, layout, advance=plan.progress(f"{backend}: load {size:,} ({layout.name})", size)
+        )
+        cell.rss_loaded_mb = rss_mb(os.getpid())
         phases = ["as loaded"]
-        if backend == "edge":
+        if backend == "edge" and plan.optimize:
             phases.append("optimized")
+        passes = 2 if backend == "edge" else 1
         for phase in phases:
             if phase == "optimized":
-                say(f"{backend}: optimize() ...")
+                plan.say(f"{backend}: optimize() ...")
                 started = time.perf_counter()
                 await store.inner.optimize()
-                load.optimize_seconds = time.perf_counter() - started
-            say(f"{backend}: recall, {phase} ...")
-            latency[phase] = await measure_recall(
+                cell.load.optimize_seconds = time.perf_counter() - started
+            queries = min(plan.max_queries, len(query_texts))
+            cell.latency[phase] = await measure_recall(
                 service,
                 timed_embedder,
                 store,
                 query_texts,
                 layout.subjects,
-                max_queries=max_queries,
-                max_seconds=max_seconds,
-                passes=2 if backend == "edge" else 1,
+                max_queries=plan.max_queries,
+                max_seconds=plan.max_seconds,
+                passes=passes,
+                advance=plan.progress(f"{backend}: recall, {phase}, c=1", queries * passes),
             )
-        say(f"{backend}: remember ...")
-        writes = await measure_remember(
-            service, write_texts, subject_name(0), max_writes=max_writes, max_seconds=max_seconds
-        )
+            if plan.concurrency > 0:
+                texts = query_texts[queries:]  # questions not asked yet
+                cell.throughput[phase] = await measure_throughput(
+                    service,
+                    embedder,
+                    texts,
+                    layout.subjects,
+                    plan.concurrency,
+                    max_seconds=plan.max_seconds,
+                    advance=plan.progress(f"{backend}: recall, {phase}, c={plan.concurrency}", len(texts)),
+                )
+                timed_embedder.query_times.clear()
+                store.query_times.clear()
+        cell.rss_end_mb = rss_mb(os.getpid())
+        if plan.max_writes > 0:
+            plan.say(f"{backend}: remember ...")
+            cell.writes = await measure_remember(
+                service, write_texts, subject_name(0), max_writes=plan.max_writes, max_seconds=plan.max_seconds
+            )
     finally:
         await service.aclose()
         await store.inner.close()
-    return Cell(backend, size, layout, load, latency, writes)
+    return cell
 
 
 def cells_to_measure(
@@ -238,41 +364,25 @@ async def measure(
     subjects: int,
     worst_case: bool,
     pool_size: int,
-    max_queries: int,
-    max_seconds: float,
-    max_writes: int,
+    plan: Plan,
     embedder: LocalEmbedder,
     settings: Settings,
     workdir: Path,
     data: Path | None = None,
     cache_dir: Path | None = None,
-    say: Callable[[str], None] = lambda _m: None,
 ) -> tuple[list[Cell], Pool]:
     texts, asked, source = pool_texts(pool_size, data)
-    need = 5 + max_queries
+    # distinct questions: the sequential passes', then fresh ones for the throughput run
+    need = 5 + plan.max_queries + (max(plan.max_queries, 4 * plan.concurrency) if plan.concurrency else 0)
     asked = (asked + queries(max(need, 1)))[:need]
-    write_texts = notes(max(max_writes, 1))
-    say(f"embedding a pool of {len(texts):,} {source} ...")
+    write_texts = notes(max(plan.max_writes, 1))
+    plan.say(f"embedding a pool of {len(texts):,} {source} ...")
     pool = await make_pool(embedder, texts, source, cache_dir)
     if data is not None:
         pool.query_source = f"the questions of {data.name} (then template messages)"
     cells = []
     for backend, size, layout in cells_to_measure(sizes, backends, subjects, worst_case):
         cells.append(
-            await measure_cell(
-                backend,
-                size,
-                layout,
-                pool,
-                embedder,
-                settings,
-                workdir,
-                asked,
-                write_texts,
-                max_queries=max_queries,
-                max_seconds=max_seconds,
-                max_writes=max_writes,
-                say=say,
-            )
+            await measure_cell(backend, size, layout, pool, embedder, settings, workdir, asked, write_texts, plan)
         )
     return cells, pool
