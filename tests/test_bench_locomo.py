@@ -9,8 +9,17 @@ import pytest
 from typer.testing import CliRunner
 
 from proxy.bench.locomo.data import _memory, load_locomo, parse_evidence
-from proxy.bench.locomo.evaluate import Evaluation, evaluate, recall_at, rrf, truncate_transcript
-from proxy.bench.locomo.report import report
+from proxy.bench.locomo.evaluate import (
+    Evaluation,
+    QuestionResult,
+    evaluate,
+    mean_recall,
+    micro_recall,
+    recall_at,
+    rrf,
+    truncate_transcript,
+)
+from proxy.bench.locomo.report import ranked_by, report
 from proxy.bench.membench import bench_settings
 from proxy.memory.render import CLOSE, HEADER, OPEN
 from proxy.memory.tokens import count_tokens
@@ -109,6 +118,13 @@ def test_truncation_keeps_exactly_the_last_turns_that_fit(tiny_locomo):
     assert truncate_transcript(lines, last_two) == {"D2:3", "D2:4"}
     assert truncate_transcript(lines, last_two - 1) == {"D2:4"}  # a turn cut in half is lost
     assert truncate_transcript(lines, 10_000) == {t.dia_id for t in conv.turns}
+
+
+def test_micro_recall_weighs_every_evidence_turn_and_macro_every_question():
+    one = QuestionResult("c", 4, ("a",), (1,), {"m": ["a"]}, {}, {})
+    many = QuestionResult("c", 1, ("b", "c", "d"), (1,), {"m": ["x"]}, {}, {})
+    assert mean_recall([one, many], ranked_by("m"), 1) == 0.5  # 1 and 0, averaged
+    assert micro_recall([one, many], ranked_by("m"), 1) == 0.25  # 1 evidence turn found of 4
 
 
 def test_recall_at_k_and_rrf():

@@ -29,7 +29,7 @@ from proxy.memory.tokens import count_tokens
 from proxy.owner import Owner
 
 KS = (5, 10, 25)
-BUDGETS = (4000, 8000, 16000)
+BUDGETS = (1000, 4000, 8000, 16000)
 
 #: (conversation, turn, its memory) of every turn of the dataset, in order.
 Memories = list[tuple[Conversation, Turn, Memory]]
@@ -98,7 +98,23 @@ class QuestionResult:
 
 
 def mean_recall(results: Sequence[QuestionResult], ranking: Callable[[QuestionResult], Sequence[str]], k: int) -> float:
+    """Macro recall@k: the share of each question's evidence found, averaged over questions."""
     return mean(recall_at(ranking(r), r.evidence, k) for r in results)
+
+
+def micro_recall(
+    results: Sequence[QuestionResult], ranking: Callable[[QuestionResult], Sequence[str]], k: int
+) -> float:
+    """Micro recall@k: the share of all evidence turns found (a question with many evidence turns
+    weighs more)."""
+    return micro_kept(results, lambda r: set(ranking(r)[:k]))
+
+
+def micro_kept(results: Sequence[QuestionResult], kept: Callable[[QuestionResult], set[str]]) -> float:
+    """The share of all evidence turns of ``results`` that ``kept`` holds."""
+    total = sum(len(r.evidence) for r in results)
+    found = sum(1 for r in results for e in r.evidence if e in kept(r))
+    return found / total if total else float("nan")
 
 
 def by_category(results: Sequence[QuestionResult]) -> dict[int | None, list[QuestionResult]]:
@@ -160,7 +176,8 @@ async def _ranking(
             with_vector=False,
         )
     points = await store._call(lambda: store.shard.query(request))
-    return [str(p.id) for p in points]
+    # equal scores in the backend's internal point order, which changes between runs: by id instead
+    return [str(p.id) for p in sorted(points, key=lambda p: (-round(p.score, 6), str(p.id)))]
 
 
 def _scored(memories: Sequence[Memory]) -> list[ScoredMemory]:
@@ -248,17 +265,21 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
     size = len(conv.turns)
     dense = await askers.embedder.embed_query(q.question)
     query_sparse = askers.sparse.query(q.question)
-    dense_full = thread.dia(await _ranking(store, scope, dense=dense, limit=size, now=now))
-    sparse_full = thread.dia(await _ranking(store, scope, sparse=query_sparse, limit=size, now=now))
-    hybrid = await store.hybrid_query(scope, dense, query_sparse, limit=candidates, now=now)
-    recalled = await service.of(scope).recall(q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now)
-    askers.recency_terms.extend(s.recency for s in recalled)
+    dense_ids = await _ranking(store, scope, dense=dense, limit=size, now=now)
+    sparse_ids = await _ranking(store, scope, sparse=query_sparse, limit=size, now=now)
+    dense_full, sparse_full = thread.dia(dense_ids), thread.dia(sparse_ids)
+    recalled = await service.of(scope).recall(
+        q.question, top_k=size, min_confidence=0.0, min_similarity=0.0, now=now
+    )  # every candidate, for the block
+    askers.recency_terms.extend(s.recency for s in recalled[:top])
     floored = await service.of(scope).recall(q.question, top_k=top, now=now)
     by_similarity = await similarity_only.of(scope).recall(
         q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now
     )
-    fused = await _ranking(store, scope, dense=dense, sparse=query_sparse, limit=size, now=now)
-    everything = [thread.mine[i][1] for i in fused]
+    # the block: what the service ranks, then the rest of the conversation in fused order
+    service_ids = [s.memory.id for s in recalled]
+    rest = [i for i in rrf([dense_ids, sparse_ids], limit=size) if i not in set(service_ids)]
+    everything = [thread.mine[i][1] for i in service_ids + rest]
     return QuestionResult(
         conv.sample_id,
         q.category,
@@ -267,8 +288,8 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
         {
             "dense": dense_full[:top],
             "bm25": sparse_full[:top],
-            "hybrid": thread.dia(h.memory.id for h in hybrid)[:top],
-            "service": thread.dia(s.memory.id for s in recalled),
+            "hybrid": thread.dia(rrf([dense_ids, sparse_ids], limit=candidates)[:top]),
+            "service": thread.dia(s.memory.id for s in recalled[:top]),
             "similarity": thread.dia(s.memory.id for s in by_similarity),
             "service_floors": thread.dia(s.memory.id for s in floored),
         },
@@ -280,7 +301,7 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
 
 
 async def _ask_all(
-    askers: _Askers, dataset: Dataset, memories: Memories, say: Callable[[str], None]
+    askers: _Askers, dataset: Dataset, memories: Memories, say: Callable[[str], None], tick: Callable[[], None]
 ) -> list[QuestionResult]:
     results: list[QuestionResult] = []
     for conv in dataset.conversations:
@@ -288,6 +309,7 @@ async def _ask_all(
         thread = _thread(conv, memories, askers.budgets)
         for q in conv.questions:
             results.append(await _ask(askers, thread, q))
+            tick()
     return results
 
 
@@ -308,7 +330,10 @@ async def evaluate(
     ks: Sequence[int] = KS,
     budgets: Sequence[int] = BUDGETS,
     progress: Callable[[str], None] | None = None,
+    tick: Callable[[], None] = lambda: None,
 ) -> Evaluation:
+    """Every question of ``dataset`` asked of every retriever; ``progress`` hears each stage and ``tick``
+    each question answered."""
     say = progress or (lambda _msg: None)
     memories = [(conv, turn, _memory(conv, turn)) for conv in dataset.conversations for turn in conv.turns]
     say(f"embedding {len(memories)} turns ...")
@@ -331,7 +356,7 @@ async def evaluate(
             store, service, similarity_only, embedder, sparse, top, candidates, settings.memory_line_chars, budgets
         )
         started = time.perf_counter()
-        results = await _ask_all(askers, dataset, memories, say)
+        results = await _ask_all(askers, dataset, memories, say, tick)
         query_seconds = time.perf_counter() - started
     finally:
         await service.aclose()
