@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     memory_min_similarity: float = Field(
         0.25, description="Recalled memories less similar to the query than this are dropped, however recent."
     )
+    memory_relative_similarity: float = Field(
+        0.0,
+        description="Recalled memories less similar than this share of the best candidate's similarity are dropped.",
+    )
     memory_min_confidence: float = Field(0.2, description="Recalled memories below this confidence are dropped.")
     memory_candidates: int = Field(40, description="Candidates per retriever (dense, BM25) before confidence ranking.")
     memory_near_duplicate: float = Field(

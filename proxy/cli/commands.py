@@ -235,6 +235,18 @@ def bench_locomo(
     run(data, model_path=model_path, cache_dir=cache_dir, rankings=rankings)
 
 
+@bench.command("quality")
+def bench_quality(
+    model_path: Annotated[
+        Path | None, typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")
+    ] = None,
+) -> None:
+    """Share of the memories a question needs that the proxy injects, and memories per request, per gating."""
+    from proxy.bench.quality import run
+
+    run(model_path=model_path)
+
+
 # --- GDPR and migration: forget, export, audit verify / head, migrate ---------------------------------
 #
 # Each runs against the proxy serving this data directory when there is one (or ``--url``), through
