@@ -7,7 +7,9 @@ from typer.testing import CliRunner
 from proxy.bench.membench import bench_settings
 from proxy.bench.quality.data import facts, questions
 from proxy.bench.quality.evaluate import Variant, evaluate, mean_injected, share_found
-from proxy.bench.quality.report import report
+from proxy.bench.quality.report import VARIANTS, report
+
+TOP_3 = Variant("top 3", {"memory_min_similarity": 0.0, "memory_relative_similarity": 0.0, "memory_top_k": 3})
 
 
 def test_the_data_has_enough_facts_distractors_and_questions_of_every_kind():
@@ -20,19 +22,19 @@ def test_the_data_has_enough_facts_distractors_and_questions_of_every_kind():
     assert len({f.user for f in facts()}) >= 5
 
 
-async def test_a_floor_injects_less_and_the_report_says_so(local_embedder, tmp_path, capsys):
-    variants = [
-        Variant("floor", {"memory_min_similarity": 0.25, "memory_relative_similarity": 0.0}),
-        Variant("top 3", {"memory_min_similarity": 0.0, "memory_relative_similarity": 0.0, "memory_top_k": 3}),
-    ]
+async def test_the_configured_gating_finds_what_the_old_floor_lost_within_six_memories(
+    local_embedder, tmp_path, capsys
+):
+    variants = [VARIANTS[0], next(v for v in VARIANTS if v.label.startswith("before")), TOP_3]
     results = await evaluate(local_embedder, bench_settings(tmp_path / "data"), tmp_path, variants)
-    floor, top3 = results["floor"], results["top 3"]
-    assert len(floor) == len(top3) == len(questions())
+    configured, before, top3 = (results[v.label] for v in variants)
+    assert len(configured) == len(before) == len(questions())
     assert mean_injected(top3) == 3.0  # every user has more than 3 memories
-    assert mean_injected(floor) < 3.0 and share_found(floor) < share_found(top3)
-    # the paraphrase of the issue: a fact under the old floor, found once the floor is off
-    k8s = next(a for a in top3 if a.question.text == "Which orchestrator do we use?")
-    assert "k8s" in k8s.injected
+    assert share_found(before) < 0.5 and share_found(configured) > 0.85 and mean_injected(configured) <= 6
+    # the paraphrase of the issue (cosine 0.248, under the old floor of 0.25) and an implied constraint
+    asked = {a.question.text: a for a in configured}
+    assert "k8s" in asked["Which orchestrator do we use?"].injected
+    assert "flying" in asked["Plan a weekend trip to Rome for me"].injected
     report(results, "test settings")
     out = " ".join(capsys.readouterr().out.split())
     assert "intended facts injected" in out and "top 3" in out and "3.0" in out

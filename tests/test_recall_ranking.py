@@ -51,3 +51,34 @@ async def test_equal_scores_rank_the_same_whatever_the_store_order(make_service)
     assert [(-m.created_at.timestamp(), m.id) for m in tea] == sorted((-m.created_at.timestamp(), m.id) for m in tea)
     again = await forward.of(owner(TEN, SUB)).recall(query, top_k=8, min_confidence=0, min_similarity=0)
     assert [s.memory.id for s in again] == ids
+
+
+# --- gating --------------------------------------------------------------------------------------------
+
+
+async def test_a_paraphrase_under_the_old_floor_is_recalled_and_noise_is_not(make_service):  # noqa: F811
+    """The issue's example: cosine 0.248 against the old absolute floor of 0.25. The floor is now
+    calibrated for the model and relative to the best candidate."""
+    svc = await make_service()
+    me = svc.of(owner(TEN, SUB))
+    k8s, _ = await me.remember("User's company is Acme Corp and we run Kubernetes in production")
+    for text in OTHERS:
+        await me.remember(text)
+    found = await me.recall("Which orchestrator do we use?")
+    assert k8s.id in [s.memory.id for s in found]
+    assert await me.recall("What is the boiling point of mercury in kelvin?") == []  # nothing related: nothing
+
+
+async def test_a_pinned_constraint_is_injected_when_the_question_never_names_it(make_service):  # noqa: F811
+    svc = await make_service()
+    me = svc.of(owner(TEN, SUB))
+    flying, _ = await me.remember("User is afraid of flying", kind="constraint")
+    for text in ["User lives in Lisbon", "User's favourite colour is green", "User plays the cello"]:
+        await me.remember(text)
+    question = "Plan a weekend trip to Rome for me"
+    assert flying.id not in [s.memory.id for s in await me.recall(question, pinned=False)]  # too far to be recalled
+    assert flying.id in [s.memory.id for s in await me.recall(question)]
+    assert [s.memory.id for s in await me.recall(question, top_k=1)] == [flying.id]  # pins stay first within top_k
+    unpinned = await make_service(memory_pinned_kinds=[])
+    await _load(unpinned, [flying])
+    assert await unpinned.of(owner(TEN, SUB)).recall(question) == []

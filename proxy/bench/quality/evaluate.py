@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,13 @@ from proxy.owner import Owner
 
 TENANT = "quality"
 SECRET = b"bench"
-NOW = datetime(2026, 6, 1, tzinfo=UTC)  # every memory stored and asked at the same instant: no recency effect
+NOW = datetime(2026, 6, 1, tzinfo=UTC)  # when every question is asked
+
+
+def learned_at(index: int) -> datetime:
+    """When the ``index``-th memory was learned: spread over the year before :data:`NOW`, so recency
+    (and a confidence floor) weighs on old facts as it does in a real deployment."""
+    return NOW - timedelta(days=(index * 37) % 365)
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,8 @@ async def load(store: EdgeStore, embedder: LocalEmbedder, settings: Settings, sp
     """Remember every user's memories through the service; memory id -> fact key ("" for a distractor)."""
     service = BenchService(store, embedder, settings, sparse=sparse)
     keys: dict[str, str] = {}
-    for fact in facts():
-        memory, _ = await service.of(owner(fact.user)).remember(fact.text, kind=fact.kind, now=NOW)
+    for index, fact in enumerate(facts()):
+        memory, _ = await service.of(owner(fact.user)).remember(fact.text, kind=fact.kind, now=learned_at(index))
         keys[memory.id] = fact.key
     return keys
 

@@ -7,6 +7,7 @@ import asyncio
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from proxy.bench.harness import pct, print_notes, print_table, progress_bar
 from proxy.bench.membench import bench_settings, load_embedder
@@ -17,11 +18,23 @@ TARGET_FOUND = 0.90
 TARGET_INJECTED = 6.0
 
 #: What is measured: the configured settings first, then the alternatives they were chosen against.
+NO_PINS: dict[str, Any] = {"memory_pinned_kinds": []}
+NO_FLOORS: dict[str, Any] = {
+    "memory_min_similarity": 0.0,
+    "memory_relative_similarity": 0.0,
+    "memory_min_confidence": 0,
+}
 VARIANTS = [
     Variant("configured settings", {}),
-    Variant("before: absolute floor 0.25, top 8", {"memory_min_similarity": 0.25, "memory_relative_similarity": 0.0}),
-    Variant("no floors, top 8", {"memory_min_similarity": 0.0, "memory_relative_similarity": 0.0}),
-    Variant("no floors, top 6", {"memory_min_similarity": 0.0, "memory_relative_similarity": 0.0, "memory_top_k": 6}),
+    Variant("configured, no pinned constraints", NO_PINS),
+    Variant("configured, no confidence floor", {"memory_min_confidence": 0.0}),
+    Variant(
+        "before: similarity floor 0.25, confidence 0.2, top 8",
+        {**NO_PINS, "memory_min_similarity": 0.25, "memory_relative_similarity": 0.0, "memory_min_confidence": 0.2},
+    ),
+    Variant("no floors, no pins, top 8", {**NO_PINS, **NO_FLOORS}),
+    Variant("no floors, no pins, top 6", {**NO_PINS, **NO_FLOORS, "memory_top_k": 6}),
+    Variant("pinned constraints, no floors, top 6", {**NO_FLOORS, "memory_top_k": 6}),
 ]
 
 
