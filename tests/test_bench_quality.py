@@ -15,7 +15,8 @@ TOP_3 = Variant("top 3", {"memory_min_similarity": 0.0, "memory_relative_similar
 def test_the_data_has_enough_facts_distractors_and_questions_of_every_kind():
     needed = [f for f in facts() if f.key]
     assert len(needed) >= 60 and len(facts()) - len(needed) >= 30 and len(questions()) >= 60
-    assert {q.how for q in questions()} == {"paraphrase", "implied", "combined"}
+    assert {q.how for q in questions()} == {"paraphrase", "implied", "combined", "follow-up", "topic-switch"}
+    assert all(q.earlier for q in questions() if q.how in ("follow-up", "topic-switch"))
     keys = {(f.user, f.key) for f in needed}
     assert all((q.user, key) in keys for q in questions() for key in q.needs)
     assert questions("dev") and questions("test") and len(questions("dev")) + len(questions("test")) == len(questions())

@@ -8,7 +8,10 @@ every question). A question names the facts it needs and how it reaches them:
 - ``implied``: needs a constraint or preference the question never mentions (a dinner recipe for a
   vegetarian, a cappuccino for someone lactose intolerant, a trip for someone afraid of flying,
   answers in a preferred form);
-- ``combined``: needs two facts at once (a family day out: where the user lives and the child's age).
+- ``combined``: needs two facts at once (a family day out: where the user lives and the child's age);
+- ``follow-up``: a short question after something the user said earlier in the conversation ("What's
+  the best way to get there?" after "a city break in Rome"), which names what it is about;
+- ``topic-switch``: a question that changes the subject after something the user said before.
 
 Questions alternate between the ``dev`` half (even positions per user, for tuning) and the ``test``
 half (odd positions, reported, never tuned on).
@@ -248,6 +251,92 @@ USERS: dict[str, tuple[dict[str, tuple[str, str]], list[tuple[str, str]], list[t
 }
 
 
+#: user -> [(what the user said earlier in the conversation, the follow-up question, fact keys)]: the
+#: question alone says little, the conversation says what it is about.
+FOLLOW_UPS: dict[str, list[tuple[str, str, str, list[str]]]] = {
+    "maya": [
+        ("topic-switch", "Thanks, that CSV snippet worked.", "Suggest a dinner recipe for tonight, please", ["veg"]),
+        (
+            "follow-up",
+            "I'm thinking about a city break in Rome next month.",
+            "What's the best way to get there?",
+            ["flying"],
+        ),
+        (
+            "follow-up",
+            "My knee has been bothering me again lately.",
+            "Can you suggest a routine for tomorrow?",
+            ["knee"],
+        ),
+    ],
+    "tom": [
+        (
+            "topic-switch",
+            "The crossword today was too easy.",
+            "Which café would suit me for a coffee with friends?",
+            ["wheel"],
+        ),
+        ("follow-up", "We're throwing a birthday party for the grandchildren.", "What food should I make?", ["nuts"]),
+        ("follow-up", "Margaret and I want a day out in York.", "Which places should we visit?", ["wheel"]),
+    ],
+    "priya": [
+        (
+            "topic-switch",
+            "The sprint review went well today.",
+            "Which cake should I order for my birthday?",
+            ["vegan", "gluten"],
+        ),
+        (
+            "follow-up",
+            "My team is going out for dinner on Friday.",
+            "Which restaurant would you pick?",
+            ["vegan", "gluten"],
+        ),
+        (
+            "follow-up",
+            "I've been feeling very tired in the afternoons.",
+            "Should I have a coffee?",
+            ["sleep", "pregnant"],
+        ),
+    ],
+    "luis": [
+        (
+            "topic-switch",
+            "My son scored a goal at school today!",
+            "Can I have a glass of wine to celebrate?",
+            ["alcohol"],
+        ),
+        (
+            "follow-up",
+            "I'm updating the menu at the restaurant.",
+            "Any ideas for a new starter?",
+            ["chef", "shellfish"],
+        ),
+        ("follow-up", "I hurt my wrist yesterday and it is swollen.", "What painkiller can I take?", ["warfarin"]),
+    ],
+    "anna": [
+        ("topic-switch", "I finished my lab report at last.", "What should I cook for dinner?", ["halal"]),
+        ("follow-up", "I want to visit my aunt in Uppsala on Saturday.", "How do I get there?", ["licence"]),
+        ("follow-up", "The spring pollen season is starting.", "Is it fine to train outdoors?", ["asthma"]),
+    ],
+    "ken": [
+        (
+            "topic-switch",
+            "The markets were quiet this morning.",
+            "Which seat should I pick on my next flight?",
+            ["aisle"],
+        ),
+        (
+            "follow-up",
+            "I'm flying to Osaka to see my family in May.",
+            "What should I bring with me?",
+            ["parents", "cpap"],
+        ),
+        ("follow-up", "Dinner with clients tonight at a steakhouse.", "What should I order?", ["pressure", "keto"]),
+    ],
+}
+
+
 @dataclass(frozen=True)
 class Fact:
     user: str
@@ -259,10 +348,19 @@ class Fact:
 @dataclass(frozen=True)
 class Question:
     user: str
-    how: str  # paraphrase, implied, combined
+    how: str  # paraphrase, implied, combined, follow-up
     text: str
     needs: tuple[str, ...]  # fact keys
     split: Split
+    earlier: tuple[str, ...] = ()  # what the user said before in the conversation, oldest first
+
+    @property
+    def conversation(self) -> list[dict[str, str]]:
+        """The request's messages: the earlier user turns (each answered) and the question."""
+        messages: list[dict[str, str]] = []
+        for said in self.earlier:
+            messages += [{"role": "user", "content": said}, {"role": "assistant", "content": "I see."}]
+        return [*messages, {"role": "user", "content": self.text}]
 
 
 def facts() -> list[Fact]:
@@ -282,4 +380,8 @@ def questions(split: Split | None = None) -> list[Question]:
             half: Split = "dev" if index % 2 == 0 else "test"
             if split is None or split == half:
                 out.append(Question(user, how, text, tuple(needs), half))
+        for index, (how, said, text, needs) in enumerate(FOLLOW_UPS.get(user, [])):
+            half = "dev" if index % 2 == 0 else "test"
+            if split is None or split == half:
+                out.append(Question(user, how, text, tuple(needs), half, (said,)))
     return out

@@ -13,6 +13,7 @@ from typing import Any
 from proxy.bench.membench import BenchService
 from proxy.bench.quality.data import Question, facts, questions
 from proxy.config import Settings
+from proxy.learn.turn import latest_user_texts, message_text
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.render import render_block
 from proxy.memory.sealing import Sealer
@@ -50,6 +51,7 @@ class Variant:
 
     label: str
     overrides: dict[str, Any]
+    query_turns: int = 1  # user turns the query is made of (the proxy: 1)
 
 
 def share_found(answers: Sequence[Answer]) -> float:
@@ -81,10 +83,26 @@ def owner(user: str) -> Owner:
     return Owner.of(SECRET, TENANT, user)
 
 
-async def ask(service: MemoryService, keys: dict[str, str], question: Question) -> Answer:
-    """The proxy's path: recall with the service's settings, the block within its budget."""
+def recent_user_texts(items: list[Any], turns: int) -> list[str]:
+    """The user messages of the last ``turns`` user turns, oldest first: with 1, what the proxy's
+    hooks query with (:func:`proxy.learn.turn.latest_user_texts`); more is the technique measured."""
+    if turns == 1:
+        return latest_user_texts(items)
+    groups: list[list[str]] = [[]]
+    for item in reversed(items):
+        if item.get("role") == "user":
+            groups[-1].append(message_text(item.get("content")))
+        elif groups[-1]:
+            groups.append([])
+    return [text for group in reversed(groups[:turns]) for text in reversed(group)]
+
+
+async def ask(service: MemoryService, keys: dict[str, str], question: Question, turns: int = 1) -> Answer:
+    """The proxy's path: the query from the conversation, recall with the service's settings, the block
+    within its budget."""
     settings = service.settings
-    recalled = await service.of(owner(question.user)).recall(question.text, now=NOW)
+    query = "\n".join(recent_user_texts(question.conversation, turns))
+    recalled = await service.of(owner(question.user)).recall(query, now=NOW)
     block = render_block(recalled, budget_tokens=settings.memory_block_tokens, max_chars=settings.memory_line_chars)
     return Answer(question, tuple(keys[s.memory.id] for s in recalled[: block.count]))
 
@@ -109,7 +127,7 @@ async def evaluate(
             service = BenchService(store, embedder, settings.model_copy(update=variant.overrides), sparse=sparse)
             answers = []
             for question in questions():
-                answers.append(await ask(service, keys, question))
+                answers.append(await ask(service, keys, question, variant.query_turns))
                 tick()
             out[variant.label] = answers
         return out

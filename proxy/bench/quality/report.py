@@ -14,6 +14,7 @@ from proxy.bench.membench import bench_settings, load_embedder
 from proxy.bench.quality.data import facts, questions
 from proxy.bench.quality.evaluate import Answer, Variant, evaluate, mean_injected, share_complete, share_found
 
+HOWS = ("paraphrase", "implied", "combined", "follow-up", "topic-switch")
 TARGET_FOUND = 0.90
 TARGET_INJECTED = 6.0
 
@@ -26,29 +27,34 @@ NO_FLOORS: dict[str, Any] = {
 }
 VARIANTS = [
     Variant("configured settings", {}),
-    Variant("configured, no pinned constraints", NO_PINS),
-    Variant("configured, no confidence floor", {"memory_min_confidence": 0.0}),
+    Variant("no pinned constraints", NO_PINS),
+    Variant("confidence floor 0.2", {"memory_min_confidence": 0.2}),
     Variant(
-        "before: similarity floor 0.25, confidence 0.2, top 8",
+        "before: floors 0.25 / 0.2, no pins",
         {**NO_PINS, "memory_min_similarity": 0.25, "memory_relative_similarity": 0.0, "memory_min_confidence": 0.2},
     ),
     Variant("no floors, no pins, top 8", {**NO_PINS, **NO_FLOORS}),
     Variant("no floors, no pins, top 6", {**NO_PINS, **NO_FLOORS, "memory_top_k": 6}),
-    Variant("pinned constraints, no floors, top 6", {**NO_FLOORS, "memory_top_k": 6}),
+    Variant("pins, no floors, top 6", {**NO_FLOORS, "memory_top_k": 6}),
+    Variant("query: last 2 user turns", {}, query_turns=2),
 ]
 
 
 def rows(results: dict[str, list[Answer]]) -> list[list[str]]:
     out = []
     for label, answers in results.items():
-        cells = [label]
-        for split in ("dev", "test"):
-            half = [a for a in answers if a.question.split == split]
-            cells += [pct(share_found(half)), f"{mean_injected(half):.1f}"]
-        by_how = {how: [a for a in answers if a.question.how == how] for how in ("paraphrase", "implied", "combined")}
-        cells += [pct(share_found(group)) for group in by_how.values()]
-        cells += [pct(share_complete(answers)), pct(share_found(answers)), f"{mean_injected(answers):.1f}"]
-        out.append(cells)
+        halves = [[a for a in answers if a.question.split == split] for split in ("dev", "test")]
+        by_how = [[a for a in answers if a.question.how == how] for how in HOWS]
+        out.append(
+            [
+                label,
+                *[pct(share_found(half)) for half in halves],
+                pct(share_found(answers)),
+                f"{mean_injected(answers):.1f}",
+                pct(share_complete(answers)),
+                *[pct(share_found(group)) for group in by_how],
+            ]
+        )
     return out
 
 
@@ -59,24 +65,13 @@ def report(results: dict[str, list[Answer]], settings_line: str) -> None:
     print_table(
         f"memproxy bench quality: intended facts injected, % ({users} users, {n_facts} facts + {n_distractors} "
         f"distractors, {len(questions())} questions: {len(questions('dev'))} dev, {len(questions('test'))} test)",
-        [
-            "configuration",
-            "dev found",
-            "dev per request",
-            "test found",
-            "test per request",
-            "paraphrase",
-            "implied",
-            "combined",
-            "questions complete",
-            "all found",
-            "all per request",
-        ],
+        ["configuration", "dev", "test", "all", "per request", "complete", *HOWS],
         rows(results),
         caption=(
             f"target: >= {pct(TARGET_FOUND)} % of intended facts injected at <= {TARGET_INJECTED:g} memories per "
-            "request. found = share of the facts a question needs that the block holds; per request = memories "
-            "in the block"
+            "request. dev / test / all and per kind of question: share of the facts the questions need that the "
+            "block holds; per request: memories in the block (all questions); complete: questions with every "
+            "fact they need"
         ),
     )
     print_notes(
