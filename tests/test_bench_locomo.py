@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
-from proxy.bench.locomo.data import _memory, load_locomo, parse_evidence
+from proxy.bench.locomo.data import _memory, load_locomo, memories_of, parse_evidence
 from proxy.bench.locomo.evaluate import (
     Evaluation,
     QuestionResult,
@@ -108,6 +108,12 @@ def test_loading_stores_dated_turns_and_keeps_only_answerable_questions(tiny_loc
     assert any("D9:99" in note and "'D'" in note for note in dataset.notes)
     assert "conv-tiny: evidence 'D2:1; D2:3' read as D2:1, D2:3" in dataset.notes
     assert conv.last_day == datetime(2023, 6, 20, 10, 37, tzinfo=UTC)
+    # contextual text: each turn with the one it answers, never across sessions
+    contextual = memories_of(conv, context=True)
+    assert contextual[1].text == axolotl.memory_text() + f" (replying to {conv.turns[0].transcript_line()})"
+    first_of_session_2 = next(i for i, t in enumerate(conv.turns) if t.session == 2)
+    assert contextual[first_of_session_2].text == conv.turns[first_of_session_2].memory_text()
+    assert [m.text for m in memories_of(conv)] == [t.memory_text() for t in conv.turns]
 
 
 def test_truncation_keeps_exactly_the_last_turns_that_fit(tiny_locomo):
@@ -151,7 +157,7 @@ async def test_rare_words_are_found_by_bm25_and_every_retriever_ranks_turns(tiny
     assert recall_at(axolotl.ranked["bm25"], axolotl.evidence, 5) == 1.0
     assert axolotl.ranked["bm25"][0] == "D1:2"
     assert axolotl.ranked["hybrid"][0] == "D1:2"
-    for method in ("dense", "hybrid", "service"):
+    for method in ("dense", "hybrid", "service", "prf", "mmr"):
         assert sorted(axolotl.ranked[method]) == sorted(axolotl.dense_full)  # all 8 turns, once each
     assert ev.turns == 8 and len(ev.results) == 3
 

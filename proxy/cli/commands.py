@@ -227,12 +227,15 @@ def bench_locomo(
     rankings: Annotated[
         Path | None, typer.Option(help="Write every question's rankings here (JSON lines), to compare runs.")
     ] = None,
+    context: Annotated[
+        bool, typer.Option(help="Store each turn with the turn it answers (contextual text for verbatim memories).")
+    ] = False,
 ) -> None:
     """Evidence recall@5/10/25 (macro and micro) of dense, BM25, hybrid and the service's ranking; evidence kept
     per token budget (1k to 16k)."""
     from proxy.bench.locomo import run
 
-    run(data, model_path=model_path, cache_dir=cache_dir, rankings=rankings)
+    run(data, model_path=model_path, cache_dir=cache_dir, rankings=rankings, context=context)
 
 
 @bench.command("quality")

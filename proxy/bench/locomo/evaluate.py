@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 import qdrant_edge as qe
 
-from proxy.bench.locomo.data import CATEGORIES, SECRET, TENANT, Conversation, Dataset, Question, Turn, _memory
+from proxy.bench.locomo.data import CATEGORIES, SECRET, TENANT, Conversation, Dataset, Question, Turn, memories_of
 from proxy.bench.membench import BenchService, embed_cached
 from proxy.config import Settings
 from proxy.memory import store_edge
@@ -213,6 +213,7 @@ class _Thread:
     mine: dict[str, tuple[Turn, Memory]]  # point id -> its turn and memory
     session_of: dict[str, int]  # dia_id -> session
     truncation: dict[int, set[str]]  # budget -> dia_ids left in the truncated transcript
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # point id -> its dense vector
 
     def dia(self, ids: Iterable[str]) -> list[str]:
         return [self.mine[i][0].dia_id for i in ids]
@@ -233,9 +234,10 @@ async def _load(
             await store.upsert(scope, points[i : i + 256])
 
 
-def _thread(conv: Conversation, memories: Memories, budgets: Sequence[int]) -> _Thread:
+def _thread(conv: Conversation, memories: Memories, budgets: Sequence[int], vectors: np.ndarray) -> _Thread:
     scope = Owner.of(SECRET, TENANT, conv.sample_id)
     transcript = conv.transcript()
+    mine = {m.id: vectors[i] for i, (c, _, m) in enumerate(memories) if c is conv}
     return _Thread(
         conv,
         scope,
@@ -243,6 +245,7 @@ def _thread(conv: Conversation, memories: Memories, budgets: Sequence[int]) -> _
         {m.id: (t, m) for c, t, m in memories if c is conv},
         {t.dia_id: t.session for t in conv.turns},
         {b: truncate_transcript(transcript, b) for b in budgets},
+        mine,
     )
 
 
@@ -255,6 +258,39 @@ def _kept_in_block(
         block = render_block(_scored(everything), budget_tokens=budget, max_chars=line_chars)
         kept[budget] = set(thread.dia(m.id for m in everything[: block.count]))
     return kept
+
+
+#: Pseudo-relevance feedback: the query vector moved towards the mean of the first fused documents.
+PRF_DOCS, PRF_WEIGHT = 3, 0.5
+#: MMR: relevance (the fused order) against redundancy with what is already chosen.
+MMR_LAMBDA, MMR_POOL = 0.7, 50
+
+
+def _prf(thread: _Thread, dense: Sequence[float], fused: Sequence[str], sparse_ids: list[str], limit: int) -> list[str]:
+    """Hybrid ranking again, the dense query moved towards the first :data:`PRF_DOCS` fused memories."""
+    ids = list(thread.vectors)
+    matrix = np.stack([thread.vectors[i] for i in ids])
+    moved = np.asarray(dense, dtype=np.float32) + PRF_WEIGHT * matrix[[ids.index(i) for i in fused[:PRF_DOCS]]].mean(0)
+    scores = matrix @ (moved / np.linalg.norm(moved))
+    order = sorted(range(len(ids)), key=lambda j: (-round(float(scores[j]), 6), ids[j]))
+    return rrf([[ids[j] for j in order], sparse_ids], limit=limit)
+
+
+def _mmr(thread: _Thread, ranked: Sequence[str], top: int) -> list[str]:
+    """Maximal marginal relevance over the first :data:`MMR_POOL` of ``ranked`` (relevance 1/(1+rank))."""
+    pool = list(ranked[:MMR_POOL])
+    chosen: list[str] = []
+    while pool and len(chosen) < top:
+
+        def gain(item: str) -> float:
+            relevance = 1.0 / (1 + ranked.index(item))
+            redundancy = max((float(thread.vectors[item] @ thread.vectors[c]) for c in chosen), default=0.0)
+            return MMR_LAMBDA * relevance - (1 - MMR_LAMBDA) * redundancy
+
+        best = max(pool, key=gain)
+        chosen.append(best)
+        pool.remove(best)
+    return chosen
 
 
 async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
@@ -290,6 +326,10 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
             "bm25": sparse_full[:top],
             "hybrid": thread.dia(rrf([dense_ids, sparse_ids], limit=candidates)[:top]),
             "service": thread.dia(s.memory.id for s in recalled[:top]),
+            "prf": thread.dia(
+                _prf(thread, dense, rrf([dense_ids, sparse_ids], limit=candidates), sparse_ids, candidates)[:top]
+            ),
+            "mmr": thread.dia(_mmr(thread, service_ids, top)),
             "similarity": thread.dia(s.memory.id for s in by_similarity),
             "service_floors": thread.dia(s.memory.id for s in floored),
         },
@@ -301,12 +341,17 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
 
 
 async def _ask_all(
-    askers: _Askers, dataset: Dataset, memories: Memories, say: Callable[[str], None], tick: Callable[[], None]
+    askers: _Askers,
+    dataset: Dataset,
+    memories: Memories,
+    vectors: np.ndarray,
+    say: Callable[[str], None],
+    tick: Callable[[], None],
 ) -> list[QuestionResult]:
     results: list[QuestionResult] = []
     for conv in dataset.conversations:
         say(f"asking {len(conv.questions)} questions of {conv.sample_id} ...")
-        thread = _thread(conv, memories, askers.budgets)
+        thread = _thread(conv, memories, askers.budgets, vectors)
         for q in conv.questions:
             results.append(await _ask(askers, thread, q))
             tick()
@@ -331,11 +376,16 @@ async def evaluate(
     budgets: Sequence[int] = BUDGETS,
     progress: Callable[[str], None] | None = None,
     tick: Callable[[], None] = lambda: None,
+    context: bool = False,
 ) -> Evaluation:
     """Every question of ``dataset`` asked of every retriever; ``progress`` hears each stage and ``tick``
-    each question answered."""
+    each question answered. With ``context`` each turn's memory holds the turn it answers."""
     say = progress or (lambda _msg: None)
-    memories = [(conv, turn, _memory(conv, turn)) for conv in dataset.conversations for turn in conv.turns]
+    memories = [
+        (conv, turn, memory)
+        for conv in dataset.conversations
+        for turn, memory in zip(conv.turns, memories_of(conv, context=context), strict=True)
+    ]
     say(f"embedding {len(memories)} turns ...")
     vectors, embed_seconds, cached = await embed_cached(embedder, [m.text for _, _, m in memories], cache_dir)
     sparse = Bm25Encoder()
@@ -356,7 +406,7 @@ async def evaluate(
             store, service, similarity_only, embedder, sparse, top, candidates, settings.memory_line_chars, budgets
         )
         started = time.perf_counter()
-        results = await _ask_all(askers, dataset, memories, say, tick)
+        results = await _ask_all(askers, dataset, memories, vectors, say, tick)
         query_seconds = time.perf_counter() - started
     finally:
         await service.aclose()

@@ -15,6 +15,9 @@ from proxy.bench.locomo.data import CATEGORIES, Dataset, load_locomo
 from proxy.bench.locomo.evaluate import (
     BUDGETS,
     KS,
+    MMR_LAMBDA,
+    PRF_DOCS,
+    PRF_WEIGHT,
     Evaluation,
     QuestionResult,
     by_category,
@@ -44,6 +47,8 @@ METHODS = {
     "service": "hybrid + recency (service ranking, no floors)",
     "similarity": "service ranking, recency and frequency weights 0",
     "service_floors": "service with the configured floors",
+    "prf": f"hybrid + PRF ({PRF_DOCS} memories, weight {PRF_WEIGHT})",
+    "mmr": f"service + MMR (lambda {MMR_LAMBDA})",
 }
 
 FUSION_VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -267,7 +272,12 @@ def save_rankings(ev: Evaluation, path: Path) -> None:
 
 
 def run(
-    data: Path, *, model_path: Path | None = None, cache_dir: Path | None = None, rankings: Path | None = None
+    data: Path,
+    *,
+    model_path: Path | None = None,
+    cache_dir: Path | None = None,
+    rankings: Path | None = None,
+    context: bool = False,
 ) -> None:
     """``memproxy bench locomo``: read the file, evaluate it with the real embedder, print the report."""
     dataset = load_locomo(data)
@@ -287,6 +297,7 @@ def run(
                     cache_dir=cache_dir,
                     progress=lambda m: bar.update(task, description=m.rstrip(" .")),
                     tick=lambda: bar.advance(task),
+                    context=context,
                 )
             )
         finally:
