@@ -260,6 +260,9 @@ def _kept_in_block(
     return kept
 
 
+#: The block is the service's first BLOCK_HEAD memories (more than a 4k block holds), then the rest of
+#: the conversation in fused order (for the 8k and 16k budgets).
+BLOCK_HEAD = 100
 #: Pseudo-relevance feedback: the query vector moved towards the mean of the first fused documents.
 PRF_DOCS, PRF_WEIGHT = 3, 0.5
 #: MMR: relevance (the fused order) against redundancy with what is already chosen.
@@ -305,8 +308,8 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
     sparse_ids = await _ranking(store, scope, sparse=query_sparse, limit=size, now=now)
     dense_full, sparse_full = thread.dia(dense_ids), thread.dia(sparse_ids)
     recalled = await service.of(scope).recall(
-        q.question, top_k=size, min_confidence=0.0, min_similarity=0.0, now=now
-    )  # every candidate, for the block
+        q.question, top_k=BLOCK_HEAD, min_confidence=0.0, min_similarity=0.0, now=now
+    )  # the head of the block
     askers.recency_terms.extend(s.recency for s in recalled[:top])
     floored = await service.of(scope).recall(q.question, top_k=top, now=now)
     by_similarity = await similarity_only.of(scope).recall(
