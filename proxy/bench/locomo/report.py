@@ -215,7 +215,7 @@ def notes(dataset: Dataset, ev: Evaluation) -> list[str]:
         ),
         "published figures: ../shared/data/README.md (all 10 LoCoMo conversations; this file may hold fewer).",
         (
-            "the block rows: the service's ranking (every candidate, no floors), then the rest of the conversation in "
+            "the block rows: the service's first 100 memories (no floors), then the rest of the conversation in "
             "fused order, rendered as the proxy renders it until the budget is full; micro = share of all evidence turns."
         ),
         *dataset.notes,
