@@ -45,6 +45,7 @@ INDEXED_FIELDS: dict[str, str] = {
     "state": "keyword",
     "assistant_id": "keyword",
     "content_hash": "keyword",
+    "kind": "keyword",  # pinned kinds are read on every recall
 }
 
 STATE_ACTIVE = "active"
