@@ -422,8 +422,9 @@ class OwnerMemory:
     ) -> builtins.list[ScoredMemory]:
         """Memories relevant to ``query``, best first, with their confidence terms.
 
-        Candidates come from a hybrid query (dense + BM25, ``memory_candidates`` each, the whole union)
-        and are fused again here with reciprocal rank fusion of their cosine and their BM25 score over
+        Candidates come from a hybrid query (dense + BM25, twice ``memory_candidates`` each, the fused
+        first twice ``memory_candidates``: the backend's cut falls well below the ranks that matter) and
+        are fused again here with reciprocal rank fusion of their cosine and their BM25 score over
         the candidates, equal scores sharing a rank and equal fused scores ordered by date then id, so
         identical inputs give identical rankings (the backend breaks ties by its internal point order).
         That order is kept: on LoCoMo, re-sorting them by confidence cut evidence recall@10 from
@@ -459,7 +460,7 @@ class OwnerMemory:
                 self.owner,
                 dense,
                 sparse,
-                limit=2 * max(settings.memory_candidates, top_k),  # the whole union of both lists
+                limit=2 * max(settings.memory_candidates, top_k),  # a pool deeper than what is kept
                 now=now,
                 assistant_id=restrict,
             ),
