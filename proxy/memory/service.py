@@ -466,7 +466,8 @@ class OwnerMemory:
             ),
             self._pinned(dense, kinds, now, restrict),
         )
-        ranked = self._score(dense, frozenset(sparse.indices), self._alive(hits, now), now)
+        # BM25 over the candidates and their confidence: a few ms of CPU with a deep pool, off the event loop
+        ranked = await asyncio.to_thread(self._score, dense, frozenset(sparse.indices), self._alive(hits, now), now)
         pins = self._pins(ranked, self._alive(pin_hits, now)[: settings.memory_pinned_max], now)[:top_k]
         gate = max(sim_floor, relative_similarity * max((s.similarity for s in ranked), default=0.0))
         chosen = {s.memory.id for s in pins}
