@@ -12,6 +12,7 @@ from proxy.bench.locomo.data import _memory, load_locomo, memories_of, parse_evi
 from proxy.bench.locomo.evaluate import (
     Evaluation,
     QuestionResult,
+    date_cues,
     evaluate,
     mean_recall,
     micro_recall,
@@ -133,6 +134,13 @@ def test_micro_recall_weighs_every_evidence_turn_and_macro_every_question():
     assert micro_recall([one, many], ranked_by("m"), 1) == 0.25  # 1 evidence turn found of 4
 
 
+def test_date_cues_are_months_and_years_the_question_names():
+    assert date_cues("When did Melanie go camping in June?") == ({6}, set())
+    assert date_cues("What did Mel paint in July 2023?") == ({7}, {2023})
+    assert date_cues("Did she go there in May or in 2022?") == ({5}, {2022})
+    assert date_cues("May I ask what she did last year?") == (set(), set())  # neither a month nor a year
+
+
 def test_recall_at_k_and_rrf():
     assert recall_at(["a", "b", "c"], ["c", "x"], 2) == 0.0
     assert recall_at(["a", "b", "c"], ["c", "x"], 3) == 0.5
@@ -157,7 +165,7 @@ async def test_rare_words_are_found_by_bm25_and_every_retriever_ranks_turns(tiny
     assert recall_at(axolotl.ranked["bm25"], axolotl.evidence, 5) == 1.0
     assert axolotl.ranked["bm25"][0] == "D1:2"
     assert axolotl.ranked["hybrid"][0] == "D1:2"
-    for method in ("dense", "hybrid", "service", "prf", "mmr"):
+    for method in ("dense", "hybrid", "service", "prf", "mmr", "temporal"):
         assert sorted(axolotl.ranked[method]) == sorted(axolotl.dense_full)  # all 8 turns, once each
     assert ev.turns == 8 and len(ev.results) == 3
 

@@ -3,6 +3,8 @@ of the service, the evidence each ranking finds, and what a block or a truncated
 
 from __future__ import annotations
 
+import calendar
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -95,6 +97,7 @@ class QuestionResult:
     truncation: dict[int, set[str]]  # budget -> dia_ids left in the truncated transcript
     dense_full: list[str] = field(default_factory=list)  # complete rankings, for the fusion study
     sparse_full: list[str] = field(default_factory=list)
+    question: str = ""
 
 
 def mean_recall(results: Sequence[QuestionResult], ranking: Callable[[QuestionResult], Sequence[str]], k: int) -> float:
@@ -279,6 +282,37 @@ def _prf(thread: _Thread, dense: Sequence[float], fused: Sequence[str], sparse_i
     return rrf([[ids[j] for j in order], sparse_ids], limit=limit)
 
 
+_MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_name) if m}
+# month names as written (capitalized); "May" only as a date ("in May", "May 2023"), not "May I ..."
+_CUE = re.compile(
+    r"\b(" + "|".join(m.capitalize() for m in _MONTHS if m != "may") + r"|(?<=in )May|May(?= \d))\b|\b((?:19|20)\d\d)\b"
+)
+
+
+def date_cues(question: str) -> tuple[set[int], set[int]]:
+    """The months and years a question names ("in June", "in 2023"); relative ones ("last year") are not read."""
+    months, years = set(), set()
+    for month, year in _CUE.findall(question):
+        if month:
+            months.add(_MONTHS[month.lower()])
+        if year:
+            years.add(int(year))
+    return months, years
+
+
+def _temporal(thread: _Thread, question: str, ranked: Sequence[str]) -> list[str]:
+    """``ranked`` with the memories dated in a month or year the question names moved ahead, in order."""
+    months, years = date_cues(question)
+    if not months and not years:
+        return list(ranked)
+
+    def dated(point_id: str) -> bool:
+        at = thread.mine[point_id][0].at
+        return (not months or at.month in months) and (not years or at.year in years)
+
+    return sorted(ranked, key=lambda point_id: not dated(point_id))
+
+
 def _mmr(thread: _Thread, ranked: Sequence[str], top: int) -> list[str]:
     """Maximal marginal relevance over the first :data:`MMR_POOL` of ``ranked`` (relevance 1/(1+rank))."""
     pool = list(ranked[:MMR_POOL])
@@ -333,6 +367,7 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
                 _prf(thread, dense, rrf([dense_ids, sparse_ids], limit=candidates), sparse_ids, candidates)[:top]
             ),
             "mmr": thread.dia(_mmr(thread, service_ids, top)),
+            "temporal": thread.dia(_temporal(thread, q.question, service_ids)[:top]),
             "similarity": thread.dia(s.memory.id for s in by_similarity),
             "service_floors": thread.dia(s.memory.id for s in floored),
         },
@@ -340,6 +375,7 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
         thread.truncation,
         dense_full,
         sparse_full,
+        q.question,
     )
 
 

@@ -21,6 +21,7 @@ from proxy.bench.locomo.evaluate import (
     Evaluation,
     QuestionResult,
     by_category,
+    date_cues,
     evaluate,
     kept_share,
     mean,
@@ -51,6 +52,7 @@ METHODS = {
     "service_floors": "service with the configured floors",
     "prf": f"hybrid + PRF ({PRF_DOCS} memories, weight {PRF_WEIGHT})",
     "mmr": f"service + MMR (lambda {MMR_LAMBDA})",
+    "temporal": "service + date cues (memories of a month or year the question names first)",
 }
 
 FUSION_VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -171,6 +173,17 @@ def recency_rows(ev: Evaluation) -> list[list[str]]:
     return rows
 
 
+def temporal_note(ev: Evaluation) -> str:
+    """Recall@10 of the service with and without date cues, on the questions that name a month or a year."""
+    cued = [r for r in ev.results if any(date_cues(r.question))]
+    return (
+        f"date cues: {len(cued)} questions name a month or a year; on them recall@10 (macro / micro) is "
+        f"{pct(mean_recall(cued, ranked_by('service'), 10))} / {pct(micro_recall(cued, ranked_by('service'), 10))} "
+        f"for the service and {pct(mean_recall(cued, ranked_by('temporal'), 10))} / "
+        f"{pct(micro_recall(cued, ranked_by('temporal'), 10))} with its memories of that month or year first."
+    )
+
+
 def notes(dataset: Dataset, ev: Evaluation) -> list[str]:
     """What the tables do not say: timings, how each row is made, where the published figures come from,
     and what was repaired or dropped while reading the file."""
@@ -213,6 +226,7 @@ def notes(dataset: Dataset, ev: Evaluation) -> list[str]:
             f"{ev.block_line_tokens:.1f} tokens on average as a block line (the line's [date], the text's own "
             f"[date], JSON quotes) and {ev.transcript_line_tokens:.1f} as a transcript line."
         ),
+        temporal_note(ev),
         "published figures: ../shared/data/README.md (all 10 LoCoMo conversations; this file may hold fewer).",
         (
             "the block rows: the service's first 100 memories (no floors), then the rest of the conversation in "
@@ -273,7 +287,8 @@ def save_rankings(ev: Evaluation, path: Path) -> None:
     """Every question's rankings (dia_ids, best first) as JSON lines: two runs can be compared with diff."""
     with path.open("w") as out:
         for r in ev.results:
-            out.write(json.dumps({"sample_id": r.sample_id, "evidence": r.evidence, "ranked": r.ranked}) + "\n")
+            line = {"sample_id": r.sample_id, "question": r.question, "evidence": r.evidence, "ranked": r.ranked}
+            out.write(json.dumps(line) + "\n")
 
 
 def run(
