@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         0.3,
         description="Recalled memories less similar than this share of the best candidate's similarity are dropped.",
     )
+    memory_date_cues: bool = Field(
+        False,
+        description='Memories learned in a month or year the query names ("in June", "in 2023") go first among '
+        "those recalled.",
+    )
     memory_pinned_kinds: list[str] = Field(
         ["constraint"],
         description="Kinds of memory injected on every request, relevant or not (JSON list; [] turns pinning off).",

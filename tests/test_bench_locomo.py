@@ -12,7 +12,6 @@ from proxy.bench.locomo.data import _memory, load_locomo, memories_of, parse_evi
 from proxy.bench.locomo.evaluate import (
     Evaluation,
     QuestionResult,
-    date_cues,
     evaluate,
     mean_recall,
     micro_recall,
@@ -132,13 +131,6 @@ def test_micro_recall_weighs_every_evidence_turn_and_macro_every_question():
     many = QuestionResult("c", 1, ("b", "c", "d"), (1,), {"m": ["x"]}, {}, {})
     assert mean_recall([one, many], ranked_by("m"), 1) == 0.5  # 1 and 0, averaged
     assert micro_recall([one, many], ranked_by("m"), 1) == 0.25  # 1 evidence turn found of 4
-
-
-def test_date_cues_are_months_and_years_the_question_names():
-    assert date_cues("When did Melanie go camping in June?") == ({6}, set())
-    assert date_cues("What did Mel paint in July 2023?") == ({7}, {2023})
-    assert date_cues("Did she go there in May or in 2022?") == ({5}, {2022})
-    assert date_cues("May I ask what she did last year?") == (set(), set())  # neither a month nor a year
 
 
 def test_recall_at_k_and_rrf():

