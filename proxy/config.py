@@ -135,9 +135,29 @@ class Settings(BaseSettings):
     )
     memory_top_k: int = Field(8, description="Memories recalled per request at most.")
     memory_min_similarity: float = Field(
-        0.25, description="Recalled memories less similar to the query than this are dropped, however recent."
+        0.1,
+        description="Recalled memories less similar to the query than this are dropped, however recent "
+        "(calibrated for MiniLM: unrelated sentences score about 0 to 0.1).",
     )
-    memory_min_confidence: float = Field(0.2, description="Recalled memories below this confidence are dropped.")
+    memory_relative_similarity: float = Field(
+        0.3,
+        description="Recalled memories less similar than this share of the best candidate's similarity are dropped.",
+    )
+    memory_date_cues: bool = Field(
+        False,
+        description='Memories learned in a month or year the query names ("in June", "in 2023") go first among '
+        "those recalled.",
+    )
+    memory_pinned_kinds: list[str] = Field(
+        ["constraint"],
+        description="Kinds of memory injected on every request, relevant or not (JSON list; [] turns pinning off).",
+    )
+    memory_pinned_max: int = Field(3, description="Pinned memories per request at most, the most relevant first.")
+    memory_min_confidence: float = Field(
+        0.0,
+        description="Recalled memories below this confidence are dropped (0: similarity alone gates; confidence "
+        "includes recency, so a floor drops old facts that still hold).",
+    )
     memory_candidates: int = Field(40, description="Candidates per retriever (dense, BM25) before confidence ranking.")
     memory_near_duplicate: float = Field(
         0.92, description="Cosine above which a new memory counts as a near-duplicate of an existing one."

@@ -8,9 +8,18 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
-from proxy.bench.locomo.data import _memory, load_locomo, parse_evidence
-from proxy.bench.locomo.evaluate import Evaluation, evaluate, recall_at, rrf, truncate_transcript
-from proxy.bench.locomo.report import report
+from proxy.bench.locomo.data import _memory, load_locomo, memories_of, parse_evidence
+from proxy.bench.locomo.evaluate import (
+    Evaluation,
+    QuestionResult,
+    evaluate,
+    mean_recall,
+    micro_recall,
+    recall_at,
+    rrf,
+    truncate_transcript,
+)
+from proxy.bench.locomo.report import ranked_by, report
 from proxy.bench.membench import bench_settings
 from proxy.memory.render import CLOSE, HEADER, OPEN
 from proxy.memory.tokens import count_tokens
@@ -99,6 +108,12 @@ def test_loading_stores_dated_turns_and_keeps_only_answerable_questions(tiny_loc
     assert any("D9:99" in note and "'D'" in note for note in dataset.notes)
     assert "conv-tiny: evidence 'D2:1; D2:3' read as D2:1, D2:3" in dataset.notes
     assert conv.last_day == datetime(2023, 6, 20, 10, 37, tzinfo=UTC)
+    # contextual text: each turn with the one it answers, never across sessions
+    contextual = memories_of(conv, context=True)
+    assert contextual[1].text == axolotl.memory_text() + f" (replying to {conv.turns[0].transcript_line()})"
+    first_of_session_2 = next(i for i, t in enumerate(conv.turns) if t.session == 2)
+    assert contextual[first_of_session_2].text == conv.turns[first_of_session_2].memory_text()
+    assert [m.text for m in memories_of(conv)] == [t.memory_text() for t in conv.turns]
 
 
 def test_truncation_keeps_exactly_the_last_turns_that_fit(tiny_locomo):
@@ -109,6 +124,13 @@ def test_truncation_keeps_exactly_the_last_turns_that_fit(tiny_locomo):
     assert truncate_transcript(lines, last_two) == {"D2:3", "D2:4"}
     assert truncate_transcript(lines, last_two - 1) == {"D2:4"}  # a turn cut in half is lost
     assert truncate_transcript(lines, 10_000) == {t.dia_id for t in conv.turns}
+
+
+def test_micro_recall_weighs_every_evidence_turn_and_macro_every_question():
+    one = QuestionResult("c", 4, ("a",), (1,), {"m": ["a"]}, {}, {})
+    many = QuestionResult("c", 1, ("b", "c", "d"), (1,), {"m": ["x"]}, {}, {})
+    assert mean_recall([one, many], ranked_by("m"), 1) == 0.5  # 1 and 0, averaged
+    assert micro_recall([one, many], ranked_by("m"), 1) == 0.25  # 1 evidence turn found of 4
 
 
 def test_recall_at_k_and_rrf():
@@ -135,7 +157,7 @@ async def test_rare_words_are_found_by_bm25_and_every_retriever_ranks_turns(tiny
     assert recall_at(axolotl.ranked["bm25"], axolotl.evidence, 5) == 1.0
     assert axolotl.ranked["bm25"][0] == "D1:2"
     assert axolotl.ranked["hybrid"][0] == "D1:2"
-    for method in ("dense", "hybrid", "service"):
+    for method in ("dense", "hybrid", "service", "prf", "mmr", "temporal"):
         assert sorted(axolotl.ranked[method]) == sorted(axolotl.dense_full)  # all 8 turns, once each
     assert ev.turns == 8 and len(ev.results) == 3
 

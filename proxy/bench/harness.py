@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx2
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from proxy.server import stop_process
@@ -159,6 +160,18 @@ def print_table(title: str, columns: list[str], rows: list[list[str]], caption: 
     for row in rows:
         table.add_row(*row)
     Console(width=160).print(table)
+
+
+def progress_bar() -> Progress:
+    """A progress bar on stderr for a benchmark's long stage (what it does, done / total, time left)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def print_notes(lines: list[str]) -> None:

@@ -265,11 +265,30 @@ def bench_locomo(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Keep turn embeddings here between runs (e.g. under /tmp).")
     ] = None,
+    rankings: Annotated[
+        Path | None, typer.Option(help="Write every question's rankings here (JSON lines), to compare runs.")
+    ] = None,
+    context: Annotated[
+        bool, typer.Option(help="Store each turn with the turn it answers (contextual text for verbatim memories).")
+    ] = False,
 ) -> None:
-    """Evidence recall@5/10/25 of dense, BM25, hybrid and the service's ranking; evidence kept per token budget."""
+    """Evidence recall@5/10/25 (macro and micro) of dense, BM25, hybrid and the service's ranking; evidence kept
+    per token budget (1k to 16k)."""
     from proxy.bench.locomo import run
 
-    run(data, model_path=model_path, cache_dir=cache_dir)
+    run(data, model_path=model_path, cache_dir=cache_dir, rankings=rankings, context=context)
+
+
+@bench.command("quality")
+def bench_quality(
+    model_path: Annotated[
+        Path | None, typer.Option(help="Embedding model directory (MEMPROXY_EMBED_MODEL_PATH).")
+    ] = None,
+) -> None:
+    """Share of the memories a question needs that the proxy injects, and memories per request, per gating."""
+    from proxy.bench.quality import run
+
+    run(model_path=model_path)
 
 
 # --- GDPR and migration: forget, export, audit verify / head, migrate ---------------------------------

@@ -29,7 +29,7 @@ rarity. Both are bounded and comparable across queries and subjects, so a thresh
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -123,3 +123,40 @@ def confidence(
         recency=recency,
         frequency=frequency,
     )
+
+
+def bm25_scores(query_terms: frozenset[int], documents: Sequence[Mapping[int, float]]) -> list[float]:
+    """BM25 of each candidate for the query: its terms' document weights (term frequency, length
+    normalized, as stored) times their IDF, counted over the candidates (the collection's IDF is not
+    returned by the store; the candidates are what is ranked)."""
+    n = len(documents)
+    df = {t: sum(1 for d in documents if t in d) for t in query_terms}
+    idf = {t: math.log(1.0 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items() if f}
+    return [sum(w * d[t] for t, w in idf.items() if t in d) for d in documents]
+
+
+def shared_ranks(scores: Sequence[float], *, places: int = 6) -> list[int]:
+    """Competition ranks (0 = best) of ``scores``, higher first; scores equal to ``places`` decimals
+    share the best rank of their group, so the order a backend returned them in cannot matter."""
+    rounded = [round(s, places) for s in scores]
+    ordered = sorted(rounded, reverse=True)
+    first: dict[float, int] = {}
+    for i, s in enumerate(ordered):
+        first.setdefault(s, i)
+    return [first[s] for s in rounded]
+
+
+def fuse(
+    dense: Sequence[float],
+    lexical: Sequence[float],
+    *,
+    k: float,
+    weights: tuple[float, float] = (1.0, 1.0),
+) -> list[float]:
+    """Reciprocal rank fusion of the candidates' dense and lexical scores: ``w / (k + rank + 1)`` per
+    list, ranks shared by equal scores. A candidate with no lexical match gets nothing from that list."""
+    dense_ranks, lexical_ranks = shared_ranks(dense), shared_ranks(lexical)
+    return [
+        weights[0] / (k + dr + 1) + (weights[1] / (k + lr + 1) if lx > 0 else 0.0)
+        for dr, lr, lx in zip(dense_ranks, lexical_ranks, lexical, strict=True)
+    ]

@@ -26,6 +26,7 @@ from proxy.errors import MemproxyError
 from proxy.owner import Owner
 from proxy.tracing import traced
 
+from .dates import DateCues, date_cues
 from .embed import Embedder
 from .models import (
     HistoryEntry,
@@ -38,9 +39,10 @@ from .models import (
     utcnow,
 )
 from .redact import Redactor
-from .scoring import ScoringWeights, confidence, cosines
+from .scoring import ScoringWeights, bm25_scores, confidence, cosines, fuse
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
+    RRF_K,
     DimensionMismatchError,
     ExpiredRef,
     Hit,
@@ -73,6 +75,19 @@ def _is_id(memory_id: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def tie_break(memory: Memory) -> tuple[float, str]:
+    """How memories of equal relevance are ordered: the newer first, then by id."""
+    return (-as_utc(memory.created_at).timestamp(), memory.id)
+
+
+def _dated_first(ranked: builtins.list[ScoredMemory], cues: DateCues) -> builtins.list[ScoredMemory]:
+    """``ranked`` with the memories learned when the query says moved ahead, in order (ranks renumbered)."""
+    if not cues:
+        return ranked
+    moved = sorted(ranked, key=lambda s: not cues.match(s.memory.created_at))
+    return [s if s.rank == rank else s.model_copy(update={"rank": rank}) for rank, s in enumerate(moved)]
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -489,78 +504,131 @@ class OwnerMemory:
         now: datetime | None = None,
         *,
         min_similarity: float | None = None,
+        relative_similarity: float | None = None,
+        pinned: bool = True,
         api_key: str | None = None,
     ) -> builtins.list[ScoredMemory]:
         """Memories relevant to ``query``, best first, with their confidence terms.
 
-        Candidates come from a hybrid query (dense + BM25, RRF-fused, ``memory_candidates`` each)
-        and keep that order: on LoCoMo, re-sorting them by confidence cut evidence recall@10 from
+        Candidates come from a hybrid query (dense + BM25, twice ``memory_candidates`` each, the fused
+        first twice ``memory_candidates``: the backend's cut falls well below the ranks that matter) and
+        are fused again here with reciprocal rank fusion of their cosine and their BM25 score over
+        the candidates, equal scores sharing a rank and equal fused scores ordered by date then id, so
+        identical inputs give identical rankings (the backend breaks ties by its internal point order).
+        That order is kept: on LoCoMo, re-sorting them by confidence cut evidence recall@10 from
         67% to 37% (the similarity term alone ranks like dense search, and recency pushes old but
         relevant facts out; ``memproxy bench locomo``). Confidence (similarity, recency, frequency)
         is computed for each, reported, and gates what is returned: a memory must reach
-        ``min_similarity`` (default ``memory_min_similarity``), then ``min_confidence``, so a stale
-        or barely related memory stays out while a relevant one keeps its place.
+        ``min_similarity`` (default ``memory_min_similarity``) and ``relative_similarity`` times the
+        best candidate's similarity (default ``memory_relative_similarity``, or 0 when the caller sets
+        ``min_similarity``), then ``min_confidence``, so a stale or barely related memory stays out while
+        a relevant one keeps its place.
+
+        With ``pinned``, the memories of ``memory_pinned_kinds`` nearest to the query (at most
+        ``memory_pinned_max``; constraints such as a diet or an allergy) are returned whatever their
+        similarity, in the ``top_k``: a question rarely names the constraint its answer must respect.
         Expired and deleted memories are never returned.
         """
+        settings = self.service.settings
         now = self.service._now(now)
-        top_k = self.service.settings.memory_top_k if top_k is None else top_k
-        floor = self.service.settings.memory_min_confidence if min_confidence is None else min_confidence
-        sim_floor = self.service.settings.memory_min_similarity if min_similarity is None else min_similarity
+        top_k = settings.memory_top_k if top_k is None else top_k
+        floor = settings.memory_min_confidence if min_confidence is None else min_confidence
+        if relative_similarity is None:
+            relative_similarity = settings.memory_relative_similarity if min_similarity is None else 0.0
+        sim_floor = settings.memory_min_similarity if min_similarity is None else min_similarity
         if top_k <= 0 or not query.strip():
             return []
         query = cap_query(query)  # bounded work, whatever the client sent: embedding and BM25 see the cap
         dense = await traced("memproxy.embed", self.service.embedder.embed_query(query, api_key=api_key))
         sparse = self.service.sparse.query(query)
-        hits = await traced(  # a span while tracing (proxy.tracing), else just awaited
-            "memproxy.search",
+        restrict = self.service._restrict(assistant_id)
+        kinds = tuple(settings.memory_pinned_kinds) if pinned and settings.memory_pinned_max > 0 else ()
+        search = asyncio.gather(
             self.service.store.hybrid_query(
                 self.owner,
                 dense,
                 sparse,
-                limit=max(self.service.settings.memory_candidates, top_k),
+                limit=2 * max(settings.memory_candidates, top_k),  # a pool deeper than what is kept
                 now=now,
-                assistant_id=self.service._restrict(assistant_id),
+                assistant_id=restrict,
             ),
+            self._pinned(dense, kinds, now, restrict),
         )
-        scored = self._score(dense, frozenset(sparse.indices), hits, now, sim_floor, floor)
-        scored = scored[:top_k]  # already in fused-relevance order
+        hits, pin_hits = await traced("memproxy.search", search)  # a span while tracing, else just awaited
+        # BM25 over the candidates and their confidence: a few ms of CPU with a deep pool, off the event loop
+        ranked = await asyncio.to_thread(self._score, dense, frozenset(sparse.indices), self._alive(hits, now), now)
+        if settings.memory_date_cues:
+            ranked = _dated_first(ranked, date_cues(query))
+        pins = self._pins(ranked, self._alive(pin_hits, now)[: settings.memory_pinned_max], now)[:top_k]
+        gate = max(sim_floor, relative_similarity * max((s.similarity for s in ranked), default=0.0))
+        chosen = {s.memory.id for s in pins}
+        kept = [s for s in ranked if s.memory.id not in chosen and s.similarity >= gate and s.confidence >= floor]
+        scored = sorted(kept[: top_k - len(pins)] + pins, key=lambda s: s.rank)
         if scored:
             self.service._record_access(self.owner, [s.memory.id for s in scored], now)
         return scored
 
-    def _score(
-        self,
-        dense: list[float],
-        query_terms: frozenset[int],
-        hits: list[Hit],
-        now: datetime,
-        min_similarity: float,
-        min_confidence: float,
+    async def _pinned(
+        self, dense: list[float], kinds: tuple[str, ...], now: datetime, assistant_id: str | None
+    ) -> builtins.list[Hit]:
+        """The memories of ``kinds`` nearest to the query (none without kinds)."""
+        if not kinds:
+            return []
+        return await self.service.store.dense_query(
+            self.owner,
+            dense,
+            limit=self.service.settings.memory_pinned_max,
+            now=now,
+            assistant_id=assistant_id,
+            kinds=kinds,
+        )
+
+    def _pins(
+        self, ranked: builtins.list[ScoredMemory], hits: builtins.list[Hit], now: datetime
     ) -> builtins.list[ScoredMemory]:
-        ranked = []
-        for rank, hit in enumerate(hits):
+        """The pinned memories as scored among the candidates, or (not among them) by their cosine alone."""
+        by_id = {s.memory.id: s for s in ranked}
+        return [
+            by_id.get(hit.memory.id) or self._scored(hit.memory, hit.score, 0.0, len(ranked) + i, now)
+            for i, hit in enumerate(hits)
+        ]
+
+    def _alive(self, hits: builtins.list[Hit], now: datetime) -> builtins.list[Hit]:
+        """The hits of this owner that are neither deleted nor expired at ``now``."""
+        live = []
+        for hit in hits:
             memory = hit.memory
             if (memory.tenant, memory.subject) != (self.owner.tenant, self.owner.subject):  # defence in depth
                 log.error("memory store returned a memory of another self.owner; dropped")
                 continue
-            if memory.deleted or memory.is_expired(now):
-                continue
-            ranked.append((rank, hit))
-        lexical = lexical_scores(query_terms, [self.service.sparse.terms(hit.memory.text) for _, hit in ranked])
-        semantic = cosines(dense, [hit.dense for _, hit in ranked])
-        out = []
-        for (rank, hit), lex, sem in zip(ranked, lexical, semantic, strict=True):
-            terms = confidence(
-                semantic_cosine=sem,
-                lexical=lex,
-                last_touched_at=hit.memory.last_touched_at,
-                access_count=hit.memory.access_count,
-                now=now,
-                weights=self.service.weights,
-            )
-            if terms.similarity >= min_similarity and terms.confidence >= min_confidence:
-                out.append(ScoredMemory.from_terms(hit.memory, terms, rank))
-        return out
+            if not memory.deleted and not memory.is_expired(now):
+                live.append(hit)
+        return live
+
+    def _scored(self, memory: Memory, semantic: float, lexical: float, rank: int, now: datetime) -> ScoredMemory:
+        terms = confidence(
+            semantic_cosine=semantic,
+            lexical=lexical,
+            last_touched_at=memory.last_touched_at,
+            access_count=memory.access_count,
+            now=now,
+            weights=self.service.weights,
+        )
+        return ScoredMemory.from_terms(memory, terms, rank)
+
+    def _score(
+        self, dense: list[float], query_terms: frozenset[int], live: builtins.list[Hit], now: datetime
+    ) -> builtins.list[ScoredMemory]:
+        """Every candidate with its confidence terms, in fused order (see :meth:`recall`)."""
+        documents = [self.service.sparse.weights(hit.memory.text) for hit in live]
+        lexical = lexical_scores(query_terms, [frozenset(d) for d in documents])
+        semantic = cosines(dense, [hit.dense for hit in live])
+        # The backend's fused order breaks ties (equal BM25 scores, equal cosines) by its internal point
+        # order, which differs between runs and replicas: the candidates are fused again here, equal
+        # scores sharing a rank, and equal fused scores ordered by date and id.
+        fused = fuse(semantic, bm25_scores(query_terms, documents), k=RRF_K)
+        order = sorted(range(len(live)), key=lambda i: (-fused[i], *tie_break(live[i].memory)))
+        return [self._scored(live[i].memory, semantic[i], lexical[i], rank, now) for rank, i in enumerate(order)]
 
     async def similar(
         self,

@@ -31,6 +31,11 @@ class Bm25Encoder:
         vec = self._model.embed_query(text)
         return SparseVec(list(vec.indices), list(vec.values))
 
+    def weights(self, text: str) -> dict[int, float]:
+        """The text's BM25 document weights by term (what :meth:`document` stores)."""
+        vec = self._model.embed_document(text)
+        return dict(zip(vec.indices, vec.values, strict=True))
+
     def terms(self, text: str) -> frozenset[int]:
         """The text's BM25 terms (hashed stems, stop words removed)."""
         return frozenset(self._model.embed_query(text).indices)

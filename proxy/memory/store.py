@@ -45,6 +45,7 @@ INDEXED_FIELDS: dict[str, str] = {
     "state": "keyword",
     "assistant_id": "keyword",
     "content_hash": "keyword",
+    "kind": "keyword",  # pinned kinds are read on every recall
 }
 
 STATE_ACTIVE = "active"
@@ -117,6 +118,7 @@ class FilterSpec:
     ids: tuple[str, ...] | None = None
     content_hash: str | None = None
     expired_at: datetime | None = None  # only memories expired at this time (the janitor's delete)
+    kinds: tuple[str, ...] | None = None  # only memories of these kinds
 
     def __post_init__(self) -> None:
         require_scope(self.scope)
@@ -147,6 +149,8 @@ def build_filter(spec: FilterSpec, d: FilterDialect[C, F]) -> F:
         must.append(d.has_ids(list(spec.ids)))
     if spec.content_hash is not None:
         must.append(d.match("content_hash", spec.content_hash))
+    if spec.kinds is not None:
+        must.append(d.combine([], [d.match("kind", kind) for kind in spec.kinds], []))
     if spec.assistant_id is not None:
         must.append(d.combine([], [d.match("assistant_id", spec.assistant_id), d.is_empty("assistant_id")], []))
     if not spec.include_deleted:
@@ -541,9 +545,10 @@ class MemoryStore(ABC):
         limit: int,
         now: datetime,
         assistant_id: str | None = None,
+        kinds: tuple[str, ...] | None = None,
     ) -> list[Hit]:
-        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``."""
-        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
+        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if given."""
+        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds))
         return await self._hits(scope, await self._dense(flt, dense, limit), with_dense=False)
 
     async def get(

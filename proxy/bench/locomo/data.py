@@ -42,9 +42,11 @@ class Turn:
         photo = f" [shares a photo: {self.caption}]" if self.caption else ""
         return f"{self.speaker}: {self.text}{photo}"
 
-    def memory_text(self) -> str:
-        """The memory stored for this turn: its session's day, the speaker, the text, the photo's caption."""
-        return f"[{self.day}] {self._said()}"
+    def memory_text(self, before: Turn | None = None) -> str:
+        """The memory stored for this turn: its session's day, the speaker, the text, the photo's caption;
+        with ``before``, the turn it answers, as context."""
+        context = f" (replying to {before._said()})" if before is not None else ""
+        return f"[{self.day}] {self._said()}{context}"
 
     def transcript_line(self) -> str:
         return self._said()
@@ -194,12 +196,21 @@ def _read_question(sample_id: str, qa: dict[str, Any], known: set[str], notes: l
     return Question(str(qa.get("question") or ""), int(category), tuple(evidence))
 
 
-def _memory(conv: Conversation, turn: Turn) -> Memory:
+def memories_of(conv: Conversation, *, context: bool = False) -> list[Memory]:
+    """The memory of every turn of ``conv``; with ``context``, each holds the turn before it in its session."""
+    out = []
+    for i, turn in enumerate(conv.turns):
+        before = conv.turns[i - 1] if context and i > 0 and conv.turns[i - 1].session == turn.session else None
+        out.append(_memory(conv, turn, before))
+    return out
+
+
+def _memory(conv: Conversation, turn: Turn, before: Turn | None = None) -> Memory:
     return Memory(
         id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"locomo/{conv.sample_id}/{turn.dia_id}")),
         tenant=TENANT,
         subject=conv.sample_id,
-        text=turn.memory_text(),
+        text=turn.memory_text(before),
         created_at=turn.at,
         updated_at=turn.at,
         source=Source(thread_id=conv.sample_id, message_ids=[turn.dia_id]),

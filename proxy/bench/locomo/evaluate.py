@@ -14,10 +14,11 @@ from typing import cast
 import numpy as np
 import qdrant_edge as qe
 
-from proxy.bench.locomo.data import CATEGORIES, SECRET, TENANT, Conversation, Dataset, Question, Turn, _memory
+from proxy.bench.locomo.data import CATEGORIES, SECRET, TENANT, Conversation, Dataset, Question, Turn, memories_of
 from proxy.bench.membench import BenchService, embed_cached
 from proxy.config import Settings
 from proxy.memory import store_edge
+from proxy.memory.dates import date_cues
 from proxy.memory.embed import LocalEmbedder
 from proxy.memory.models import Memory, ScoredMemory
 from proxy.memory.render import memory_line, render_block
@@ -29,7 +30,7 @@ from proxy.memory.tokens import count_tokens
 from proxy.owner import Owner
 
 KS = (5, 10, 25)
-BUDGETS = (4000, 8000, 16000)
+BUDGETS = (1000, 4000, 8000, 16000)
 
 #: (conversation, turn, its memory) of every turn of the dataset, in order.
 Memories = list[tuple[Conversation, Turn, Memory]]
@@ -95,10 +96,27 @@ class QuestionResult:
     truncation: dict[int, set[str]]  # budget -> dia_ids left in the truncated transcript
     dense_full: list[str] = field(default_factory=list)  # complete rankings, for the fusion study
     sparse_full: list[str] = field(default_factory=list)
+    question: str = ""
 
 
 def mean_recall(results: Sequence[QuestionResult], ranking: Callable[[QuestionResult], Sequence[str]], k: int) -> float:
+    """Macro recall@k: the share of each question's evidence found, averaged over questions."""
     return mean(recall_at(ranking(r), r.evidence, k) for r in results)
+
+
+def micro_recall(
+    results: Sequence[QuestionResult], ranking: Callable[[QuestionResult], Sequence[str]], k: int
+) -> float:
+    """Micro recall@k: the share of all evidence turns found (a question with many evidence turns
+    weighs more)."""
+    return micro_kept(results, lambda r: set(ranking(r)[:k]))
+
+
+def micro_kept(results: Sequence[QuestionResult], kept: Callable[[QuestionResult], set[str]]) -> float:
+    """The share of all evidence turns of ``results`` that ``kept`` holds."""
+    total = sum(len(r.evidence) for r in results)
+    found = sum(1 for r in results for e in r.evidence if e in kept(r))
+    return found / total if total else float("nan")
 
 
 def by_category(results: Sequence[QuestionResult]) -> dict[int | None, list[QuestionResult]]:
@@ -160,7 +178,8 @@ async def _ranking(
             with_vector=False,
         )
     points = await store._call(lambda: store.shard.query(request))
-    return [str(p.id) for p in points]
+    # equal scores in the backend's internal point order, which changes between runs: by id instead
+    return [str(p.id) for p in sorted(points, key=lambda p: (-round(p.score, 6), str(p.id)))]
 
 
 def _scored(memories: Sequence[Memory]) -> list[ScoredMemory]:
@@ -196,6 +215,7 @@ class _Thread:
     mine: dict[str, tuple[Turn, Memory]]  # point id -> its turn and memory
     session_of: dict[str, int]  # dia_id -> session
     truncation: dict[int, set[str]]  # budget -> dia_ids left in the truncated transcript
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # point id -> its dense vector
 
     def dia(self, ids: Iterable[str]) -> list[str]:
         return [self.mine[i][0].dia_id for i in ids]
@@ -216,9 +236,10 @@ async def _load(
             await store.upsert(scope, points[i : i + 256])
 
 
-def _thread(conv: Conversation, memories: Memories, budgets: Sequence[int]) -> _Thread:
+def _thread(conv: Conversation, memories: Memories, budgets: Sequence[int], vectors: np.ndarray) -> _Thread:
     scope = Owner.of(SECRET, TENANT, conv.sample_id)
     transcript = conv.transcript()
+    mine = {m.id: vectors[i] for i, (c, _, m) in enumerate(memories) if c is conv}
     return _Thread(
         conv,
         scope,
@@ -226,6 +247,7 @@ def _thread(conv: Conversation, memories: Memories, budgets: Sequence[int]) -> _
         {m.id: (t, m) for c, t, m in memories if c is conv},
         {t.dia_id: t.session for t in conv.turns},
         {b: truncate_transcript(transcript, b) for b in budgets},
+        mine,
     )
 
 
@@ -240,6 +262,48 @@ def _kept_in_block(
     return kept
 
 
+#: The block is the service's first BLOCK_HEAD memories (more than a 4k block holds), then the rest of
+#: the conversation in fused order (for the 8k and 16k budgets).
+BLOCK_HEAD = 100
+#: Pseudo-relevance feedback: the query vector moved towards the mean of the first fused documents.
+PRF_DOCS, PRF_WEIGHT = 3, 0.5
+#: MMR: relevance (the fused order) against redundancy with what is already chosen.
+MMR_LAMBDA, MMR_POOL = 0.7, 50
+
+
+def _prf(thread: _Thread, dense: Sequence[float], fused: Sequence[str], sparse_ids: list[str], limit: int) -> list[str]:
+    """Hybrid ranking again, the dense query moved towards the first :data:`PRF_DOCS` fused memories."""
+    ids = list(thread.vectors)
+    matrix = np.stack([thread.vectors[i] for i in ids])
+    moved = np.asarray(dense, dtype=np.float32) + PRF_WEIGHT * matrix[[ids.index(i) for i in fused[:PRF_DOCS]]].mean(0)
+    scores = matrix @ (moved / np.linalg.norm(moved))
+    order = sorted(range(len(ids)), key=lambda j: (-round(float(scores[j]), 6), ids[j]))
+    return rrf([[ids[j] for j in order], sparse_ids], limit=limit)
+
+
+def _temporal(thread: _Thread, question: str, ranked: Sequence[str]) -> list[str]:
+    """``ranked`` with the memories dated in a month or year the question names moved ahead, in order."""
+    cues = date_cues(question)
+    return sorted(ranked, key=lambda point_id: not (cues and cues.match(thread.mine[point_id][1].created_at)))
+
+
+def _mmr(thread: _Thread, ranked: Sequence[str], top: int) -> list[str]:
+    """Maximal marginal relevance over the first :data:`MMR_POOL` of ``ranked`` (relevance 1/(1+rank))."""
+    pool = list(ranked[:MMR_POOL])
+    chosen: list[str] = []
+    while pool and len(chosen) < top:
+
+        def gain(item: str) -> float:
+            relevance = 1.0 / (1 + ranked.index(item))
+            redundancy = max((float(thread.vectors[item] @ thread.vectors[c]) for c in chosen), default=0.0)
+            return MMR_LAMBDA * relevance - (1 - MMR_LAMBDA) * redundancy
+
+        best = max(pool, key=gain)
+        chosen.append(best)
+        pool.remove(best)
+    return chosen
+
+
 async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
     """One question, asked of every retriever, of the service with and without its floors, and of its
     similarity-only twin; and the blocks of every memory of the conversation in hybrid order."""
@@ -248,17 +312,21 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
     size = len(conv.turns)
     dense = await askers.embedder.embed_query(q.question)
     query_sparse = askers.sparse.query(q.question)
-    dense_full = thread.dia(await _ranking(store, scope, dense=dense, limit=size, now=now))
-    sparse_full = thread.dia(await _ranking(store, scope, sparse=query_sparse, limit=size, now=now))
-    hybrid = await store.hybrid_query(scope, dense, query_sparse, limit=candidates, now=now)
-    recalled = await service.of(scope).recall(q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now)
-    askers.recency_terms.extend(s.recency for s in recalled)
+    dense_ids = await _ranking(store, scope, dense=dense, limit=size, now=now)
+    sparse_ids = await _ranking(store, scope, sparse=query_sparse, limit=size, now=now)
+    dense_full, sparse_full = thread.dia(dense_ids), thread.dia(sparse_ids)
+    recalled = await service.of(scope).recall(
+        q.question, top_k=BLOCK_HEAD, min_confidence=0.0, min_similarity=0.0, now=now
+    )  # the head of the block
+    askers.recency_terms.extend(s.recency for s in recalled[:top])
     floored = await service.of(scope).recall(q.question, top_k=top, now=now)
     by_similarity = await similarity_only.of(scope).recall(
         q.question, top_k=top, min_confidence=0.0, min_similarity=0.0, now=now
     )
-    fused = await _ranking(store, scope, dense=dense, sparse=query_sparse, limit=size, now=now)
-    everything = [thread.mine[i][1] for i in fused]
+    # the block: what the service ranks, then the rest of the conversation in fused order
+    service_ids = [s.memory.id for s in recalled]
+    rest = [i for i in rrf([dense_ids, sparse_ids], limit=size) if i not in set(service_ids)]
+    everything = [thread.mine[i][1] for i in service_ids + rest]
     return QuestionResult(
         conv.sample_id,
         q.category,
@@ -267,8 +335,13 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
         {
             "dense": dense_full[:top],
             "bm25": sparse_full[:top],
-            "hybrid": thread.dia(h.memory.id for h in hybrid)[:top],
-            "service": thread.dia(s.memory.id for s in recalled),
+            "hybrid": thread.dia(rrf([dense_ids, sparse_ids], limit=candidates)[:top]),
+            "service": thread.dia(s.memory.id for s in recalled[:top]),
+            "prf": thread.dia(
+                _prf(thread, dense, rrf([dense_ids, sparse_ids], limit=candidates), sparse_ids, candidates)[:top]
+            ),
+            "mmr": thread.dia(_mmr(thread, service_ids, top)),
+            "temporal": thread.dia(_temporal(thread, q.question, service_ids)[:top]),
             "similarity": thread.dia(s.memory.id for s in by_similarity),
             "service_floors": thread.dia(s.memory.id for s in floored),
         },
@@ -276,18 +349,25 @@ async def _ask(askers: _Askers, thread: _Thread, q: Question) -> QuestionResult:
         thread.truncation,
         dense_full,
         sparse_full,
+        q.question,
     )
 
 
 async def _ask_all(
-    askers: _Askers, dataset: Dataset, memories: Memories, say: Callable[[str], None]
+    askers: _Askers,
+    dataset: Dataset,
+    memories: Memories,
+    vectors: np.ndarray,
+    say: Callable[[str], None],
+    tick: Callable[[], None],
 ) -> list[QuestionResult]:
     results: list[QuestionResult] = []
     for conv in dataset.conversations:
         say(f"asking {len(conv.questions)} questions of {conv.sample_id} ...")
-        thread = _thread(conv, memories, askers.budgets)
+        thread = _thread(conv, memories, askers.budgets, vectors)
         for q in conv.questions:
             results.append(await _ask(askers, thread, q))
+            tick()
     return results
 
 
@@ -308,9 +388,17 @@ async def evaluate(
     ks: Sequence[int] = KS,
     budgets: Sequence[int] = BUDGETS,
     progress: Callable[[str], None] | None = None,
+    tick: Callable[[], None] = lambda: None,
+    context: bool = False,
 ) -> Evaluation:
+    """Every question of ``dataset`` asked of every retriever; ``progress`` hears each stage and ``tick``
+    each question answered. With ``context`` each turn's memory holds the turn it answers."""
     say = progress or (lambda _msg: None)
-    memories = [(conv, turn, _memory(conv, turn)) for conv in dataset.conversations for turn in conv.turns]
+    memories = [
+        (conv, turn, memory)
+        for conv in dataset.conversations
+        for turn, memory in zip(conv.turns, memories_of(conv, context=context), strict=True)
+    ]
     say(f"embedding {len(memories)} turns ...")
     vectors, embed_seconds, cached = await embed_cached(embedder, [m.text for _, _, m in memories], cache_dir)
     sparse = Bm25Encoder()
@@ -331,7 +419,7 @@ async def evaluate(
             store, service, similarity_only, embedder, sparse, top, candidates, settings.memory_line_chars, budgets
         )
         started = time.perf_counter()
-        results = await _ask_all(askers, dataset, memories, say)
+        results = await _ask_all(askers, dataset, memories, vectors, say, tick)
         query_seconds = time.perf_counter() - started
     finally:
         await service.aclose()
