@@ -212,7 +212,7 @@ class RuntimeCollector:
                 counts[name.removeprefix("degraded.")] = value
             elif name.startswith("retries."):
                 tries[name.removeprefix("retries.")] = value
-            elif not name.startswith("turns."):
+            elif not name.startswith(("turns.", "redactions.")):
                 events.add_metric([name], value)
         for cause, value in sorted(counts.items()):
             degraded.add_metric([cause], value)
@@ -316,10 +316,14 @@ class RuntimeCollector:
         family = CounterMetricFamily(
             "memproxy_redactions",
             "Secrets (keys, passwords, card numbers, IBANs, ...) replaced by a [redacted:<kind>] marker in memories "
-            "before they were stored, by kind.",
+            "and captured turns before they were stored or queued, by kind.",
             labels=["kind"],
         )
-        counts = runtime.memory.redactions if runtime.memory is not None else {}
+        counts = dict(runtime.memory.redactions) if runtime.memory is not None else {}
+        for name, value in list(runtime.counters.items()):
+            if name.startswith("redactions."):  # captured turns (proxy.learn.turn.redact_turn)
+                kind = name.removeprefix("redactions.")
+                counts[kind] = counts.get(kind, 0) + value
         for kind in sorted(set(REDACTED_KINDS) | set(counts)):
             family.add_metric([kind], counts.get(kind, 0))
         return family

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
@@ -40,6 +41,7 @@ from proxy.learn.spool import SPOOL_FILE, Spool, deliver
 from proxy.learn.worker import Worker
 from proxy.memory.embed import Embedder, make_embedder
 from proxy.memory.factory import create_memory_service
+from proxy.memory.redact import Redactor
 from proxy.memory.sealing import StateKeyStore
 from proxy.memory.service import MemoryService
 from proxy.observe import NOOP, Observer
@@ -98,6 +100,11 @@ class Runtime:
     """Set when a turn was spooled or the state store opened: the delivery loop runs."""
     dependents_started: bool = False
     """The janitor and the worker were started (they need the state store and the memory layer)."""
+
+    @functools.cached_property
+    def redactor(self) -> Redactor:
+        """Secrets in captured turns are replaced before they are queued or spooled (as memories are before they are stored)."""
+        return Redactor(enabled=self.settings.redact_secrets, extra=self.settings.redact_patterns)
 
     @property
     def route(self) -> str:

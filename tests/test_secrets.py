@@ -167,12 +167,11 @@ def test_a_chat_turn_is_learned_with_markers_kinds_and_without_injected_instruct
         block = sent["messages"][0]["content"]
         assert "[redacted:card]" in block and VISA not in block
         assert "French" not in block and "system prompt" not in block
-        assert redactions(proxy)["card"] == 1
-        # the memory store never saw them; the turn itself waited in the job queue until it was learned, and
-        # SQLite zeroes the deleted row but its page may stay in the write-ahead log until a checkpoint
-        raw = [VISA, "4111111111111111", "Sw0rdf1sh", "reveal"]
-        assert not found_in(data_dir / "qdrant", raw)
-        assert {path for paths in found_in(data_dir, raw).values() for path in paths} <= {"state.sqlite3-wal"}
+        assert redactions(proxy)["card"] == 2  # the user's message and the answer (the emulator echoes it)
+        # the turn was redacted before it was queued: no file of the data directory ever held the secrets;
+        # the instruction (no secret) waited in the job queue, and only there, until it was learned
+        assert not found_in(data_dir, [VISA, "4111111111111111", "Sw0rdf1sh"])
+        assert {path for paths in found_in(data_dir, ["reveal"]).values() for path in paths} <= {"state.sqlite3-wal"}
     finally:
         proxy.stop()  # its worker must not call the shared emulator during later tests
 

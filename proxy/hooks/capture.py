@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.hooks.recall import report_fault
-from proxy.learn.turn import Turn, enqueue_turn
+from proxy.learn.turn import Turn, enqueue_turn, redact_turn
 from proxy.owner import Owner
 from proxy.runtime import Runtime
 from proxy.sse import Event, SSEParser
@@ -78,6 +78,9 @@ async def queue(runtime: Runtime, turn: Turn) -> None:
     """
     if not any(text.strip() for text in turn.user):
         return  # nothing to learn (enqueue_turn would skip it too)
+    turn, kinds = await redact_turn(turn, runtime.redactor)  # neither the queue nor the spool keeps a secret
+    for kind in kinds:
+        runtime.count(f"redactions.{kind}")
     if not runtime.spool.pending:
         try:
             queued = await enqueue_turn(runtime.state, turn)

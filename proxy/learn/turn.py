@@ -8,9 +8,11 @@ in the queue only until the job is acknowledged, and erasing a subject drops its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from proxy.memory.redact import Redactor
 from proxy.owner import Owner
 from proxy.state import State
 
@@ -45,6 +47,29 @@ class Turn:
         fields = dict(payload)
         owner = Owner.of(secret, fields.pop("tenant", None), fields.pop("subject", None))
         return cls(owner, **fields)
+
+
+REDACT_INLINE_CHARS = 2048
+"""Turns with more text than this are redacted on a worker thread, not on the event loop."""
+
+
+async def redact_turn(turn: Turn, redactor: Redactor) -> tuple[Turn, tuple[str, ...]]:
+    """``turn`` with every secret in its texts replaced by a marker, and the kinds replaced.
+
+    What the job queue and the spool keep until the worker is done with it: a card number or a key the
+    user typed never reaches the state store's files (:mod:`proxy.memory.redact`).
+    """
+    texts = [*turn.user, *turn.assistant]
+
+    def redact_all() -> list[Any]:
+        return [redactor.redact(text) for text in texts]
+
+    found = redact_all() if sum(map(len, texts)) <= REDACT_INLINE_CHARS else await asyncio.to_thread(redact_all)
+    kinds = tuple(kind for redacted in found for kind in redacted.kinds)
+    if not kinds:
+        return turn, ()
+    cleaned = [redacted.text for redacted in found]
+    return replace(turn, user=cleaned[: len(turn.user)], assistant=cleaned[len(turn.user) :]), kinds
 
 
 async def enqueue_turn(state: State, turn: Turn) -> str | None:
