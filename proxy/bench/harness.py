@@ -38,9 +38,36 @@ class Child:
     pid: int
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the child has used: what it costs, whatever else the machine runs."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU the child and its running children have used: what it costs, whatever else
+        the machine runs (a server that forks workers counts them all)."""
+        return sum(_cpu_seconds(pid) for pid in _tree(self.pid))
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants, from each process's parent in /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending += parents.get(pid, [])
+    return found
 
 
 def rss_mb(pid: int) -> float:
@@ -54,22 +81,28 @@ def rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def child_server(
-    args: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    *,
+    command: list[str] | None = None,
+    timeout: float = 60.0,
 ) -> Iterator[Child]:
-    """Run ``python -m proxy <args>`` and yield it once its port accepts connections.
+    """Run ``python -m proxy <args>`` (or ``command + args``) and yield it once its port accepts connections.
 
     Its stderr goes to ``log`` when given: a child that logs much (a soak's faults) must not block on
     a full pipe nobody reads while it runs.
     """
     sink = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below, after the child
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
+        [*(command or [sys.executable, "-m", "proxy"]), *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=sink if sink is not None else subprocess.PIPE,
     )
     try:
-        _wait_until_listening(port, process, log)
+        _wait_until_listening(port, process, log, timeout)
         yield Child(f"http://127.0.0.1:{port}", process.pid)
     finally:
         stop_process(process)
