@@ -192,6 +192,7 @@ async def close_runtime(runtime: Runtime, owned: list[Embedder]) -> None:
     if runtime.store is not None:
         await runtime.store.close()
     await runtime.spool.close()
+    await runtime.forwarder.aclose()
 
 
 # --- opening what may be down: once, or until it opens -----------------------------------------------

@@ -35,8 +35,9 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 
 
 def busy_connections(forwarder) -> int:
-    """Upstream connections in the pool that are neither idle nor closed: a request is on them."""
-    return sum(not (c.is_idle() or c.is_closed()) for c in forwarder.client._transport._pool.connections)
+    """Upstream connections of the forwarding pool that a call holds (neither idle in the pool nor closed)."""
+    connector = forwarder.session.connector  # None once the proxy closed it
+    return len(connector._acquired) if connector is not None else 0
 
 
 def send_raw(
