@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -91,35 +92,36 @@ def child_server(
 ) -> Iterator[Child]:
     """Run ``python -m proxy <args>`` (or ``command + args``) and yield it once its port accepts connections.
 
-    Its stderr goes to ``log`` when given: a child that logs much (a soak's faults) must not block on
-    a full pipe nobody reads while it runs.
+    Its stderr goes to a file (``log`` when given, else a temporary one, read if it fails to start),
+    never to a pipe: a child that logs much (a soak's faults, recall deadlines under load) would block
+    on a full pipe nobody reads while it runs.
     """
-    sink = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below, after the child
+    temporary = log is None
+    if log is None:
+        with tempfile.NamedTemporaryFile(prefix="memproxy-child-", suffix=".log", delete=False) as made:
+            log = Path(made.name)
+    sink = open(log, "wb")  # noqa: SIM115 - closed below, after the child
     process = subprocess.Popen(
         [*(command or [sys.executable, "-m", "proxy"]), *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=sink if sink is not None else subprocess.PIPE,
+        stderr=sink,
     )
     try:
         _wait_until_listening(port, process, log, timeout)
         yield Child(f"http://127.0.0.1:{port}", process.pid)
     finally:
         stop_process(process)
-        if sink is not None:
-            sink.close()
+        sink.close()
+        if temporary:
+            log.unlink(missing_ok=True)
 
 
-def _wait_until_listening(
-    port: int, process: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 60.0
-) -> None:
+def _wait_until_listening(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            if log is not None:
-                stderr = log.read_text(errors="replace")
-            else:
-                stderr = process.stderr.read().decode() if process.stderr else ""
+            stderr = log.read_text(errors="replace")
             raise RuntimeError(f"server exited with {process.returncode}: {stderr[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
