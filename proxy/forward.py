@@ -249,6 +249,8 @@ class Forwarder:
         if body is not None:
             headers_up = [(k, v) for k, v in headers_up if k.lower() != b"content-length"]
             content: bytes | AsyncIterator[bytes] | None = body
+        elif (read := _read_already(request)) is not None:
+            content = read
         elif _has_body(request):
             upload = Upload(request)
             uploaded, content = upload.done, upload.chunks()
@@ -353,6 +355,13 @@ class Forwarder:
 
 
 FETCH_HEADERS = frozenset({"authorization", "api-key", "openai-organization", "openai-project", "openai-beta"})
+
+
+def _read_already(request: Request) -> bytes | None:
+    """The body a hook has read already (Starlette keeps it on the request) when the client gave its length:
+    sent as bytes, in the same write as the headers. A chunked body still goes up chunked, as it came."""
+    body = getattr(request, "_body", None)
+    return body if isinstance(body, bytes) and "content-length" in request.headers else None
 
 
 def _has_body(request: Request) -> bool:
