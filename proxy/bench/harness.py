@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -39,9 +40,36 @@ class Child:
     pid: int
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the child has used: what it costs, whatever else the machine runs."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU the child and its running children have used: what it costs, whatever else
+        the machine runs (a server that forks workers counts them all)."""
+        return sum(_cpu_seconds(pid) for pid in _tree(self.pid))
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants, from each process's parent in /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending += parents.get(pid, [])
+    return found
 
 
 def rss_mb(pid: int) -> float:
@@ -55,39 +83,46 @@ def rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def child_server(
-    args: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    *,
+    command: list[str] | None = None,
+    timeout: float = 60.0,
 ) -> Iterator[Child]:
-    """Run ``python -m proxy <args>`` and yield it once its port accepts connections.
+    """Run ``python -m proxy <args>`` (or ``command + args``) and yield it once its port accepts connections.
 
-    Its stderr goes to ``log`` when given: a child that logs much (a soak's faults) must not block on
-    a full pipe nobody reads while it runs.
+    Its stderr goes to a file (``log`` when given, else a temporary one, read if it fails to start),
+    never to a pipe: a child that logs much (a soak's faults, recall deadlines under load) would block
+    on a full pipe nobody reads while it runs.
     """
-    sink = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below, after the child
+    temporary = log is None
+    if log is None:
+        with tempfile.NamedTemporaryFile(prefix="memproxy-child-", suffix=".log", delete=False) as made:
+            log = Path(made.name)
+    sink = open(log, "wb")  # noqa: SIM115 - closed below, after the child
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
+        [*(command or [sys.executable, "-m", "proxy"]), *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=sink if sink is not None else subprocess.PIPE,
+        stderr=sink,
     )
     try:
-        _wait_until_listening(port, process, log)
+        _wait_until_listening(port, process, log, timeout)
         yield Child(f"http://127.0.0.1:{port}", process.pid)
     finally:
         stop_process(process)
-        if sink is not None:
-            sink.close()
+        sink.close()
+        if temporary:
+            log.unlink(missing_ok=True)
 
 
-def _wait_until_listening(
-    port: int, process: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 60.0
-) -> None:
+def _wait_until_listening(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            if log is not None:
-                stderr = log.read_text(errors="replace")
-            else:
-                stderr = process.stderr.read().decode() if process.stderr else ""
+            stderr = log.read_text(errors="replace")
             raise RuntimeError(f"server exited with {process.returncode}: {stderr[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return

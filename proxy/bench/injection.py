@@ -4,22 +4,24 @@ A data directory is filled with ``memories`` memories in one tenant (spread over
 corpus of ``bench recall``: real embeddings of a sentence pool, noised per memory), then a proxy
 serves it with ``MEMPROXY_TENANT`` fixed to that tenant. Each measured call names a user who has
 memories and asks something: the proxy embeds the question, searches, renders the block and
-rewrites the body before forwarding. Compared with the same calls straight to the emulator.
+rewrites the body before forwarding. Compared with the same calls straight to the emulator. Every
+call asks a question no call asked before, so the query-embedding cache never answers one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx2
 
 from proxy.bench.corpus import fact_pool, queries
-from proxy.bench.harness import Call, Child, Sample, child_server, drive, free_port
+from proxy.bench.harness import child_server, free_port
+from proxy.bench.load import Plan, Rows, Server, run_python
 from proxy.bench.membench import bench_settings, load_embedder
 from proxy.bench.recall.data import SECRET, TENANT, Layout, bulk_load, make_pool, subject_name
 from proxy.config import Settings
@@ -53,68 +55,63 @@ async def fill(data_dir: Path, settings: Settings, memories: int) -> str:
     )
 
 
-def responses_call(base: str) -> Call:
-    asks, users = itertools.cycle(queries(500)), itertools.count()
+RESPONSE = '{"model": "' + MODEL + '", "input": "%s (%d)", "safety_identifier": "%s"}'
+"""A Responses call naming a user with memories, and a question no call asked before (its number appended)."""
 
-    async def call(client: httpx2.AsyncClient) -> Sample:
-        body = {"model": MODEL, "input": next(asks), "safety_identifier": subject_name(next(users) % SUBJECTS)}
-        started = time.perf_counter()
-        response = await client.post(base + "/v1/responses", content=json.dumps(body), headers=HEADERS)
-        response.raise_for_status()
-        return Sample(time.perf_counter() - started)
 
-    return call
+def responses_plan(server: Server) -> Plan:
+    users = [subject_name(index) for index in range(SUBJECTS)]
+    return Plan("/v1/responses", server.headers, template=RESPONSE, asks=queries(500), users=users)
 
 
 async def make_threads(base: str, count: int) -> tuple[str, list[str]]:
-    """An assistant and ``count`` threads, each owned by a user and holding one question."""
-    asks = itertools.cycle(queries(500))
+    """An assistant and ``count`` threads, each owned by a user and holding a question of its own."""
+    asks = queries(500)
     async with httpx2.AsyncClient(headers={**HEADERS, "openai-beta": "assistants=v2"}, timeout=60) as client:
         assistant = (await client.post(base + "/v1/assistants", json={"model": MODEL})).json()["id"]
-        threads = []
-        for index in range(count):
+
+        async def create(index: int) -> str:
             body = {
                 "metadata": {"user_id": subject_name(index % SUBJECTS)},
-                "messages": [{"role": "user", "content": next(asks)}],
+                "messages": [{"role": "user", "content": f"{asks[index % len(asks)]} ({index})"}],
             }
-            threads.append((await client.post(base + "/v1/threads", json=body)).json()["id"])
+            return str((await client.post(base + "/v1/threads", json=body)).json()["id"])
+
+        threads = []
+        for first in range(0, count, 16):
+            threads += await asyncio.gather(*(create(index) for index in range(first, min(count, first + 16))))
     return assistant, threads
 
 
-def run_call(base: str, assistant: str, threads: list[str]) -> Call:
+def run_plan(server: Server, count: int) -> Plan:
     """Run creation, one fresh thread per call (a thread with an active run refuses another)."""
-    pending = iter(threads)
-
-    async def call(client: httpx2.AsyncClient) -> Sample:
-        body = json.dumps({"assistant_id": assistant})
-        url = f"{base}/v1/threads/{next(pending)}/runs"
-        started = time.perf_counter()
-        response = await client.post(url, content=body, headers={**HEADERS, "openai-beta": "assistants=v2"})
-        response.raise_for_status()
-        return Sample(time.perf_counter() - started)
-
-    return call
+    assistant, threads = asyncio.run(make_threads(server.child.url, count))
+    headers = {**server.headers, "openai-beta": "assistants=v2"}
+    body = json.dumps({"assistant_id": assistant}).encode()
+    return Plan("", headers, body=body, paths=[f"/v1/threads/{thread}/runs" for thread in threads])
 
 
-async def measure(emulator: Child, proxy: Child, requests: int, levels: list[int], row) -> list[list[str]]:
-    rows = []
+def _plan_of(plans: dict[str, Plan], server: Server) -> Plan:
+    return plans[server.name]
+
+
+RUNS_PER_SECOND = 150
+"""Threads prepared per second of a run-creation cell (more than the proxy creates runs with recall)."""
+
+
+def measure(servers: list[Server], levels: list[int], rows: Rows, seconds: float) -> list[list[str]]:
+    table = []
     for concurrency in levels:
-        direct = await drive(responses_call(emulator.url), requests, concurrency)
-        before = proxy.cpu_seconds()
-        proxied = await drive(responses_call(proxy.url), requests, concurrency)
-        rows.append(row("responses + recall", concurrency, direct, proxied, proxy.cpu_seconds() - before))
+        table += rows("responses + recall", concurrency, servers, responses_plan)
+    count = int(seconds * RUNS_PER_SECOND)
     for concurrency in levels:
-        total = requests + 50  # the harness warms up with 50 calls
-        assistant, direct_threads = await make_threads(emulator.url, total)
-        direct = await drive(run_call(emulator.url, assistant, direct_threads), requests, concurrency)
-        assistant, proxied_threads = await make_threads(proxy.url, total)
-        before = proxy.cpu_seconds()
-        proxied = await drive(run_call(proxy.url, assistant, proxied_threads), requests, concurrency)
-        rows.append(row("run create + recall", concurrency, direct, proxied, proxy.cpu_seconds() - before))
-    return rows
+        plans = {server.name: run_plan(server, count) for server in servers}
+        # wrk cannot stop after a list of paths: these calls come from the Python generator
+        table += rows("run create + recall", concurrency, servers, partial(_plan_of, plans), runner=run_python)
+    return table
 
 
-def run(memories: int, requests: int, levels: list[int], row) -> tuple[list[list[str]], str]:
+def run(memories: int, levels: list[int], rows: Rows, seconds: float) -> tuple[list[list[str]], str]:
     settings = bench_settings(Path(tempfile.mkdtemp(prefix="memproxy-bench-")))
     if settings.embed_model_path is None:
         raise SystemExit("set MEMPROXY_EMBED_MODEL_PATH to the local embedding model directory")
@@ -132,8 +129,9 @@ def run(memories: int, requests: int, levels: list[int], row) -> tuple[list[list
         args = ["serve", "--port", str(proxy_port), "--upstream", f"{emulator.url}/v1"]
         with child_server(args, proxy_port, env=env) as proxy:
             _wait_ready(proxy.url)
-            rows = asyncio.run(measure(emulator, proxy, requests, levels, row))
-    return rows, summary
+            servers = [Server("direct", emulator, HEADERS), Server("memproxy", proxy, HEADERS)]
+            table = measure(servers, levels, rows, seconds)
+    return table, summary
 
 
 def _wait_ready(url: str, timeout: float = 120.0) -> None:

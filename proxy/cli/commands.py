@@ -120,16 +120,25 @@ def emulator(
 
 @bench.command("overhead")
 def bench_overhead(
-    requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per scenario.")] = 2000,
+    seconds: Annotated[float, typer.Option(help="Seconds of load per cell (one server, one concurrency).")] = 5.0,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight.")] = 64,
     memories: Annotated[
         int, typer.Option(help="Memories in the tenant for the recall + injection rows (0: forwarding only).")
     ] = 100_000,
+    load: Annotated[str, typer.Option(help="Load generator: auto (wrk when installed), wrk or python.")] = "auto",
+    compare: Annotated[
+        list[str] | None, typer.Option(help="Also measure another proxy on the same emulator: litellm.")
+    ] = None,
+    litellm_bin: Annotated[str | None, typer.Option(help="The litellm command (default: litellm on the PATH).")] = None,
 ) -> None:
     """Latency the proxy adds over calling the emulator directly: forwarding, then recall + injection."""
     from proxy.bench.overhead import run
 
-    run(requests=requests, concurrency=concurrency, memories=memories)
+    if load not in ("auto", "wrk", "python"):
+        raise typer.BadParameter("--load is auto, wrk or python")
+    if any(name != "litellm" for name in compare or []):
+        raise typer.BadParameter("--compare knows litellm only")
+    run(seconds, concurrency, memories, load=load, compare=compare, litellm_bin=litellm_bin)
 
 
 @bench.command("soak")

@@ -22,6 +22,7 @@ its records (namespace :data:`CHAIN_HEAD_NS`), so deleting the newest records sh
 from __future__ import annotations
 
 import abc
+import asyncio
 import builtins
 import json
 import time
@@ -251,6 +252,10 @@ def find_credentials(value: Any, path: str = "payload") -> str | None:
     return None
 
 
+ENQUEUE_BATCH = 256
+"""Jobs written at most in one transaction / pipeline by :meth:`State.enqueue`'s coalescing."""
+
+
 class State(abc.ABC):
     """What proxy replicas share. All methods are safe to call concurrently.
 
@@ -264,6 +269,8 @@ class State(abc.ABC):
         self.policy = policy or JobPolicy()
         self.chain_appends: Counter[str] = Counter()
         """Records appended to each chained collection through this instance (a process metric)."""
+        self._to_enqueue: list[tuple[Job, asyncio.Future[str]]] = []
+        self._enqueuing: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -458,7 +465,48 @@ class State(abc.ABC):
             visible_at=now,
             created_at=now,
         )
-        return await self._enqueue(job)
+        return await self._coalesce(job)
+
+    async def _coalesce(self, job: Job) -> str:
+        """Queue ``job`` with whatever other jobs are being queued meanwhile, in one write.
+
+        The first job starts a writer; jobs enqueued while its write is under way wait for the next one,
+        which takes them all (:meth:`_enqueue_many`: one SQLite transaction, one Redis pipeline). Nobody
+        waits for a batch to fill: alone, a job is written at once. Each caller returns only once its own
+        job is stored, and sees the batch's failure if it failed.
+        """
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._to_enqueue.append((job, done))
+        if self._enqueuing is None:
+            self._enqueuing = asyncio.ensure_future(self._write_enqueued())
+        return await asyncio.shield(done)  # a caller that gives up does not cancel the others' write
+
+    async def _write_enqueued(self) -> None:
+        try:
+            while self._to_enqueue:
+                batch, self._to_enqueue = self._to_enqueue[:ENQUEUE_BATCH], self._to_enqueue[ENQUEUE_BATCH:]
+                try:
+                    ids = await self._enqueue_many([job for job, _ in batch])
+                except BaseException as exc:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("enqueue stopped"))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, done), job_id in zip(batch, ids, strict=True):
+                    if not done.done():
+                        done.set_result(job_id)
+        finally:
+            self._enqueuing = None
+            left, self._to_enqueue = self._to_enqueue, []
+            for _, done in left:  # only when the writer itself was stopped
+                if not done.done():
+                    done.set_exception(RuntimeError("enqueue stopped"))
+
+    async def _enqueue_many(self, jobs: list[Job]) -> list[str]:
+        """Store ``jobs`` (each as :meth:`_enqueue` would), in one write where the backend can."""
+        return [await self._enqueue(job) for job in jobs]
 
     async def claim(self, consumer: str, count: int = 1, lease_seconds: float | None = None) -> list[Job]:
         """Lease up to ``count`` due jobs to ``consumer``; others cannot claim them until the lease ends.

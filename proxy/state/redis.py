@@ -366,10 +366,18 @@ class RedisState(State):
     # --- jobs ----------------------------------------------------------------------------------
 
     async def _enqueue(self, job: Job) -> str:
-        keys = [self._idem_key(job), self._job_key(job.id), self._stream]
-        use_idem = "1" if job.idempotency_key is not None else "0"
-        job_id: str = await self._enqueue_script(keys=keys, args=[job.id, use_idem, *_job_fields(job)])
-        return job_id  # the new id, or the one already holding the idempotency key
+        [job_id] = await self._enqueue_many([job])
+        return job_id
+
+    async def _enqueue_many(self, jobs: list[Job]) -> list[str]:
+        """All of ``jobs`` in one pipeline (one round trip), each by the atomic enqueue script."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            keys = [self._idem_key(job), self._job_key(job.id), self._stream]
+            use_idem = "1" if job.idempotency_key is not None else "0"
+            await self._enqueue_script(keys=keys, args=[job.id, use_idem, *_job_fields(job)], client=pipe)
+        # each the new id, or the one already holding the idempotency key
+        return [str(job_id) for job_id in await pipe.execute()]
 
     async def _claim(self, consumer: str, count: int, lease: float) -> list[Job]:
         now = self.clock()

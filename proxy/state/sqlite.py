@@ -389,31 +389,42 @@ class SqliteState(State):
     # --- jobs ----------------------------------------------------------------------------------
 
     async def _enqueue(self, job: Job) -> str:
-        def run(conn: sqlite3.Connection) -> str:
-            horizon = job.created_at - self.policy.idempotency_retention
+        [job_id] = await self._enqueue_many([job])
+        return job_id
+
+    async def _enqueue_many(self, jobs: list[Job]) -> list[str]:
+        """All of ``jobs`` in one transaction: one commit (one fsync) however many."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            horizon = min(job.created_at for job in jobs) - self.policy.idempotency_retention
             conn.execute("DELETE FROM jobs WHERE status = 'done' AND finished_at < ?", (horizon,))
-            before = conn.total_changes
-            conn.execute(
-                "INSERT OR IGNORE INTO jobs (id, kind, payload, idempotency_key, tenant, subject_hash, status,"
-                " visible_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
-                (
-                    job.id,
-                    job.kind,
-                    encode(job.payload),
-                    job.idempotency_key,
-                    job.tenant,
-                    job.subject_hash,
-                    job.visible_at,
-                    job.created_at,
-                ),
-            )
-            if conn.total_changes > before:
-                return job.id
-            sql = "SELECT id FROM jobs WHERE idempotency_key = ? AND status != 'dead'"
-            existing: str = conn.execute(sql, (job.idempotency_key,)).fetchone()[0]
-            return existing
+            return [self._insert_job(conn, job) for job in jobs]
 
         return await self._run(run)
+
+    @staticmethod
+    def _insert_job(conn: sqlite3.Connection, job: Job) -> str:
+        """Insert ``job``; its id, or the id of the job already holding its idempotency key."""
+        before = conn.total_changes
+        conn.execute(
+            "INSERT OR IGNORE INTO jobs (id, kind, payload, idempotency_key, tenant, subject_hash, status,"
+            " visible_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
+            (
+                job.id,
+                job.kind,
+                encode(job.payload),
+                job.idempotency_key,
+                job.tenant,
+                job.subject_hash,
+                job.visible_at,
+                job.created_at,
+            ),
+        )
+        if conn.total_changes > before:
+            return job.id
+        sql = "SELECT id FROM jobs WHERE idempotency_key = ? AND status != 'dead'"
+        existing: str = conn.execute(sql, (job.idempotency_key,)).fetchone()[0]
+        return existing
 
     async def _claim(self, consumer: str, count: int, lease: float) -> list[Job]:
         def run(conn: sqlite3.Connection, now: float) -> list[Job]:
