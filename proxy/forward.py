@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -55,7 +56,11 @@ def make_client(settings: Settings) -> httpx2.AsyncClient:
         pool=settings.pool_timeout,
     )
     limits = httpx2.Limits(max_connections=settings.max_connections, max_keepalive_connections=256)
-    return httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
+    # Every tenant's calls share this client: it must keep no cookie an upstream sets for one of them.
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx2.AsyncClient(
+        timeout=timeout, limits=limits, follow_redirects=False, trust_env=False, cookies=no_cookies
+    )
 
 
 def filter_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:

@@ -88,3 +88,23 @@ def test_an_empty_bearer_in_the_bridge_is_the_401_it_is(make_proxy, emulator) ->
     status, body = raw_request(bridge.url, request)
     assert status == 401 and json.loads(body)["error"]["code"] == "missing_api_key"
     assert not emulator.requests()
+
+
+def test_an_upstream_cookie_reaches_its_client_and_never_another_request(make_proxy, emulator) -> None:
+    """The shared upstream client keeps no cookie jar: a Set-Cookie answered to tenant A (a load balancer's
+    affinity cookie, say) is relayed to A, and never sent upstream with B's requests, or with A's next one."""
+    proxy = make_proxy(upstream_url=emulator.base_url.replace("127.0.0.1", "localhost"))  # a name, as upstreams have
+    emulator.clear_requests()
+    first = httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json=CHAT,
+        headers={"authorization": "Bearer sk-tenant-a", "x-emulator-fault": "header.set-cookie=__cf_bm=tenant-a"},
+    )
+    assert first.status_code == 200 and first.headers["set-cookie"] == "__cf_bm=tenant-a"
+    # Python's cookie jar never returns a cookie to "localhost" or an IP address, so what would go to a named
+    # upstream (api.openai.com) is read from the shared client's jar: it must hold nothing
+    assert len(proxy.app.state.runtime.http.cookies.jar) == 0
+    for key in ("sk-tenant-b", "sk-tenant-a"):
+        assert httpx.get(f"{proxy.url}/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
+    later = emulator.requests("/v1/models")[-2:]
+    assert [entry["headers"].get("cookie") for entry in later] == [None, None]
