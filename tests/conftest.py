@@ -54,6 +54,24 @@ def make_proxy(tmp_path_factory, emulator_server, local_embedder, memory_model_d
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def passthrough(make_proxy):
+    """A proxy passing Assistants through to the upstream (one per test module)."""
+    return make_proxy(assistants="passthrough")
+
+
+@pytest.fixture(scope="module")
+def bridge(make_proxy):
+    """A proxy serving Assistants itself, on Responses + Conversations (one per test module)."""
+    return make_proxy(assistants="bridge")
+
+
+@pytest.fixture
+def user(request) -> str:
+    """A subject of this test only."""
+    return f"user-{request.node.name}"
+
+
 # --- state store (proxy/state) -----------------------------------------------------------------
 
 

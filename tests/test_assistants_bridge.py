@@ -13,11 +13,6 @@ from test_assistants import MODEL, POLL, WEATHER, Recorder, texts
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def bridge(make_proxy):
-    return make_proxy(assistants="bridge")
-
-
 @pytest.fixture
 def client(bridge, emulator, assistants_client) -> openai.OpenAI:
     return assistants_client(bridge.url + "/v1")

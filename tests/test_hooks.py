@@ -19,11 +19,6 @@ def proxy(make_proxy):
 
 
 @pytest.fixture
-def user(request) -> str:
-    return f"user-{request.node.name}"
-
-
-@pytest.fixture
 def remembered(proxy, user) -> str:
     """The user's fact, taught through the memory API under the application's own key."""
     with Memory(proxy.url, api_key="sk-app-1") as memory:

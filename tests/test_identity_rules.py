@@ -19,18 +19,8 @@ MODEL = "gpt-4o-mini"
 
 
 @pytest.fixture(scope="module")
-def proxy(make_proxy):
-    return make_proxy(assistants="passthrough")
-
-
-@pytest.fixture(scope="module")
-def bridge(make_proxy):
-    return make_proxy(assistants="bridge")
-
-
-@pytest.fixture
-def user(request) -> str:
-    return f"user-{request.node.name}"
+def proxy(passthrough):
+    return passthrough
 
 
 def sdk(proxy, **headers: str) -> openai.OpenAI:

@@ -22,21 +22,6 @@ QUESTION = "What do we run in production?"
 MODEL = "gpt-4o-mini"
 
 
-@pytest.fixture(scope="module")
-def passthrough(make_proxy):
-    return make_proxy(assistants="passthrough")
-
-
-@pytest.fixture(scope="module")
-def bridge(make_proxy):
-    return make_proxy(assistants="bridge")
-
-
-@pytest.fixture
-def user(request) -> str:
-    return f"user-{request.node.name}"
-
-
 def sdk(proxy) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-app-1", max_retries=0)
 

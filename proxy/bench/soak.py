@@ -325,65 +325,52 @@ async def _soak(
     seed: int,
 ) -> Result:
     gauges = Gauges(proxy.pid)
-    with Console(stderr=True).status("waiting for the proxy's memory") as status:
-        return await _traffic(
-            proxy, gauges, status, seconds, requests, concurrency, memory_share, fault_rate, abandon_rate, seed
-        )
+    status = Console(stderr=True).status("waiting for the proxy's memory")  # the live line (terminals only)
+    status.start()
+    try:
+        async with httpx2.AsyncClient(timeout=60) as control:
+            await _wait_ready(control, proxy)
+            rss_start, fds_start = gauges.rss_mb(), gauges.fds()
+            rng, run = random.Random(seed), uuid.uuid4().hex[:6]
+            seen: list[Seen] = []
+            issued = 0
+            stop = asyncio.Event()
+            sampler = asyncio.ensure_future(gauges.sample(stop))
+            limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            started = time.monotonic()
+            traffic_over = asyncio.Event()
+            ticker = asyncio.ensure_future(_tick(status, started, seconds, seen, traffic_over))
+            async with httpx2.AsyncClient(limits=limits, timeout=30) as client:
 
+                async def worker() -> None:
+                    nonlocal issued
+                    while time.monotonic() - started < seconds and (not requests or issued < requests):
+                        planned = plan(issued, rng, run, memory_share, fault_rate, abandon_rate)
+                        issued += 1
+                        try:
+                            seen.append(await send(client, proxy.url, planned))
+                        except httpx2.HTTPError as exc:
+                            seen.append(Seen(planned, f"unexpected: {type(exc).__name__}"))
 
-async def _traffic(
-    proxy: Child,
-    gauges: Gauges,
-    status: Status,
-    seconds: float,
-    requests: int,
-    concurrency: int,
-    memory_share: float,
-    fault_rate: float,
-    abandon_rate: float,
-    seed: int,
-) -> Result:
-    async with httpx2.AsyncClient(timeout=60) as control:
-        await _wait_ready(control, proxy)
-        rss_start, fds_start = gauges.rss_mb(), gauges.fds()
-        rng, run = random.Random(seed), uuid.uuid4().hex[:6]
-        seen: list[Seen] = []
-        issued = 0
-        stop = asyncio.Event()
-        sampler = asyncio.ensure_future(gauges.sample(stop))
-        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        started = time.monotonic()
-        traffic_over = asyncio.Event()
-        ticker = asyncio.ensure_future(_tick(status, started, seconds, seen, traffic_over))
-        async with httpx2.AsyncClient(limits=limits, timeout=30) as client:
-
-            async def worker() -> None:
-                nonlocal issued
-                while time.monotonic() - started < seconds and (not requests or issued < requests):
-                    planned = plan(issued, rng, run, memory_share, fault_rate, abandon_rate)
-                    issued += 1
-                    try:
-                        seen.append(await send(client, proxy.url, planned))
-                    except httpx2.HTTPError as exc:
-                        seen.append(Seen(planned, f"unexpected: {type(exc).__name__}"))
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - started
-        turns = [s.planned for s in seen if s.complete and s.planned.user]
-        ended = time.monotonic()
-        traffic_over.set()
-        await ticker
-        metrics, drained = await _drain(control, proxy, len(turns), status)
-        drain_seconds = time.monotonic() - ended
-        stop.set()
-        await sampler
-        users = [s.planned.user for s in seen if s.planned.user]
-        learned = await _learned(control, proxy, users)
-    await asyncio.sleep(1.0)  # the proxy closes what the finished clients left
-    rss_end, fds_end = gauges.rss_mb(), gauges.fds()
-    peak = max([rss_start, rss_end, *gauges.rss])
-    rss = (rss_start, peak, rss_end)
-    return Result(elapsed, concurrency, seen, learned, metrics, rss, (fds_start, fds_end), drained, drain_seconds)
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.monotonic() - started
+            turns = [s.planned for s in seen if s.complete and s.planned.user]
+            ended = time.monotonic()
+            traffic_over.set()
+            await ticker
+            metrics, drained = await _drain(control, proxy, len(turns), status)
+            drain_seconds = time.monotonic() - ended
+            stop.set()
+            await sampler
+            users = [s.planned.user for s in seen if s.planned.user]
+            learned = await _learned(control, proxy, users)
+        await asyncio.sleep(1.0)  # the proxy closes what the finished clients left
+        rss_end, fds_end = gauges.rss_mb(), gauges.fds()
+        peak = max([rss_start, rss_end, *gauges.rss])
+        rss = (rss_start, peak, rss_end)
+        return Result(elapsed, concurrency, seen, learned, metrics, rss, (fds_start, fds_end), drained, drain_seconds)
+    finally:
+        status.stop()
 
 
 def _share(count: int, total: int) -> str:
