@@ -106,16 +106,15 @@ def admin_only(who: Principal) -> None:
         raise UIError(403, "Only the admin token may see this page.")
 
 
-def set_session(request: Request, response: Response, value: str) -> None:
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    """Every cookie the explorer sets: HttpOnly, SameSite=Strict, Secure unless plain HTTP to loopback."""
     response.set_cookie(
-        cookie_name(request),
-        value,
-        max_age=SESSION_SECONDS,
-        path="/",
-        secure=secure(request),
-        httponly=True,
-        samesite="strict",
+        name, value, max_age=max_age, path="/", secure=secure(request), httponly=True, samesite="strict"
     )
+
+
+def set_session(request: Request, response: Response, value: str) -> None:
+    _set_cookie(request, response, cookie_name(request), value, SESSION_SECONDS)
     response.delete_cookie(cookie_name(request, LOGIN_COOKIE), path="/", secure=secure(request))
 
 
@@ -124,15 +123,7 @@ def clear_session(request: Request, response: Response) -> None:
 
 
 def set_login_nonce(request: Request, response: Response, nonce: str) -> None:
-    response.set_cookie(
-        cookie_name(request, LOGIN_COOKIE),
-        nonce,
-        max_age=LOGIN_SECONDS,
-        path="/",
-        secure=secure(request),
-        httponly=True,
-        samesite="strict",
-    )
+    _set_cookie(request, response, cookie_name(request, LOGIN_COOKIE), nonce, LOGIN_SECONDS)
 
 
 def login_nonce(request: Request) -> str | None:
