@@ -126,6 +126,10 @@ class Forwarder:
 
     def __init__(self, client: httpx2.AsyncClient, settings: Settings, observer: Observer = NOOP) -> None:
         self.client = client
+        # The shared client's own pool (its connections, limits and timeouts): forwarding sends
+        # through it directly, without the client's auth, redirect, cookie and hook layers, none of
+        # which a relay uses (no redirect is followed, no cookie kept: see make_client).
+        self.transport: httpx2.AsyncBaseTransport = client._transport
         self.observer = observer
         self.base = httpx2.URL(settings.upstream_url)
         self.keepalive_interval = settings.keepalive_interval
@@ -178,6 +182,8 @@ class Forwarder:
         if body is not None:
             headers_up = [(k, v) for k, v in headers_up if k.lower() != b"content-length"]
             content: bytes | AsyncIterator[bytes] | None = body
+        elif _small_body(request):
+            content = await request.body()  # the bytes a hook read already, or a small body read whole
         elif _has_body(request):
             uploaded = asyncio.Event()
             content = _upload(request, uploaded)
@@ -236,7 +242,7 @@ class Forwarder:
             with tracing.span("memproxy.upstream", {"http.request.method": method}, client=True):  # no-op untraced
                 headers = tracing.propagate(headers)  # W3C traceparent of this span, while tracing
                 upstream_request = self.client.build_request(method, url, headers=headers, content=content)
-                return await self.client.send(upstream_request, stream=True)
+                return await self.transport.handle_async_request(upstream_request)
         finally:
             self.observer.upstream(time.perf_counter() - started)
 
@@ -256,6 +262,20 @@ class Forwarder:
 
 
 FETCH_HEADERS = frozenset({"authorization", "api-key", "openai-organization", "openai-project", "openai-beta"})
+
+
+SMALL_BODY = 64 * 1024
+"""Bytes up to which a body with a ``Content-Length`` is read whole and sent up as bytes, not streamed."""
+
+
+def _small_body(request: Request) -> bool:
+    """Whether the client declared a body of 1 to :data:`SMALL_BODY` bytes (not chunked).
+
+    Sent as bytes, it goes up without a stream to drain: the upstream client writes it in one piece.
+    """
+    headers = request.headers
+    length = headers.get("content-length", "")
+    return "transfer-encoding" not in headers and length.isdigit() and 0 < int(length) <= SMALL_BODY
 
 
 def _has_body(request: Request) -> bool:
