@@ -7,6 +7,7 @@ arrives, the response streams down as the upstream sends it, still in its conten
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
@@ -41,6 +42,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 KEEPALIVE = b": keepalive\n\n"
 PRIVATE_PREFIX = b"x-memory"
@@ -66,14 +68,9 @@ def make_client(settings: Settings) -> httpx2.AsyncClient:
 def filter_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:
     """Remove hop-by-hop fields, the ones the Connection field names, and ``drop``."""
     raw = list(raw)
-    named = {
-        token.strip().lower()
-        for key, value in raw
-        if key.lower() == b"connection"
-        for token in value.decode("latin-1").split(",")
-    }
-    excluded = HOP_BY_HOP | named | {name.lower() for name in drop}
-    return [(key, value) for key, value in raw if key.decode("latin-1").lower() not in excluded]
+    named = {token.strip().lower() for key, value in raw if key.lower() == b"connection" for token in value.split(b",")}
+    excluded = HOP_BY_HOP_RAW | named | {name.lower().encode("latin-1") for name in drop}
+    return [(key, value) for key, value in raw if key.lower() not in excluded]
 
 
 def upstream_headers(raw: Iterable[tuple[bytes, bytes]], drop: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:
@@ -126,8 +123,14 @@ class Forwarder:
 
     def __init__(self, client: httpx2.AsyncClient, settings: Settings, observer: Observer = NOOP) -> None:
         self.client = client
+        # The shared client's own pool (its connections, limits and timeouts): forwarding sends
+        # through it directly, without the client's auth, redirect, cookie and hook layers, none of
+        # which a relay uses (no redirect is followed, no cookie kept: see make_client).
+        self.transport: httpx2.AsyncBaseTransport = client._transport
         self.observer = observer
         self.base = httpx2.URL(settings.upstream_url)
+        # a path's upstream URL, checked and parsed once (the same few paths come again and again)
+        self._path_target = functools.lru_cache(maxsize=1024)(self._target)
         self.keepalive_interval = settings.keepalive_interval
         # never sent upstream, nor is any X-Memory* header
         self.private_headers: tuple[str, ...] = ("host", settings.memory_user_header)
@@ -145,11 +148,18 @@ class Forwarder:
         return task
 
     def target(self, request: Request) -> httpx2.URL | None:
-        suffix = safe_suffix(request.scope.get("raw_path") or request.url.path.encode())
+        """The upstream URL of ``request``, or None for a path that could escape the upstream base."""
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string", b"")
+        if query:  # never kept: a query may carry what no cache should hold
+            return self._target(raw_path, query)
+        return self._path_target(raw_path)
+
+    def _target(self, raw_path: bytes, query: bytes = b"") -> httpx2.URL | None:
+        suffix = safe_suffix(raw_path)
         if suffix is None:
             return None
         raw = self.base.raw_path.split(b"?")[0].rstrip(b"/") + suffix
-        query = request.scope.get("query_string", b"")
         return self.base.copy_with(raw_path=raw + (b"?" + query if query else b""))
 
     async def forward(
@@ -178,6 +188,8 @@ class Forwarder:
         if body is not None:
             headers_up = [(k, v) for k, v in headers_up if k.lower() != b"content-length"]
             content: bytes | AsyncIterator[bytes] | None = body
+        elif _small_body(request):
+            content = await request.body()  # the bytes a hook read already, or a small body read whole
         elif _has_body(request):
             uploaded = asyncio.Event()
             content = _upload(request, uploaded)
@@ -236,7 +248,7 @@ class Forwarder:
             with tracing.span("memproxy.upstream", {"http.request.method": method}, client=True):  # no-op untraced
                 headers = tracing.propagate(headers)  # W3C traceparent of this span, while tracing
                 upstream_request = self.client.build_request(method, url, headers=headers, content=content)
-                return await self.client.send(upstream_request, stream=True)
+                return await self.transport.handle_async_request(upstream_request)
         finally:
             self.observer.upstream(time.perf_counter() - started)
 
@@ -256,6 +268,20 @@ class Forwarder:
 
 
 FETCH_HEADERS = frozenset({"authorization", "api-key", "openai-organization", "openai-project", "openai-beta"})
+
+
+SMALL_BODY = 64 * 1024
+"""Bytes up to which a body with a ``Content-Length`` is read whole and sent up as bytes, not streamed."""
+
+
+def _small_body(request: Request) -> bool:
+    """Whether the client declared a body of 1 to :data:`SMALL_BODY` bytes (not chunked).
+
+    Sent as bytes, it goes up without a stream to drain: the upstream client writes it in one piece.
+    """
+    headers = request.headers
+    length = headers.get("content-length", "")
+    return "transfer-encoding" not in headers and length.isdigit() and 0 < int(length) <= SMALL_BODY
 
 
 def _has_body(request: Request) -> bool:
@@ -300,9 +326,10 @@ def upstream_error(exc: httpx2.HTTPError, method: str) -> Response:
     return error_response(status, message, type="upstream_error", code=code, should_retry=retry)
 
 
-def response_headers(upstream: httpx2.Response) -> list[tuple[bytes, bytes]]:
+def response_headers(upstream: httpx2.Response, streaming: bool) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers as the client gets them (``streaming``: an event stream)."""
     headers = filter_headers(upstream.headers.raw)
-    if is_event_stream(upstream):
+    if streaming:
         # Ask nginx / ingress controllers not to buffer or cache a live stream.
         headers = [(k, v) for k, v in headers if k.lower() not in (b"cache-control", b"x-accel-buffering")]
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -340,12 +367,12 @@ class UpstreamResponse(Response):
     ) -> None:
         self.upstream = upstream
         self.status_code = upstream.status_code
-        self.raw_headers = response_headers(upstream) + [
+        self.streaming = is_event_stream(upstream)
+        self.raw_headers = response_headers(upstream, self.streaming) + [
             (name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()
         ]
         self.tap, self.forwarder, self.complete = tap, forwarder, False
         self.background = None
-        self.streaming = is_event_stream(upstream)
         identity = upstream.headers.get("content-encoding", "identity") == "identity"
         self.keepalive_interval = keepalive_interval if self.streaming and identity else 0.0
         self.last_write = 0.0

@@ -30,6 +30,7 @@ from uvicorn.server import ServerState
 
 from proxy.errors import CLIENT_CLOSED, envelope, error_response
 from proxy.forward import IDEMPOTENT
+from proxy.writes import TurnWrites
 
 log = logging.getLogger("memproxy.limits")
 
@@ -85,6 +86,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
+        # the flow control keeps the socket's own transport; every write of the protocol and its
+        # request cycles goes through one TurnWrites, so their bytes keep their order
+        self.transport = TurnWrites(self.transport, self.loop)  # type: ignore[assignment]
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
