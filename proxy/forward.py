@@ -49,19 +49,25 @@ PRIVATE_PREFIX = b"x-memory"
 """The proxy's own request headers (``X-Memory``, ``X-Memory-User``, ``X-Memory-Tenant``, any ``X-Memory*``)."""
 
 
-def make_client(settings: Settings) -> httpx2.AsyncClient:
-    """The one upstream client: no read timeout by default, because SSE streams may idle."""
+def make_transport(settings: Settings) -> httpx2.AsyncHTTPTransport:
+    """The upstream connection pool, shared by the one client and the forwarder (which sends through it
+    directly: a relay needs none of the client's auth, redirect, cookie and hook layers)."""
+    limits = httpx2.Limits(max_connections=settings.max_connections, max_keepalive_connections=256)
+    return httpx2.AsyncHTTPTransport(limits=limits, trust_env=False)
+
+
+def make_client(settings: Settings, transport: httpx2.AsyncBaseTransport) -> httpx2.AsyncClient:
+    """The one upstream client, over ``transport``: no read timeout by default, because SSE streams may idle."""
     timeout = httpx2.Timeout(
         connect=settings.connect_timeout,
         read=settings.read_timeout,
         write=settings.write_timeout,
         pool=settings.pool_timeout,
     )
-    limits = httpx2.Limits(max_connections=settings.max_connections, max_keepalive_connections=256)
     # Every tenant's calls share this client: it must keep no cookie an upstream sets for one of them.
     no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return httpx2.AsyncClient(
-        timeout=timeout, limits=limits, follow_redirects=False, trust_env=False, cookies=no_cookies
+        timeout=timeout, transport=transport, follow_redirects=False, trust_env=False, cookies=no_cookies
     )
 
 
@@ -121,12 +127,18 @@ class Tap(Protocol):
 class Forwarder:
     """Sends a client request upstream and relays the answer; shared by the app and the hooks."""
 
-    def __init__(self, client: httpx2.AsyncClient, settings: Settings, observer: Observer = NOOP) -> None:
+    def __init__(
+        self,
+        client: httpx2.AsyncClient,
+        transport: httpx2.AsyncBaseTransport,
+        settings: Settings,
+        observer: Observer = NOOP,
+    ) -> None:
         self.client = client
-        # The shared client's own pool (its connections, limits and timeouts): forwarding sends
-        # through it directly, without the client's auth, redirect, cookie and hook layers, none of
-        # which a relay uses (no redirect is followed, no cookie kept: see make_client).
-        self.transport: httpx2.AsyncBaseTransport = client._transport
+        # The shared client's pool (make_transport): forwarding builds its requests with the client (its
+        # timeouts) and sends them through the pool directly, without the client's auth, redirect,
+        # cookie and hook layers, none of which a relay uses (no redirect followed, no cookie kept).
+        self.transport = transport
         self.observer = observer
         self.base = httpx2.URL(settings.upstream_url)
         # a path's upstream URL, checked and parsed once (the same few paths come again and again)

@@ -33,7 +33,7 @@ import httpx2
 from proxy import janitor
 from proxy.config import Settings, split_problem
 from proxy.errors import MemproxyError
-from proxy.forward import Forwarder, make_client
+from proxy.forward import Forwarder, make_client, make_transport
 from proxy.identity import load_secret
 from proxy.learn.extract import make_extractor
 from proxy.learn.keys import KeyRing
@@ -166,9 +166,10 @@ async def open_runtime(
         raise SplitDeployment(problem)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_secret(settings)
-    async with make_client(settings) as http:
+    transport = make_transport(settings)
+    async with make_client(settings, transport) as http:
         spool = await Spool.open(settings.data_dir / SPOOL_FILE)
-        runtime = Runtime(settings, http, Forwarder(http, settings), secret, spool)
+        runtime = Runtime(settings, http, Forwarder(http, transport, settings), secret, spool)
         runtime.keys = KeyRing(settings.extract_key_ttl)
         runtime.problems["memory"] = STARTING
         owned: list[Embedder] = []

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from proxy.config import Settings
-from proxy.forward import Forwarder, make_client
+from proxy.forward import Forwarder, make_client, make_transport
 from proxy.server import ServerThread
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three four five six"}]}
@@ -97,8 +97,9 @@ def test_rewritten_body_gets_a_fresh_content_length(emulator_server, emulator, t
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        async with make_client(settings) as client:
-            app.state.forwarder = Forwarder(client, settings)
+        transport = make_transport(settings)
+        async with make_client(settings, transport) as client:
+            app.state.forwarder = Forwarder(client, transport, settings)
             yield
 
     app = Starlette(routes=[Route("/v1/{path:path}", rewrite, methods=["POST"])], lifespan=lifespan)
