@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple, cast
+from typing import Any, TypeVar, TypeVarTuple
 
 import qdrant_edge as qe
 
@@ -21,10 +21,11 @@ from .sealing import Sealer
 from .store import (
     DENSE,
     INDEXED_FIELDS,
-    RRF_K,
     SPARSE,
     DimensionMismatchError,
     MemoryStore,
+    Nearest,
+    Scored,
     SparseVec,
     StoredPoint,
     StoreError,
@@ -202,38 +203,26 @@ class EdgeStore(MemoryStore):
         return await self._call(lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt)))
 
     async def _scroll_records(
-        self, flt: qe.Filter, limit: int, cursor: str | None
+        self, flt: qe.Filter, limit: int, cursor: str | None, *, with_dense: bool = False
     ) -> tuple[list[qe.Record], qe.PointId | None]:
-        request = qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=False)
+        request = qe.ScrollRequest(
+            offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=[DENSE] if with_dense else False
+        )
         return await self._call(lambda: self.shard.scroll(request))
 
-    async def _hybrid(
-        self, flt: qe.Filter, dense: Sequence[float], sparse: SparseVec, limit: int
-    ) -> list[qe.ScoredPoint]:
-        prefetches = [
-            qe.Prefetch(limit=limit, query=qe.Query.Nearest([float(x) for x in dense], using=DENSE), filter=flt)
-        ]
-        if sparse.indices:
-            prefetches.append(
-                qe.Prefetch(limit=limit, query=qe.Query.Nearest(_sparse(sparse), using=SPARSE), filter=flt)
+    async def _nearest(self, flt: qe.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
+        requests = [
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(
+                    _sparse(q.vector) if isinstance(q.vector, SparseVec) else [float(x) for x in q.vector],
+                    using=q.using,
+                ),
+                filter=flt,
+                with_payload=False,
+                with_vector=False,
             )
-        request = qe.QueryRequest(
-            limit=limit,
-            prefetches=prefetches,
-            # the stub declares Rrf as a class nested in Fusion; at runtime it is a Fusion subclass
-            query=cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K)),
-            filter=flt,
-            with_payload=True,
-            with_vector=[DENSE],
-        )
-        return await self._call(lambda: self.shard.query(request))
-
-    async def _dense(self, flt: qe.Filter, dense: Sequence[float], limit: int) -> list[qe.ScoredPoint]:
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest([float(x) for x in dense], using=DENSE),
-            filter=flt,
-            with_payload=True,
-            with_vector=False,
-        )
-        return await self._call(lambda: self.shard.query(request))
+            for q in queries
+        ]
+        found = await self._call(lambda: self.shard.query_batch(qe.QueryBatchRequest(requests)))
+        return [[Scored(str(p.id), float(p.score)) for p in points] for points in found]
