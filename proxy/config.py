@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         description='Memories learned in a month or year the query names ("in June", "in 2023") go first among '
         "those recalled.",
     )
+    memory_query_rewrite: bool = Field(
+        False,
+        description="Before recall, ask the upstream extraction model to rewrite the latest user message and the "
+        "previous one into a standalone query, within part of the recall deadline (fails open to the original).",
+    )
     memory_pinned_kinds: list[str] = Field(
         ["constraint"],
         description="Kinds of memory injected on every request, relevant or not (JSON list; [] turns pinning off).",
