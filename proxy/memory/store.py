@@ -117,6 +117,10 @@ class Scored:
     score: float
 
 
+#: Chooses among candidate lists: the points kept, and the filter that reads them (see ``_nearest_then_read``).
+Pick = Callable[[list[list[Scored]]], tuple[list[Scored], Any]]
+
+
 def cut_ties(points: Sequence[Scored], limit: int, fetched: int) -> list[Scored]:
     """The first ``limit`` of a candidate list the backend returned (at most ``fetched`` long), equal
     scores ordered by id.
@@ -458,6 +462,18 @@ class MemoryStore(ABC):
         """For each query, the ``limit`` points matching ``flt`` nearest to its vector, best first (ids
         and scores, no payloads), in one call to the backend."""
 
+    async def _nearest_then_read(
+        self, flt: Any, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
+    ) -> tuple[list[Scored], list[Any]]:
+        """:meth:`_nearest`, then the points ``pick`` chooses among its lists, read (payloads, and the dense
+        vector if ``with_dense``) with the filter ``pick`` returns for them. A backend may do both in
+        one call (Edge: one hop to its thread)."""
+        chosen, read = pick(await self._nearest(flt, queries, limit))
+        if not chosen:
+            return chosen, []
+        records, _ = await self._scroll_records(read, len(chosen), None, with_dense=with_dense)
+        return chosen, records
+
     # --- sealing -----------------------------------------------------------------------------------
 
     async def _seal(self, scope: Owner, memories: Sequence[Memory]) -> list[dict[str, Any]]:
@@ -563,15 +579,19 @@ class MemoryStore(ABC):
         """The candidates of ``queries`` (one list: its first ``limit``; several: fused with
         :func:`rrf_fuse`), each list cut by :func:`cut_ties`, so identical data gives identical candidates
         whatever order the backend holds them in; then their payloads, read by id within ``spec``."""
-        flt = self._filter(spec)
-        fetched = limit + CUT_MARGIN
-        lists = [cut_ties(found, limit, fetched) for found in await self._nearest(flt, queries, fetched)]
-        chosen = lists[0] if len(lists) == 1 else rrf_fuse(lists, limit)
-        if not chosen:
-            return []
+
+        def pick(found: list[list[Scored]]) -> tuple[list[Scored], Any]:
+            lists = [cut_ties(points, limit, limit + CUT_MARGIN) for points in found]
+            chosen = lists[0] if len(lists) == 1 else rrf_fuse(lists, limit)
+            ids = tuple(c.id for c in chosen)
+            return chosen, self._filter(
+                FilterSpec(spec.scope, now=spec.now, assistant_id=spec.assistant_id, kinds=spec.kinds, ids=ids)
+            )
+
+        chosen, records = await self._nearest_then_read(
+            self._filter(spec), queries, limit + CUT_MARGIN, pick, with_dense=with_dense
+        )
         by_id = {c.id: c.score for c in chosen}
-        spec = FilterSpec(spec.scope, now=spec.now, assistant_id=spec.assistant_id, kinds=spec.kinds, ids=tuple(by_id))
-        records, _ = await self._scroll_records(self._filter(spec), len(by_id), None, with_dense=with_dense)
         opened = await self._unseal(spec.scope, [(r.id, r.payload) for r in records])
         hits = []
         for r, memory in zip(records, opened, strict=True):
