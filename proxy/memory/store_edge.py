@@ -238,13 +238,16 @@ class EdgeStore(MemoryStore):
     async def _nearest_then_read(
         self, flt: qe.Filter, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
     ) -> tuple[list[Scored], list[qe.Record]]:
-        """Both in one hop to the shard's thread (the choice is a few tens of microseconds of Python)."""
+        """Both in one hop to the shard's thread (the choice is a few tens of microseconds of Python). The
+        chosen points are read by id: they matched ``flt`` in this same call, and no write can come in
+        between on the shard's one thread (a filtered scroll instead cost 1.0 to 1.3 ms more at 100,000
+        memories, optimized: ``memproxy bench recall``)."""
+        vectors: list[str] | bool = [DENSE] if with_dense else False
 
         def run() -> tuple[list[Scored], list[qe.Record]]:
-            chosen, read = pick(self._query_batch(flt, queries, limit))
+            chosen, _ = pick(self._query_batch(flt, queries, limit))
             if not chosen:
                 return chosen, []
-            records, _ = self.shard.scroll(self._scroll_request(read, len(chosen), None, with_dense))
-            return chosen, records
+            return chosen, self.shard.retrieve([c.id for c in chosen], with_payload=True, with_vector=vectors)
 
         return await self._call(run)
