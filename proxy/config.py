@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         description='Memories learned in a month or year the query names ("in June", "in 2023") go first among '
         "those recalled.",
     )
+    memory_query_rewrite: bool = Field(
+        False,
+        description="Before recall, ask the upstream extraction model to rewrite the latest user message and the "
+        "previous one into a standalone query, within part of the recall deadline (fails open to the original).",
+    )
     memory_pinned_kinds: list[str] = Field(
         ["constraint"],
         description="Kinds of memory injected on every request, relevant or not (JSON list; [] turns pinning off).",
@@ -159,6 +164,15 @@ class Settings(BaseSettings):
         "includes recency, so a floor drops old facts that still hold).",
     )
     memory_candidates: int = Field(40, description="Candidates per retriever (dense, BM25) before confidence ranking.")
+    rerank_model_path: Path | None = Field(
+        None,
+        description="Directory of a cross-encoder's ONNX export (fastembed TextCrossEncoder): reranks recall's first "
+        "candidates before gating; unset: no rerank stage (unmeasured here: no such model on the benchmark machine).",
+    )
+    rerank_model: str = Field(
+        "Xenova/ms-marco-MiniLM-L-6-v2", description="fastembed's name of the cross-encoder in rerank_model_path."
+    )
+    rerank_candidates: int = Field(20, ge=1, description="Recall's first candidates the cross-encoder reorders.")
     memory_near_duplicate: float = Field(
         0.92, description="Cosine above which a new memory counts as a near-duplicate of an existing one."
     )
@@ -284,10 +298,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"redact_patterns: the pattern of {name!r} is not a regex ({exc})") from None
         return value
 
-    @field_validator("data_dir", "embed_model_path")
+    @field_validator("data_dir", "embed_model_path", "rerank_model_path")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @field_validator("rerank_model_path")
+    @classmethod
+    def _is_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"MEMPROXY_RERANK_MODEL_PATH={value} is not a directory (unset it: no rerank stage)")
+        return value
 
 
 def split_problem(settings: Settings) -> str | None:

@@ -212,6 +212,60 @@ async def test_dense_query_scores_are_cosines(store):
     assert hit.score == pytest.approx(1 / np.sqrt(2), abs=1e-4)
 
 
+def _tied(n: int) -> list[Memory]:
+    """``n`` memories equal in every score: same text (BM25), same vector (cosine), known ids."""
+    return [mem(A, "User drinks green tea", id=f"00000000-0000-4000-8000-{i:012d}") for i in range(n)]
+
+
+async def _loaded_both_ways(kind: str, tmp_path, memories: list[Memory], head: list[MemoryPoint]):
+    """Two stores holding ``head`` then ``memories``, one in the given order, one reversed."""
+    stores = []
+    for name, order in (("forward", memories), ("backward", memories[::-1])):
+        s = await open_store(kind, tmp_path / name)
+        await s.upsert(A, head + [point(m, axis=0, wobble=0.5) for m in order])
+        stores.append(s)
+    return stores
+
+
+async def _close(stores) -> None:
+    for s in stores:
+        await s.close()
+        if isinstance(s, QdrantStore):
+            await s.client.close()
+
+
+@pytest.mark.parametrize("kind", ["edge", "qdrant"])
+async def test_tied_candidates_are_cut_the_same_whatever_the_insertion_order(kind, tmp_path):
+    """Six memories tie on both scores and only three are asked for: the three kept are the same on two
+    stores loaded in opposite orders (the smallest ids), where the backend's own cut kept the first
+    inserted, so two replicas or two runs disagreed on the candidates."""
+    memories = _tied(6)
+    stores = await _loaded_both_ways(kind, tmp_path, memories, [])
+    try:
+        for s in stores:
+            hybrid = await s.hybrid_query(A, vec(0), BM25.query("green tea"), limit=3, now=T0)
+            assert [h.memory.id for h in hybrid] == [m.id for m in memories[:3]]
+            dense = await s.dense_query(A, vec(0), limit=3, now=T0)
+            assert [h.memory.id for h in dense] == [m.id for m in memories[:3]]
+    finally:
+        await _close(stores)
+
+
+@pytest.mark.parametrize("kind", ["edge", "qdrant"])
+async def test_a_tie_running_past_the_fetched_candidates_is_left_out(kind, tmp_path):
+    """More memories tie at the cut than a candidate list fetches: which of them the backend returned is
+    its choice, so none of them is kept; the better memory above the tie is."""
+    best = mem(A, "User drinks green tea with jasmine every morning")
+    memories = _tied(40)
+    stores = await _loaded_both_ways(kind, tmp_path, memories, [point(best, axis=0)])
+    try:
+        for s in stores:
+            hits = await s.hybrid_query(A, vec(0), BM25.query("green tea"), limit=3, now=T0)
+            assert [h.memory.id for h in hits] == [best.id]
+    finally:
+        await _close(stores)
+
+
 async def test_assistant_restriction(store):
     own = mem(A, "Told to assistant one", assistant_id="asst_1")
     other = mem(A, "Told to assistant two", assistant_id="asst_2")

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from proxy.hooks.capture import TurnTap, event_json
 from proxy.hooks.recall import Identified, Plan, append_text, encode, hooked, identify, recall
 from proxy.identity import subject_for
-from proxy.learn.turn import Turn, latest_user_texts, message_text
+from proxy.learn.turn import Turn, latest_user_texts, message_text, previous_user_texts
 from proxy.runtime import Runtime
 
 
@@ -66,7 +66,7 @@ async def create_chat_completion(request: Request, runtime: Runtime, body: dict[
     if not isinstance(memory, Identified):
         return Plan(memory=memory)
     user = latest_user_texts(messages)
-    memory = await recall(runtime, memory, "\n".join(user))
+    memory = await recall(runtime, memory, "\n".join(user), previous="\n".join(previous_user_texts(messages)))
     if memory.block:
         body["messages"] = inject(messages, memory.block)
     tap = TurnTap(runtime, stream=bool(body.get("stream")), build=partial(build_turn, memory, body, user))

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from proxy import jsonbody, tracing
 from proxy.forward import Tap
 from proxy.hooks.modes import Choice, choose
+from proxy.hooks.rewrite import REWRITE_SHARE, rewritten
 from proxy.identity import credential, tenant_for
 from proxy.memory.render import render_block
 from proxy.observe import timed
@@ -182,9 +183,13 @@ def identify(request: Request, runtime: Runtime, subject: str | None) -> Request
     return Identified(owner, api_key=api_key, choice=choice)
 
 
-async def recall(runtime: Runtime, memory: Identified, query: str, assistant_id: str | None = None) -> Identified:
+async def recall(
+    runtime: Runtime, memory: Identified, query: str, assistant_id: str | None = None, *, previous: str = ""
+) -> Identified:
     """``memory`` with the owner's memories relevant to ``query`` as its block, found within the deadline.
 
+    With ``MEMPROXY_MEMORY_QUERY_REWRITE``, ``query`` and the user's ``previous`` turn are first rewritten
+    into one standalone query by the upstream model, within part of the deadline (:mod:`.rewrite`).
     Nothing is looked up when the request does not recall (``X-Memory: write``, a budget of 0).
     """
     if memory.status == "degraded" or not memory.choice.recalls or not query.strip():
@@ -193,10 +198,13 @@ async def recall(runtime: Runtime, memory: Identified, query: str, assistant_id:
     if service is None:
         return memory
     with tracing.span("memproxy.recall", {"memproxy.recall.budget": memory.choice.budget}) as span:
+        deadline = settings.memory_recall_deadline_ms / 1000
+        started = time.monotonic()
+        query = await rewritten(runtime, query, previous, memory.api_key, deadline * REWRITE_SHARE)
         search = service.of(memory.owner).recall(query, assistant_id=assistant_id, api_key=memory.api_key)
         try:
-            deadline = settings.memory_recall_deadline_ms / 1000
-            items = await timed(runtime.observer.recall, asyncio.wait_for(search, deadline))
+            left = deadline - (time.monotonic() - started)
+            items = await timed(runtime.observer.recall, asyncio.wait_for(search, left))
         except Exception as exc:  # noqa: BLE001 - fail open whatever broke: the request must go on
             cause = "recall_timeout" if isinstance(exc, TimeoutError) else "recall_error"
             report_fault(runtime, cause, exc)

@@ -18,7 +18,7 @@ from proxy.hooks.recall import Identified, Plan, append_text, encode, hooked, id
 from proxy.hooks.subjects import named_user
 from proxy.identity import subject_for
 from proxy.ids import is_id, upstream_path
-from proxy.learn.turn import Turn, latest_user_texts, message_text
+from proxy.learn.turn import Turn, latest_user_texts, message_text, previous_user_texts
 from proxy.owner import Owner
 from proxy.ownership import record_conversation
 from proxy.runtime import Runtime
@@ -152,7 +152,9 @@ async def create_response(request: Request, runtime: Runtime, body: dict[str, An
     if conversation:  # the owner's conversation (its own subject, or a named user's): erasure deletes it
         await record_conversation(runtime.state, memory.owner, conversation, runtime.route)
     user = user_texts(body)
-    memory = await recall(runtime, memory, "\n".join(user))
+    given = body.get("input")
+    previous = previous_user_texts(given) if isinstance(given, list) else []
+    memory = await recall(runtime, memory, "\n".join(user), previous="\n".join(previous))
     if memory.block:
         body["instructions"] = append_text(body.get("instructions"), memory.block)
     return Plan(encode(body) if memory.block else None, memory, ResponseTap(runtime, memory, body, user))

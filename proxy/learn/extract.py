@@ -50,6 +50,7 @@ from proxy.memory.models import KIND_ALIASES, KNOWN_KINDS, Memory
 
 if TYPE_CHECKING:
     import httpx2
+    import openai
     from openai.types.chat import ChatCompletionMessageParam
     from openai.types.shared_params import ResponseFormatJSONSchema
 
@@ -359,6 +360,22 @@ def resolve_operations(raw_ops: Sequence[_RawOp], refs: dict[str, Memory], max_c
     return result
 
 
+def upstream_chat(settings: Settings, http: httpx2.AsyncClient, *, timeout: float) -> openai.AsyncOpenAI:
+    """An openai client on the proxy's shared upstream client, for the proxy's own calls (extraction, query
+    rewrite): no retries, ``X-Memory: off`` (an upstream that is another memproxy does not mine them), and
+    no key of its own: each call sets the tenant's (``with_options``), never stored here."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        base_url=settings.upstream_url,
+        api_key="unset",
+        http_client=http,
+        max_retries=0,
+        timeout=timeout,
+        default_headers={"X-Memory": "off"},
+    )
+
+
 class LLMExtractor:
     """One strict-JSON chat completion per turn against the upstream (see the module docstring)."""
 
@@ -367,20 +384,10 @@ class LLMExtractor:
     uses_existing = True
 
     def __init__(self, settings: Settings, http: httpx2.AsyncClient) -> None:
-        import openai
-
         self.settings = settings
         self.model = settings.extract_model
         self.max_chars = settings.memory_max_chars
-        # The proxy's shared upstream client; the key is set per call (with_options), never stored here.
-        self._client = openai.AsyncOpenAI(
-            base_url=settings.upstream_url,
-            api_key="unset",
-            http_client=http,
-            max_retries=0,  # the job queue retries, with backoff
-            timeout=settings.extract_timeout,
-            default_headers={"X-Memory": "off"},  # if the upstream is another memproxy: don't mine this call
-        )
+        self._client = upstream_chat(settings, http, timeout=settings.extract_timeout)  # the job queue retries
 
     async def extract(self, turn: Turn, existing: Sequence[Memory], *, api_key: str | None) -> Extraction:
         import openai

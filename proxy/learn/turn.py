@@ -94,15 +94,30 @@ def message_text(content: Any) -> str:
     return ""
 
 
+def _ends_turn(item: dict[str, Any]) -> bool:
+    """An assistant message or a tool call or output: what separates two user turns."""
+    return item.get("role") == "assistant" or item.get("type") in ("function_call_output", "function_call")
+
+
 def latest_user_texts(items: list[Any]) -> list[str]:
     """The user messages of the newest turn: those after the last assistant message or tool output."""
     texts: list[str] = []
     for item in reversed(items):
         if not isinstance(item, dict):
             continue
-        role = item.get("role")
-        if role == "user":
+        if item.get("role") == "user":
             texts.append(message_text(item.get("content")))
-        elif role == "assistant" or item.get("type") in ("function_call_output", "function_call"):
+        elif _ends_turn(item):
             break
     return [text for text in reversed(texts) if text.strip()]
+
+
+def previous_user_texts(items: list[Any]) -> list[str]:
+    """The user messages of the turn before the newest (see :func:`latest_user_texts`), if any."""
+    ends = [i for i, item in enumerate(items) if isinstance(item, dict) and _ends_turn(item)]
+    if not ends:
+        return []
+    earlier = items[: ends[-1]]
+    while earlier and isinstance(earlier[-1], dict) and _ends_turn(earlier[-1]):
+        earlier = earlier[:-1]
+    return latest_user_texts(earlier)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import httpx2
 from proxy.owner import Owner
 
 from .embed import Embedder, make_embedder
+from .rerank import make_reranker
 from .sealing import KeyStore, Sealer
 from .service import MemoryService
 from .store import MemoryStore
@@ -53,13 +55,21 @@ async def create_memory_service(
     """
     owns_embedder = embedder is None if owns_embedder is None else owns_embedder
     embedder = embedder or make_embedder(settings, http_client)
+    try:
+        reranker = await asyncio.to_thread(make_reranker, settings)  # loading a model blocks for a while
+    except BaseException:
+        if owns_embedder:
+            await embedder.aclose()
+        raise
     store = make_store(settings, embedder.dim, Sealer(keys, secret))
-    service = MemoryService(store, embedder, settings, owns_store=True, owns_embedder=owns_embedder)
+    service = MemoryService(store, embedder, settings, owns_store=True, owns_embedder=owns_embedder, reranker=reranker)
     try:
         await service.start()
         await store.seal_legacy(partial(Owner.of, secret))
     except BaseException:
         await store.close()
+        if reranker is not None:
+            await reranker.aclose()
         if owns_embedder:
             await embedder.aclose()
         raise

@@ -39,6 +39,7 @@ from .models import (
     utcnow,
 )
 from .redact import Redactor
+from .rerank import Reranker
 from .scoring import ScoringWeights, bm25_scores, confidence, cosines, fuse
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
@@ -82,12 +83,16 @@ def tie_break(memory: Memory) -> tuple[float, str]:
     return (-as_utc(memory.created_at).timestamp(), memory.id)
 
 
+def _renumbered(ranked: builtins.list[ScoredMemory]) -> builtins.list[ScoredMemory]:
+    """``ranked`` in its new order, ranks renumbered from 0."""
+    return [s if s.rank == rank else s.model_copy(update={"rank": rank}) for rank, s in enumerate(ranked)]
+
+
 def _dated_first(ranked: builtins.list[ScoredMemory], cues: DateCues) -> builtins.list[ScoredMemory]:
     """``ranked`` with the memories learned when the query says moved ahead, in order (ranks renumbered)."""
     if not cues:
         return ranked
-    moved = sorted(ranked, key=lambda s: not cues.match(s.memory.created_at))
-    return [s if s.rank == rank else s.model_copy(update={"rank": rank}) for rank, s in enumerate(moved)]
+    return _renumbered(sorted(ranked, key=lambda s: not cues.match(s.memory.created_at)))
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -108,9 +113,12 @@ class MemoryService:
         clock: Callable[[], datetime] = utcnow,
         owns_store: bool = False,
         owns_embedder: bool = False,
+        reranker: Reranker | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
+        self.reranker = reranker
+        """The optional cross-encoder stage (:mod:`proxy.memory.rerank`), owned by the service."""
         self.settings = settings
         self.sparse = sparse or Bm25Encoder()
         self.clock = clock
@@ -151,6 +159,8 @@ class MemoryService:
                 pass
             self._flusher = None
         await self.flush()
+        if self.reranker is not None:
+            await self.reranker.aclose()
         if self._owns_store:
             await self.store.close()
         if self._owns_embedder:
@@ -559,6 +569,8 @@ class OwnerMemory:
         ranked = await asyncio.to_thread(self._score, dense, frozenset(sparse.indices), self._alive(hits, now), now)
         if settings.memory_date_cues:
             ranked = _dated_first(ranked, date_cues(query))
+        if self.service.reranker is not None:
+            ranked = await self._reranked(self.service.reranker, query, ranked)
         pins = self._pins(ranked, self._alive(pin_hits, now)[: settings.memory_pinned_max], now)[:top_k]
         gate = max(sim_floor, relative_similarity * max((s.similarity for s in ranked), default=0.0))
         chosen = {s.memory.id for s in pins}
@@ -567,6 +579,20 @@ class OwnerMemory:
         if scored:
             self.service._record_access(self.owner, [s.memory.id for s in scored], now)
         return scored
+
+    async def _reranked(
+        self, reranker: Reranker, query: str, ranked: builtins.list[ScoredMemory]
+    ) -> builtins.list[ScoredMemory]:
+        """``ranked`` with its first ``rerank_candidates`` in the cross-encoder's order (equal scores keep
+        their fused order), the rest after them; the fused order as it was if the model fails."""
+        head = ranked[: self.service.settings.rerank_candidates]
+        try:
+            scores = await reranker.scores(query, [s.memory.text for s in head])
+        except Exception as exc:  # noqa: BLE001 - fail open: the fused order is still a ranking
+            log.warning("rerank failed, recall keeps the fused order: %s", type(exc).__name__)
+            return ranked
+        order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
+        return _renumbered([head[i] for i in order] + ranked[len(head) :])
 
     async def _pinned(
         self, dense: list[float], kinds: tuple[str, ...], now: datetime, assistant_id: str | None

@@ -37,6 +37,10 @@ SPARSE = "bm25"
 #: Reciprocal-rank-fusion constant; Qdrant's own default, so both backends fuse the same way.
 RRF_K = 2
 
+#: How many points past the cut each candidate list fetches: enough to see the points tied with the
+#: last one kept (see :func:`cut_ties`).
+CUT_MARGIN = 16
+
 #: Payload fields with an index, and the index type. ``tenant`` is a tenant index on a server.
 INDEXED_FIELDS: dict[str, str] = {
     "tenant": "keyword",
@@ -95,6 +99,55 @@ class MemoryPoint:
     memory: Memory
     dense: Sequence[float]
     sparse: SparseVec
+
+
+@dataclass(frozen=True, slots=True)
+class Nearest:
+    """One vector query of a candidate search: ``using`` (:data:`DENSE` or :data:`SPARSE`) and its vector."""
+
+    using: str
+    vector: Sequence[float] | SparseVec
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A point id and its score in one candidate list (no payload)."""
+
+    id: str
+    score: float
+
+
+#: Chooses among candidate lists: the points kept, and the filter that reads them (see ``_nearest_then_read``).
+Pick = Callable[[list[list[Scored]]], tuple[list[Scored], Any]]
+
+
+def cut_ties(points: Sequence[Scored], limit: int, fetched: int) -> list[Scored]:
+    """The first ``limit`` of a candidate list the backend returned (at most ``fetched`` long), equal
+    scores ordered by id.
+
+    A backend orders equal scores by its internal point order, which differs between runs and replicas,
+    so its own cut at ``limit`` can keep either of two tied points. Here the list is fetched past the
+    cut: the tied points there are ordered by id; and when they may run past what was fetched (the list
+    is full and ends on the cut's score), none of them is kept, since which ones came back was the
+    backend's choice. Deterministic for an exact search; no more than ``limit`` points.
+    """
+    ordered = sorted(points, key=lambda p: (-p.score, p.id))
+    if len(ordered) <= limit:
+        return ordered
+    edge = ordered[limit - 1].score
+    if len(ordered) >= fetched and ordered[-1].score == edge:
+        return [p for p in ordered[:limit] if p.score > edge]
+    return ordered[:limit]
+
+
+def rrf_fuse(lists: Sequence[Sequence[Scored]], limit: int, *, k: int = RRF_K) -> list[Scored]:
+    """Reciprocal rank fusion of candidate lists (each best first), the first ``limit``: a point scores
+    the sum of ``1 / (k + rank)`` over the lists holding it (rank from 1), equal sums ordered by id."""
+    fused: dict[str, float] = {}
+    for ranking in lists:
+        for rank, p in enumerate(ranking, start=1):
+            fused[p.id] = fused.get(p.id, 0.0) + 1.0 / (k + rank)
+    return sorted((Scored(i, s) for i, s in fused.items()), key=lambda p: (-p.score, p.id))[:limit]
 
 
 @dataclass(slots=True)
@@ -398,18 +451,28 @@ class MemoryStore(ABC):
         """Exact number of points matching ``flt``."""
 
     @abstractmethod
-    async def _scroll_records(self, flt: Any, limit: int, cursor: str | None) -> tuple[list[Any], Any]:
-        """Up to ``limit`` records (with payloads, without vectors) matching ``flt`` in id order from
-        ``cursor``, and the backend's next offset (None at the end)."""
+    async def _scroll_records(
+        self, flt: Any, limit: int, cursor: str | None, *, with_dense: bool = False
+    ) -> tuple[list[Any], Any]:
+        """Up to ``limit`` records (with payloads, and the dense vector if ``with_dense``) matching ``flt``
+        in id order from ``cursor``, and the backend's next offset (None at the end)."""
 
     @abstractmethod
-    async def _hybrid(self, flt: Any, dense: Sequence[float], sparse: SparseVec, limit: int) -> list[Any]:
-        """Dense and (if ``sparse`` has terms) BM25 prefetches fused with RRF (k = :data:`RRF_K`), both
-        prefetches and the fusion filtered by ``flt``; scored points with payloads and the dense vector."""
+    async def _nearest(self, flt: Any, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
+        """For each query, the ``limit`` points matching ``flt`` nearest to its vector, best first (ids
+        and scores, no payloads), in one call to the backend."""
 
-    @abstractmethod
-    async def _dense(self, flt: Any, dense: Sequence[float], limit: int) -> list[Any]:
-        """Nearest by cosine, filtered by ``flt``; scored points with payloads, without vectors."""
+    async def _nearest_then_read(
+        self, flt: Any, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
+    ) -> tuple[list[Scored], list[Any]]:
+        """:meth:`_nearest`, then the points ``pick`` chooses among its lists, read (payloads, and the dense
+        vector if ``with_dense``) with the filter ``pick`` returns for them. A backend may do both in
+        one call (Edge: one hop to its thread)."""
+        chosen, read = pick(await self._nearest(flt, queries, limit))
+        if not chosen:
+            return chosen, []
+        records, _ = await self._scroll_records(read, len(chosen), None, with_dense=with_dense)
+        return chosen, records
 
     # --- sealing -----------------------------------------------------------------------------------
 
@@ -512,16 +575,32 @@ class MemoryStore(ABC):
         records, next_offset = await self._scroll_records(flt, limit, cursor)
         return await self._memories(scope, records), (str(next_offset) if next_offset is not None else None)
 
-    async def _hits(self, scope: Owner, points: list[Any], with_dense: bool) -> list[Hit]:
-        opened = await self._unseal(scope, [(p.id, p.payload) for p in points])
+    async def _search(self, spec: FilterSpec, queries: Sequence[Nearest], limit: int, *, with_dense: bool) -> list[Hit]:
+        """The candidates of ``queries`` (one list: its first ``limit``; several: fused with
+        :func:`rrf_fuse`), each list cut by :func:`cut_ties`, so identical data gives identical candidates
+        whatever order the backend holds them in; then their payloads, read by id within ``spec``."""
+
+        def pick(found: list[list[Scored]]) -> tuple[list[Scored], Any]:
+            lists = [cut_ties(points, limit, limit + CUT_MARGIN) for points in found]
+            chosen = lists[0] if len(lists) == 1 else rrf_fuse(lists, limit)
+            ids = tuple(c.id for c in chosen)
+            return chosen, self._filter(
+                FilterSpec(spec.scope, now=spec.now, assistant_id=spec.assistant_id, kinds=spec.kinds, ids=ids)
+            )
+
+        chosen, records = await self._nearest_then_read(
+            self._filter(spec), queries, limit + CUT_MARGIN, pick, with_dense=with_dense
+        )
+        by_id = {c.id: c.score for c in chosen}
+        opened = await self._unseal(spec.scope, [(r.id, r.payload) for r in records])
         hits = []
-        for p, memory in zip(points, opened, strict=True):
+        for r, memory in zip(records, opened, strict=True):
             if memory is None:
                 continue
-            vector = p.vector if with_dense else None  # built anew on each access (12 us on Edge): read once
+            vector = r.vector if with_dense else None  # built anew on each access (12 us on Edge): read once
             dense = vector.get(DENSE) if isinstance(vector, dict) else None
-            hits.append(Hit(memory, float(p.score), dense if isinstance(dense, list) or not dense else list(dense)))
-        return hits
+            hits.append(Hit(memory, by_id[memory.id], dense if isinstance(dense, list) or not dense else list(dense)))
+        return sorted(hits, key=lambda h: (-h.score, h.memory.id))
 
     async def hybrid_query(
         self,
@@ -533,9 +612,13 @@ class MemoryStore(ABC):
         now: datetime,
         assistant_id: str | None = None,
     ) -> list[Hit]:
-        """Dense and BM25 candidates fused with RRF; not deleted, not expired at ``now``. Hits carry ``dense``."""
-        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id))
-        return await self._hits(scope, await self._hybrid(flt, dense, sparse, limit), with_dense=True)
+        """Dense and (if ``sparse`` has terms) BM25 candidates, ``limit`` each, fused with RRF (k =
+        :data:`RRF_K`), the first ``limit``; not deleted, not expired at ``now``. Hits carry ``dense``;
+        their ``score`` is the fused one. Equal scores are ordered by id at every cut (:func:`cut_ties`)."""
+        queries = [Nearest(DENSE, dense)] + ([Nearest(SPARSE, sparse)] if sparse.indices else [])
+        return await self._search(
+            FilterSpec(scope, now=now, assistant_id=assistant_id), queries, limit, with_dense=True
+        )
 
     async def dense_query(
         self,
@@ -547,9 +630,10 @@ class MemoryStore(ABC):
         assistant_id: str | None = None,
         kinds: tuple[str, ...] | None = None,
     ) -> list[Hit]:
-        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if given."""
-        flt = self._filter(FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds))
-        return await self._hits(scope, await self._dense(flt, dense, limit), with_dense=False)
+        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if
+        given; equal cosines ordered by id (:func:`cut_ties`)."""
+        spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
+        return await self._search(spec, [Nearest(DENSE, dense)], limit, with_dense=False)
 
     async def get(
         self,

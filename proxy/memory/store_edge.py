@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple, cast
+from typing import Any, TypeVar, TypeVarTuple
 
 import qdrant_edge as qe
 
@@ -21,10 +21,12 @@ from .sealing import Sealer
 from .store import (
     DENSE,
     INDEXED_FIELDS,
-    RRF_K,
     SPARSE,
     DimensionMismatchError,
     MemoryStore,
+    Nearest,
+    Pick,
+    Scored,
     SparseVec,
     StoredPoint,
     StoreError,
@@ -201,39 +203,51 @@ class EdgeStore(MemoryStore):
     async def _count(self, flt: qe.Filter) -> int:
         return await self._call(lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt)))
 
+    @staticmethod
+    def _scroll_request(flt: qe.Filter, limit: int, cursor: str | None, with_dense: bool) -> qe.ScrollRequest:
+        vectors: list[str] | bool = [DENSE] if with_dense else False
+        return qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=vectors)
+
     async def _scroll_records(
-        self, flt: qe.Filter, limit: int, cursor: str | None
+        self, flt: qe.Filter, limit: int, cursor: str | None, *, with_dense: bool = False
     ) -> tuple[list[qe.Record], qe.PointId | None]:
-        request = qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=False)
+        request = self._scroll_request(flt, limit, cursor, with_dense)
         return await self._call(lambda: self.shard.scroll(request))
 
-    async def _hybrid(
-        self, flt: qe.Filter, dense: Sequence[float], sparse: SparseVec, limit: int
-    ) -> list[qe.ScoredPoint]:
-        prefetches = [
-            qe.Prefetch(limit=limit, query=qe.Query.Nearest([float(x) for x in dense], using=DENSE), filter=flt)
-        ]
-        if sparse.indices:
-            prefetches.append(
-                qe.Prefetch(limit=limit, query=qe.Query.Nearest(_sparse(sparse), using=SPARSE), filter=flt)
+    def _query_batch(self, flt: qe.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
+        """On the shard's thread: each query's ``limit`` nearest, ids and scores only."""
+        requests = [
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(
+                    _sparse(q.vector) if isinstance(q.vector, SparseVec) else [float(x) for x in q.vector],
+                    using=q.using,
+                ),
+                filter=flt,
+                with_payload=False,
+                with_vector=False,
             )
-        request = qe.QueryRequest(
-            limit=limit,
-            prefetches=prefetches,
-            # the stub declares Rrf as a class nested in Fusion; at runtime it is a Fusion subclass
-            query=cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K)),
-            filter=flt,
-            with_payload=True,
-            with_vector=[DENSE],
-        )
-        return await self._call(lambda: self.shard.query(request))
+            for q in queries
+        ]
+        found = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[Scored(str(p.id), float(p.score)) for p in points] for points in found]
 
-    async def _dense(self, flt: qe.Filter, dense: Sequence[float], limit: int) -> list[qe.ScoredPoint]:
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest([float(x) for x in dense], using=DENSE),
-            filter=flt,
-            with_payload=True,
-            with_vector=False,
-        )
-        return await self._call(lambda: self.shard.query(request))
+    async def _nearest(self, flt: qe.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
+        return await self._call(self._query_batch, flt, queries, limit)
+
+    async def _nearest_then_read(
+        self, flt: qe.Filter, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
+    ) -> tuple[list[Scored], list[qe.Record]]:
+        """Both in one hop to the shard's thread (the choice is a few tens of microseconds of Python). The
+        chosen points are read by id: they matched ``flt`` in this same call, and no write can come in
+        between on the shard's one thread (a filtered scroll instead cost 1.0 to 1.3 ms more at 100,000
+        memories, optimized: ``memproxy bench recall``)."""
+        vectors: list[str] | bool = [DENSE] if with_dense else False
+
+        def run() -> tuple[list[Scored], list[qe.Record]]:
+            chosen, _ = pick(self._query_batch(flt, queries, limit))
+            if not chosen:
+                return chosen, []
+            return chosen, self.shard.retrieve([c.id for c in chosen], with_payload=True, with_vector=vectors)
+
+        return await self._call(run)

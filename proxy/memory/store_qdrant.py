@@ -21,6 +21,8 @@ from .store import (
     SPARSE,
     DimensionMismatchError,
     MemoryStore,
+    Nearest,
+    Scored,
     SparseVec,
     StoredPoint,
     StoreError,
@@ -159,37 +161,28 @@ class QdrantStore(MemoryStore):
         return (await self.client.count(self.collection, count_filter=flt, exact=True)).count
 
     async def _scroll_records(
-        self, flt: qm.Filter, limit: int, cursor: str | None
+        self, flt: qm.Filter, limit: int, cursor: str | None, *, with_dense: bool = False
     ) -> tuple[list[qm.Record], PointId | None]:
         return await self.client.scroll(
-            self.collection, scroll_filter=flt, limit=limit, offset=cursor, with_payload=True, with_vectors=False
+            self.collection,
+            scroll_filter=flt,
+            limit=limit,
+            offset=cursor,
+            with_payload=True,
+            with_vectors=[DENSE] if with_dense else False,
         )
 
-    async def _hybrid(
-        self, flt: qm.Filter, dense: Sequence[float], sparse: SparseVec, limit: int
-    ) -> list[qm.ScoredPoint]:
-        prefetch = [qm.Prefetch(query=[float(x) for x in dense], using=DENSE, limit=limit, filter=flt)]
-        if sparse.indices:
-            prefetch.append(qm.Prefetch(query=_sparse(sparse), using=SPARSE, limit=limit, filter=flt))
-        result = await self.client.query_points(
-            self.collection,
-            prefetch=prefetch,
-            query=qm.FusionQuery(fusion=qm.Fusion.RRF),  # k = RRF_K, the server default (works on older servers)
-            query_filter=flt,
-            limit=limit,
-            with_payload=True,
-            with_vectors=[DENSE],
-        )
-        return result.points
-
-    async def _dense(self, flt: qm.Filter, dense: Sequence[float], limit: int) -> list[qm.ScoredPoint]:
-        result = await self.client.query_points(
-            self.collection,
-            query=[float(x) for x in dense],
-            using=DENSE,
-            query_filter=flt,
-            limit=limit,
-            with_payload=True,
-            with_vectors=False,
-        )
-        return result.points
+    async def _nearest(self, flt: qm.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
+        requests = [
+            qm.QueryRequest(
+                query=_sparse(q.vector) if isinstance(q.vector, SparseVec) else [float(x) for x in q.vector],
+                using=q.using,
+                filter=flt,
+                limit=limit,
+                with_payload=False,
+                with_vector=False,
+            )
+            for q in queries
+        ]
+        found = await self.client.query_batch_points(self.collection, requests=requests)
+        return [[Scored(str(p.id), float(p.score)) for p in response.points] for response in found]
