@@ -37,6 +37,9 @@ def make_proxy(tmp_path_factory, emulator_server, local_embedder, memory_model_d
             "embed_model_path": memory_model_dir,
             # Off unless a test wants it: a worker outliving its test would call the shared emulator.
             "worker_in_proxy": False,
+            # Tests assert what recall finds, not how fast: a busy CI machine must not turn a recall
+            # into a timeout (tests of the deadline set their own).
+            "memory_recall_deadline_ms": 5000,
             **overrides,
         }
         shared = local_embedder if values.get("embedder", "local") == "local" else None
