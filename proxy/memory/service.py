@@ -520,9 +520,8 @@ class OwnerMemory:
     ) -> builtins.list[ScoredMemory]:
         """Memories relevant to ``query``, best first, with their confidence terms.
 
-        Candidates come from a hybrid query (dense + BM25, twice ``memory_candidates`` each, the fused
-        first twice ``memory_candidates``: the backend's cut falls well below the ranks that matter) and
-        are fused again here with reciprocal rank fusion of their cosine and their BM25 score over
+        Candidates come from a hybrid query (dense + BM25, ``memory_candidates`` each, the fused first
+        ``memory_candidates``, cut on stable keys by the store) and are fused again here with reciprocal rank fusion of their cosine and their BM25 score over
         the candidates, equal scores sharing a rank and equal fused scores ordered by date then id, so
         identical inputs give identical rankings (the backend breaks ties by its internal point order).
         That order is kept: on LoCoMo, re-sorting them by confidence cut evidence recall@10 from
@@ -558,7 +557,8 @@ class OwnerMemory:
                 self.owner,
                 dense,
                 sparse,
-                limit=2 * max(settings.memory_candidates, top_k),  # a pool deeper than what is kept
+                # 40 per list: twice that cost 5 ms at 100k memories (unsealing and scoring) for +0.2 recall@10
+                limit=max(settings.memory_candidates, top_k),
                 now=now,
                 assistant_id=restrict,
             ),

@@ -202,7 +202,7 @@ def notes(dataset: Dataset, ev: Evaluation) -> list[str]:
             f"hybrid (RRF) = the dense and BM25 rankings fused as the store fuses them, {ev.candidates} candidates per "
             f"retriever (max of memory_candidates and k), RRF k={RRF_K}, equal scores ordered by id (the store's own "
             "query breaks them by its internal point order, which changes between runs). The service fuses its own "
-            "candidates (the store's hybrid query at twice the depth) again: cosine and BM25 over the candidates, "
+            "candidates (the store's hybrid query) again: cosine and BM25 over the candidates, "
             "equal scores sharing a rank, ties by date then id; it uses confidence to gate, not to order."
         ),
         (
