@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,25 @@ def bridge(make_proxy):
 def user(request) -> str:
     """A subject of this test only."""
     return f"user-{request.node.name}"
+
+
+FAST_RECONNECT = {"reconnect_backoff": 0.1, "reconnect_backoff_cap": 0.5, "worker_poll_interval": 0.05}
+"""Settings for tests that break a part: reopen it, and poll the queue, within a fraction of a second."""
+
+
+def learning_proxy_on_redis(make_proxy, redis_url: str, name: str):
+    """A proxy on a test's own redis-server that learns in process (an LLM extractor behind the emulator),
+    with short job leases and fast reconnects: what the tests that kill Redis under traffic start."""
+    return make_proxy(
+        redis_url=redis_url,
+        secret=f"{name}-secret",
+        single_replica=True,
+        redis_prefix=f"{name}-{uuid.uuid4().hex[:8]}",
+        worker_in_proxy=True,
+        llm_api_key="sk-operator-extraction",
+        job_lease_seconds=2.0,
+        **FAST_RECONNECT,
+    )
 
 
 # --- state store (proxy/state) -----------------------------------------------------------------

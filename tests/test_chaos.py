@@ -32,9 +32,8 @@ from typing import Any
 
 import httpx
 import openai
-from conftest import _free_port, kill, redis_server
+from conftest import FAST_RECONNECT, _free_port, kill, learning_proxy_on_redis, redis_server
 
-FAST = {"reconnect_backoff": 0.1, "reconnect_backoff_cap": 0.5, "worker_poll_interval": 0.05}
 MODEL = "gpt-4o-mini"
 
 
@@ -189,16 +188,7 @@ def test_redis_killed_and_restarted_under_traffic_loses_no_turn(make_proxy, emul
     # calls alike: jobs pile up in the queue, so the kill finds some queued and some in flight.
     emulator.fault(path="/v1/chat/completions", delay=0.15, times=0)
     with redis_server(port=port, data_dir=aof) as (url, process):
-        proxy = make_proxy(
-            redis_url=url,
-            secret="chaos-secret",
-            single_replica=True,
-            redis_prefix="chaos-" + uuid.uuid4().hex[:8],
-            worker_in_proxy=True,
-            llm_api_key="sk-operator-extraction",
-            job_lease_seconds=2.0,
-            **FAST,
-        )
+        proxy = learning_proxy_on_redis(make_proxy, url, "chaos")
         runtime = proxy.app.state.runtime
         traffic = Traffic(sdk_sender(proxy.url + "/v1", key), threads=4, prefix="redis").start()
         try:
@@ -340,7 +330,7 @@ def check_seen(turn: Turn, record: dict[str, Any], outcome: str) -> str | None:
 
 def test_slow_and_cut_upstream_each_client_sees_what_the_upstream_did(make_proxy, emulator) -> None:
     key = "sk-chaos-upstream-" + uuid.uuid4().hex[:8]
-    proxy = make_proxy(worker_in_proxy=True, extractor="verbatim", **FAST)
+    proxy = make_proxy(worker_in_proxy=True, extractor="verbatim", **FAST_RECONNECT)
     runtime = proxy.app.state.runtime
     traffic = Traffic(raw_sender(proxy.url, key), threads=4, prefix="upstream").start()
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import _free_port, kill, redis_server
+from conftest import FAST_RECONNECT, _free_port, kill, learning_proxy_on_redis, redis_server
 
 from proxy.config import Settings, split_problem
 from proxy.runtime import SplitDeployment, open_runtime
@@ -71,9 +71,6 @@ def metric(proxy, name: str) -> float:
     return found[name]
 
 
-FAST = {"reconnect_backoff": 0.1, "reconnect_backoff_cap": 0.5, "worker_poll_interval": 0.05}
-
-
 # --- configurations that would split a user's data are refused --------------------------------------
 
 
@@ -122,7 +119,7 @@ def test_redis_down_at_boot_forwards_at_once_and_delivers_every_turn_once_it_sta
         redis_prefix="boot-" + uuid.uuid4().hex[:8],
         worker_in_proxy=True,
         extractor="verbatim",
-        **FAST,
+        **FAST_RECONNECT,
     )
     runtime = proxy.app.state.runtime
     try:
@@ -175,7 +172,11 @@ def test_a_turn_neither_the_store_nor_the_spool_takes_is_counted_exactly(make_pr
     data.mkdir()
     (data / "spool.sqlite3").write_bytes(b"not a database" * 100)  # a broken disk, as far as the spool knows
     proxy = make_proxy(
-        data_dir=data, redis_url=f"redis://127.0.0.1:{_free_port()}/0", secret="s", single_replica=True, **FAST
+        data_dir=data,
+        redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+        secret="s",
+        single_replica=True,
+        **FAST_RECONNECT,
     )
     try:
         answer = chat(proxy, "sk-lost", "lost-user", "I have a red bicycle.")
@@ -205,16 +206,7 @@ def test_redis_killed_and_restarted_mid_run_loses_no_turn_and_no_job(make_proxy,
     emulator.fault(path="/v1/chat/completions", delay=0.3, times=0)  # the extraction model is slow: jobs pile up
     try:
         with redis_server(port=port, data_dir=aof) as (url, process):
-            proxy = make_proxy(
-                redis_url=url,
-                secret="kill-secret",
-                single_replica=True,
-                redis_prefix="kill-" + uuid.uuid4().hex[:8],
-                worker_in_proxy=True,
-                llm_api_key="sk-operator-extraction",
-                job_lease_seconds=2.0,
-                **FAST,
-            )
+            proxy = learning_proxy_on_redis(make_proxy, url, "kill")
             runtime = proxy.app.state.runtime
             say(proxy, "before", 10)
             wait_for(lambda: runtime.counters["turns.captured"] == 10, message="queued before the kill")
@@ -271,7 +263,7 @@ def test_a_keyless_tenants_jobs_wait_for_its_next_request_without_spending_attem
     wait_for(lambda: before.app.state.runtime.counters["turns.captured"] == 3, message="tenant A's turns queued")
     before.stop()  # restart: the key ring is gone, and there is no MEMPROXY_LLM_API_KEY
 
-    proxy = make_proxy(data_dir=data, worker_in_proxy=True, job_max_attempts=2, job_backoff_base=0.05, **FAST)
+    proxy = make_proxy(data_dir=data, worker_in_proxy=True, job_max_attempts=2, job_backoff_base=0.05, **FAST_RECONNECT)
     runtime = proxy.app.state.runtime
     try:
         chat(proxy, key_b, "b-user", "I drink green tea.")  # another tenant comes back first
