@@ -25,8 +25,9 @@ from test_redact import IBAN_DE, MASTERCARD, OPENAI_KEY, VISA
 
 from proxy.config import Settings
 from proxy.learn.extract import SYSTEM_PROMPT, LLMExtractor, looks_like_instruction
+from proxy.memory.redact import INLINE_CHARS as REDACT_INLINE_CHARS
 from proxy.memory.sealing import MemoryKeyStore, Sealer
-from proxy.memory.service import REDACT_INLINE_CHARS, MemoryService
+from proxy.memory.service import MemoryService
 from proxy.memory.sparse import Bm25Encoder
 from proxy.memory.store_qdrant import QdrantStore
 from proxy.owner import Owner

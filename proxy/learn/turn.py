@@ -8,7 +8,6 @@ in the queue only until the job is acknowledged, and erasing a subject drops its
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -49,22 +48,13 @@ class Turn:
         return cls(owner, **fields)
 
 
-REDACT_INLINE_CHARS = 2048
-"""Turns with more text than this are redacted on a worker thread, not on the event loop."""
-
-
 async def redact_turn(turn: Turn, redactor: Redactor) -> tuple[Turn, tuple[str, ...]]:
     """``turn`` with every secret in its texts replaced by a marker, and the kinds replaced.
 
     What the job queue and the spool keep until the worker is done with it: a card number or a key the
     user typed never reaches the state store's files (:mod:`proxy.memory.redact`).
     """
-    texts = [*turn.user, *turn.assistant]
-
-    def redact_all() -> list[Any]:
-        return [redactor.redact(text) for text in texts]
-
-    found = redact_all() if sum(map(len, texts)) <= REDACT_INLINE_CHARS else await asyncio.to_thread(redact_all)
+    found = await redactor.redact_off_loop([*turn.user, *turn.assistant])
     kinds = tuple(kind for redacted in found for kind in redacted.kinds)
     if not kinds:
         return turn, ()

@@ -61,10 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-REDACT_INLINE_CHARS = 256
-"""Texts up to this long are redacted on the event loop (tens of microseconds); longer ones in a thread."""
-
-
 class MemoryNotFound(MemproxyError, LookupError):
     """No live memory with this id in this tenant and subject (it may exist in another scope)."""
 
@@ -219,10 +215,7 @@ class MemoryService:
     async def _redact(self, text: str, *, count: bool = True) -> str:
         """``text`` with its secrets replaced by markers (counted by kind, never logged): what is stored,
         embedded and turned into BM25 terms. See :mod:`proxy.memory.redact`."""
-        if len(text) <= REDACT_INLINE_CHARS:
-            redacted = self.redactor.redact(text)
-        else:  # up to about a millisecond of regex scans for the longest texts: not on the event loop
-            redacted = await asyncio.to_thread(self.redactor.redact, text)
+        (redacted,) = await self.redactor.redact_off_loop([text])
         if count:
             self.redactions.update(redacted.kinds)
         return redacted.text
