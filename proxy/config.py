@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     write_timeout: float = Field(60.0, description="Seconds to send one chunk of the request body upstream.")
     pool_timeout: float = Field(10.0, description="Seconds to wait for a free upstream connection.")
     max_connections: int = Field(1000, description="Upper bound on open upstream connections.")
+    upstream_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CAs the upstream's TLS certificate must chain to; unset: the public CAs (certifi).",
+    )
     keepalive_interval: float = Field(
         15.0, description="Seconds of upstream silence on an SSE stream before a `: keepalive` comment."
     )

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from proxy import tracing
 from proxy.config import Settings
 from proxy.errors import CLIENT_CLOSED, error_response
+from proxy.netio import AsyncioTransport
 from proxy.observe import NOOP, Observer
 
 log = logging.getLogger("memproxy.forward")
@@ -53,7 +54,7 @@ def make_transport(settings: Settings) -> httpx2.AsyncHTTPTransport:
     """The upstream connection pool, shared by the one client and the forwarder (which sends through it
     directly: a relay needs none of the client's auth, redirect, cookie and hook layers)."""
     limits = httpx2.Limits(max_connections=settings.max_connections, max_keepalive_connections=256)
-    return httpx2.AsyncHTTPTransport(limits=limits, trust_env=False)
+    return AsyncioTransport(limits, str(settings.upstream_ca_file) if settings.upstream_ca_file else None)
 
 
 def make_client(settings: Settings, transport: httpx2.AsyncBaseTransport) -> httpx2.AsyncClient:
