@@ -26,6 +26,7 @@ from proxy.identity import memory_api_refusal
 from proxy.limits import ClientGuard
 from proxy.memory.embed import Embedder
 from proxy.metrics import Metrics, Observe, metrics_endpoint
+from proxy.netio import declare_asyncio_thread
 from proxy.runtime import STARTING, Runtime, open_runtime
 from proxy.tracing_http import TraceRequests, TracingObserver
 from proxy.ui import ui_routes
@@ -118,6 +119,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        declare_asyncio_thread()  # the server's loop thread: see proxy/netio.py
         problem = split_problem(settings)
         if problem is not None:  # one clear line before the start-up fails (open_runtime refuses it too)
             log.error("refusing to start: %s", problem)
