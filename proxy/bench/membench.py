@@ -63,6 +63,9 @@ class TimedEmbedder:
     async def embed_documents(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
         return await self.inner.embed_documents(texts, api_key=api_key)
 
+    def expected_wait(self) -> float:
+        return self.inner.expected_wait()
+
     async def aclose(self) -> None:
         """The inner embedder belongs to the caller."""
 

@@ -33,6 +33,10 @@ log = logging.getLogger("memproxy.hooks")
 
 Status = Literal["ok", "none", "off", "degraded"]
 
+ADMIT_SHARE = 0.5
+"""A recall is shed when the embedder's queue alone would take more than this share of its deadline: the
+rest is for the search, the scoring and the wait for the event loop under the same load."""
+
 
 @dataclass(frozen=True, slots=True)
 class Off:
@@ -197,8 +201,14 @@ async def recall(
     settings, service = runtime.settings, runtime.memory
     if service is None:
         return memory
+    deadline = settings.memory_recall_deadline_ms / 1000
+    if service.embedder.expected_wait() > deadline * ADMIT_SHARE:
+        # Overloaded: this query would wait past its deadline behind the queries already queued, and
+        # cost the model a run that no one reads. Going on at once keeps the queue short enough that
+        # the queries already in it finish in time (a shed request is degraded, like a timeout).
+        report_fault(runtime, "recall_overloaded")
+        return replace(memory, status="degraded")
     with tracing.span("memproxy.recall", {"memproxy.recall.budget": memory.choice.budget}) as span:
-        deadline = settings.memory_recall_deadline_ms / 1000
         started = time.monotonic()
         query = await rewritten(runtime, query, previous, memory.api_key, deadline * REWRITE_SHARE)
         search = service.of(memory.owner).recall(query, assistant_id=assistant_id, api_key=memory.api_key)
@@ -218,10 +228,27 @@ async def recall(
     return replace(memory, block=block.text, recalled=block.count, status="ok" if block.count else "none")
 
 
+FAULT_LOG_INTERVAL = 1.0
+"""Seconds between two log lines of one fault cause; the faults in between are counted on the next line."""
+_fault_lines: dict[str, tuple[float, int]] = {}  # cause -> (when its last line was logged, faults since)
+
+
 def report_fault(runtime: Runtime, cause: str, exc: BaseException | None = None) -> None:
-    """Count and log a memory-layer fault (never its query, text or key); the request goes on."""
+    """Count and log a memory-layer fault (never its query, text or key); the request goes on.
+
+    Every fault is counted (``memproxy_degraded_total``); the log gets one line per cause per
+    :data:`FAULT_LOG_INTERVAL` at most, with how many more there were: an overload that sheds
+    hundreds of recalls a second must not also spend its CPU writing hundreds of lines.
+    """
     runtime.count(f"degraded.{cause}")
-    log.warning("memory degraded (%s): %s", cause, type(exc).__name__ if exc else "-")
+    now = time.monotonic()
+    logged, since = _fault_lines.get(cause, (-FAULT_LOG_INTERVAL, 0))
+    if now - logged < FAULT_LOG_INTERVAL:
+        _fault_lines[cause] = (logged, since + 1)
+        return
+    _fault_lines[cause] = (now, 0)
+    more = f" (and {since} more since the last line)" if since else ""
+    log.warning("memory degraded (%s): %s%s", cause, type(exc).__name__ if exc else "-", more)
 
 
 def append_text(existing: Any, block: str) -> str:

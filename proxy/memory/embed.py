@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,10 @@ class Embedder(Protocol):
 
     async def embed_documents(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]: ...
 
+    def expected_wait(self) -> float:
+        """Seconds a query asked now would wait for its vector, as far as the embedder can tell (0: no queue)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -84,6 +89,11 @@ QUERY_CHUNK = 8
 to its longest query, so similar lengths together waste little. The int8 model runs each text alone: its
 activations are quantized with one scale per input tensor, so a text's vector would depend on the texts
 batched with it (cosine down to 0.977 measured) and a recall's result on the traffic around it."""
+
+INITIAL_SECONDS_PER_QUERY = 0.002
+"""A local query's cost before any has been measured (int8 MiniLM on one core: 1.4-2.7 ms)."""
+WAIT_SMOOTHING = 0.2
+"""Weight of the latest model run in the moving average of seconds per query."""
 
 DEFAULT_MODEL_CACHE = Path("~/.cache/memproxy/models")
 """Where a model's int8 copy goes when the caller names no directory (the proxy: ``<data_dir>/models``)."""
@@ -117,7 +127,9 @@ class LocalEmbedder:
     arrive while it is busy wait (``batch_window`` seconds at most beyond that) and go together as
     one batch of at most ``max_batch``: one hop to the model thread and one wake-up of the event loop
     for all of them. A text's vector never depends on its batch (see :data:`QUERY_CHUNK`), and a
-    batch that fails fails only the queries in it.
+    batch that fails fails only the queries in it. A query whose caller gave up (its recall deadline
+    passed) is skipped, even inside a batch already running; :meth:`expected_wait` tells a caller
+    how long a new query would queue, so under overload it can give up before costing anything.
     """
 
     def __init__(
@@ -163,6 +175,8 @@ class LocalEmbedder:
         self.batches = 0  # query batches run, and the queries they held
         self.batched_queries = 0
         self.document_calls = 0
+        self._pending = 0  # queries asked and not yet answered (or given up)
+        self._seconds_per_query = INITIAL_SECONDS_PER_QUERY  # moving average over the batches run
 
     @staticmethod
     def _load(model_name: str, path: Path | None, threads: int | None) -> Any:
@@ -180,13 +194,28 @@ class LocalEmbedder:
     async def _run(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
-    def _embed_queries(self, texts: list[str]) -> list[tuple[float, ...]]:
-        """Vectors of ``texts`` in their order, computed shortest first in chunks of :data:`QUERY_CHUNK`."""
+    def _embed_queries(self, texts: list[str], wanted: Callable[[int], bool]) -> list[tuple[float, ...]]:
+        """Vectors of ``texts`` in their order (``()`` for a text no longer ``wanted``), shortest first.
+
+        The float model runs chunks of :data:`QUERY_CHUNK`; the int8 model one text at a time, each
+        checked against ``wanted`` just before it runs (read from this worker thread: a caller that
+        gave up while the batch ran costs nothing more). The model's seconds per text feed
+        :meth:`expected_wait` (timed here, on the model's thread: the event loop's delays are not
+        the model's).
+        """
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[tuple[float, ...]] = [()] * len(texts)
-        vectors = self._model.query_embed([texts[i] for i in order], batch_size=self._chunk(QUERY_CHUNK))
-        for i, vector in zip(order, vectors, strict=True):
-            out[i] = tuple(vector.tolist())
+        chunk = self._chunk(QUERY_CHUNK)
+        for start in range(0, len(order), chunk):
+            indices = [i for i in order[start : start + chunk] if wanted(i)]
+            if not indices:
+                continue
+            started = time.perf_counter()
+            vectors = self._model.query_embed([texts[i] for i in indices], batch_size=chunk)
+            for i, vector in zip(indices, vectors, strict=True):
+                out[i] = tuple(vector.tolist())
+            per_text = (time.perf_counter() - started) / len(indices)
+            self._seconds_per_query += WAIT_SMOOTHING * (per_text - self._seconds_per_query)
         return out
 
     def _embed_passages(self, texts: list[str]) -> list[list[float]]:
@@ -210,6 +239,8 @@ class LocalEmbedder:
             self._waiting = [(t, f) for t, f in self._waiting if f.get_loop() is loop]
             self._drainer = None
         self._waiting.append((text, future))
+        self._pending += 1
+        future.add_done_callback(self._settled)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain(), name="memproxy-embed-batch")
         vector = await future
@@ -218,6 +249,13 @@ class LocalEmbedder:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return list(vector)
+
+    def _settled(self, _: asyncio.Future[tuple[float, ...]]) -> None:
+        self._pending -= 1
+
+    def expected_wait(self) -> float:
+        """The queries not yet answered times the recent seconds per query: the wait of one asked now."""
+        return self._pending * self._seconds_per_query
 
     async def _drain(self) -> None:
         """Run the waiting queries, a bounded batch at a time, until none is left."""
@@ -232,15 +270,16 @@ class LocalEmbedder:
                 continue
             self.batches += 1
             self.batched_queries += len(batch)
+            futures = [future for _, future in batch]
             try:
-                vectors = await self._run(self._embed_queries, [text for text, _ in batch])
+                vectors = await self._run(self._embed_queries, [text for text, _ in batch], _still_wanted(futures))
             except Exception as exc:  # noqa: BLE001 - handed to this batch's callers, and only to them
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), vector in zip(batch, vectors, strict=True):
-                if not future.done():
+            for future, vector in zip(futures, vectors, strict=True):
+                if vector and not future.done():
                     future.set_result(vector)
 
     async def embed_documents(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
@@ -254,6 +293,11 @@ class LocalEmbedder:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _still_wanted(futures: list[asyncio.Future[tuple[float, ...]]]) -> Callable[[int], bool]:
+    """Whether the caller of query ``i`` still waits for it (checked from the model's thread)."""
+    return lambda i: not futures[i].done()
 
 
 class UpstreamEmbedder:
@@ -313,6 +357,10 @@ class UpstreamEmbedder:
         for i in range(0, len(texts), self.batch_size):
             out.extend(await self._post(list(texts[i : i + self.batch_size]), api_key))
         return out
+
+    def expected_wait(self) -> float:
+        """No queue of its own: each query is its own upstream call."""
+        return 0.0
 
     async def aclose(self) -> None:
         """The client belongs to the caller; nothing to release."""

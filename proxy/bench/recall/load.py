@@ -88,10 +88,19 @@ def measured(child: Child, url: str, script: Path, concurrency: int, seconds: fl
     return result, (child.cpu_seconds() - before) * 1000 / max(result.requests, 1)
 
 
-def degraded_count(url: str) -> float:
-    """The proxy's memproxy_degraded_total, all causes: recalls that went upstream without memory."""
+def counters(url: str) -> dict[str, float]:
+    """The proxy's requests by memory outcome (``status:ok``...) and degraded requests by cause (``cause:...``)."""
     text = httpx2.get(url + "/metrics", timeout=60).text  # the proxy may still be finishing cut-off calls
-    return sum(float(v) for v in re.findall(r"^memproxy_degraded_total\{[^}]*\} ([\d.e+]+)$", text, re.MULTILINE))
+    out: dict[str, float] = {}
+    for metric, label in (("memproxy_memory_requests_total", "status"), ("memproxy_degraded_total", "cause")):
+        pattern = rf'^{metric}\{{[^}}]*{label}="([^"]+)"[^}}]*\}} ([\d.e+]+)$'
+        for name, value in re.findall(pattern, text, re.MULTILINE):
+            out[f"{label}:{name}"] = out.get(f"{label}:{name}", 0.0) + float(value)
+    return out
+
+
+def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {key: value - before.get(key, 0.0) for key, value in after.items()}
 
 
 def run(memories: int, concurrency: int, seconds: float) -> None:
@@ -124,17 +133,23 @@ def run(memories: int, concurrency: int, seconds: float) -> None:
             rss_ready = rss_mb(proxy.pid)
             run_wrk(proxy.url, script, concurrency, 3)  # warm-up: first calls, connection pool
             direct, emulator_cpu = measured(emulator, emulator.url, script, concurrency, seconds)
+            before = counters(proxy.url)
             proxied, proxy_cpu = measured(proxy, proxy.url, script, concurrency, seconds)
+            outcomes = difference(counters(proxy.url), before)
             emulator_behind = emulator_cpu  # what the emulator costs per request, proxied or not
-            degraded = degraded_count(proxy.url)
             rss_end = rss_mb(proxy.pid)
-    for name, result, cpu in (("emulator direct", direct, emulator_cpu), ("memproxy + recall", proxied, proxy_cpu)):
+    recalled = outcomes.get("status:ok", 0.0) + outcomes.get("status:none", 0.0)
+    for name, result, cpu, answered in (
+        ("emulator direct", direct, emulator_cpu, "-"),
+        ("memproxy + recall", proxied, proxy_cpu, f"{recalled / seconds:,.0f}"),
+    ):
         rows.append(
             [
                 name,
                 str(concurrency),
                 f"{result.requests:,}",
                 f"{result.rate:,.0f}",
+                answered,
                 *(f"{result.latency_ms.get(p, float('nan')):.2f}" for p in (50, 90, 99)),
                 f"{cpu:.2f}",
                 str(result.errors),
@@ -142,9 +157,23 @@ def run(memories: int, concurrency: int, seconds: float) -> None:
         )
     print_table(
         f"memproxy bench recall-load: chat completions + recall through the proxy, wrk ({summary})",
-        ["target", "concurrency", "requests", "requests/s", "p50 ms", "p90 ms", "p99 ms", "CPU ms/req", "errors"],
+        [
+            "target",
+            "concurrency",
+            "requests",
+            "requests/s",
+            "recalled/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "CPU ms/req",
+            "errors",
+        ],
         rows,
-        caption="CPU ms/req = the CPU time of that server process (proxy or emulator) per request over the run.",
+        caption=(
+            "recalled/s = requests whose recall finished within its deadline (x-memory-status ok or none); "
+            "CPU ms/req = the CPU time of that server process (proxy or emulator) per request over the run."
+        ),
     )
     budget = proxy_cpu + emulator_behind
     print_notes(
@@ -159,7 +188,16 @@ def run(memories: int, concurrency: int, seconds: float) -> None:
                 "every other process on the machine as well)."
             ),
             f"proxy resident memory (VmRSS): {rss_ready:,.0f} MB once ready, {rss_end:,.0f} MB after the runs.",
-            f"recalls that failed open (memproxy_degraded_total, deadline or error): {degraded:,.0f}.",
+            "requests sent on without memory during the measured run (memproxy_degraded_total): "
+            + (
+                ", ".join(
+                    f"{key[6:]} {value:,.0f}"
+                    for key, value in sorted(outcomes.items())
+                    if key.startswith("cause:") and value
+                )
+                or "none"
+            )
+            + ".",
             "machine: 2 cores shared with other engineers' runs while measured: compare within one run.",
         ]
     )
