@@ -9,8 +9,9 @@ running loop's transports (uvloop's under ``memproxy serve``):
 
 - a read returns what the protocol already holds, or waits on one future (a timer only when the
   read has a timeout);
-- a write hands the bytes to the transport and waits only when its buffer is over the high-water mark
-  (flow control, with the write timeout);
+- the writes of one event-loop turn (a request's head, then its body) leave in one system call; a
+  write waits only when the transport's buffer is over the high-water mark (flow control, with the
+  write timeout);
 - "is this idle connection readable" is the protocol's own state (data or end of stream seen), no
   system call;
 - the receive side is bounded: past :data:`READ_HIGH` bytes not yet read the transport stops reading
@@ -35,6 +36,8 @@ from httpcore2 import AsyncNetworkBackend, AsyncNetworkStream
 
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
 
+HOLD_MAX = 64 * 1024
+"""A write this large is sent at once; smaller ones are held to the end of the event-loop turn."""
 READ_HIGH = 256 * 1024
 """Bytes received and not yet read at which the transport stops reading."""
 READ_LOW = 64 * 1024
@@ -131,9 +134,20 @@ class AsyncioStream(AsyncNetworkStream):
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
         self._transport = transport
         self._protocol = protocol
+        self._held: list[bytes] = []
+
+    def _flush(self) -> None:
+        """Send what the writes of this event-loop turn held, in one system call."""
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
+        self._flush()
         if not protocol.chunks and not protocol.eof:
             protocol.reader = asyncio.get_running_loop().create_future()
             try:
@@ -152,7 +166,11 @@ class AsyncioStream(AsyncNetworkStream):
         protocol = self._protocol
         if (protocol.eof and protocol.error is not None) or self._transport.is_closing():
             raise httpcore2.WriteError(str(protocol.error or "connection closed"))
-        self._transport.write(buffer)
+        if not self._held:  # a request's head and body, written one after the other, leave together
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._held.append(buffer)
+        if len(buffer) >= HOLD_MAX:
+            self._flush()
         if protocol.writing_paused:
             protocol.drainer = asyncio.get_running_loop().create_future()
             try:
@@ -163,6 +181,7 @@ class AsyncioStream(AsyncNetworkStream):
                 raise httpcore2.WriteError(str(protocol.error))
 
     async def aclose(self) -> None:
+        self._flush()
         self._transport.close()
 
     async def start_tls(
