@@ -104,6 +104,27 @@ def test_switched_off_the_text_is_kept_and_operator_patterns_still_apply(make_pr
     assert redactions(proxy)["badge"] == 1
 
 
+def test_the_user_messages_kept_per_assistants_thread_hold_markers(make_proxy) -> None:
+    """Passthrough Assistants: the proxy keeps a thread's last user messages (for the next run's recall)
+    until its runs end; a secret in them never reaches the data directory."""
+    proxy = make_proxy(assistants="passthrough")
+    data_dir = Path(proxy.app.state.runtime.settings.data_dir)
+    user = f"ida-{uuid.uuid4().hex[:8]}"
+    with openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0) as client:
+        assistant = client.beta.assistants.create(model="gpt-4o-mini", instructions="You help.")
+        thread = client.beta.threads.create(
+            messages=[{"role": "user", "content": f"My card is {VISA}, keep it handy."}], metadata={"user_id": user}
+        )
+        client.beta.threads.runs.create_and_poll(
+            thread_id=thread.id,
+            assistant_id=assistant.id,
+            additional_messages=[{"role": "user", "content": f"And my IBAN is {IBAN_DE}."}],
+            poll_interval_ms=20,
+        )
+    assert redactions(proxy)["card"] >= 1 and redactions(proxy)["iban"] >= 1
+    assert not found_in(data_dir, [VISA, IBAN_DE])
+
+
 # --- what is embedded ------------------------------------------------------------------------------
 
 

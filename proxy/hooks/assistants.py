@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.hooks.capture import TurnTap, event_json, park, parked, queue, started_of, unpark
+from proxy.hooks.capture import TurnTap, event_json, park, parked, queue, redacted_texts, started_of, unpark
 from proxy.hooks.recall import (
     Identified,
     Plan,
@@ -54,7 +54,8 @@ async def remember_thread(runtime: Runtime, owner: Owner, thread_id: str, texts:
     await record_thread(runtime.state, owner, thread_id, runtime.route)  # erasure deletes it, whoever its owner is
     if not owner.subject.startswith("thread:"):
         await mine.set("thread_subject", thread_id, owner.subject, ttl=THREAD_TTL, subject=owner)
-    if texts:
+    if texts:  # kept until the thread's next run: markers, never a secret the user typed
+        texts = await redacted_texts(runtime, texts)
         await mine.list_push("thread_user", thread_id, *texts, max_len=RECENT, ttl=THREAD_TTL, subject=owner)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from proxy.hooks.recall import report_fault
@@ -79,8 +79,7 @@ async def queue(runtime: Runtime, turn: Turn) -> None:
     if not any(text.strip() for text in turn.user):
         return  # nothing to learn (enqueue_turn would skip it too)
     turn, kinds = await redact_turn(turn, runtime.redactor)  # neither the queue nor the spool keeps a secret
-    for kind in kinds:
-        runtime.count(f"redactions.{kind}")
+    count_redactions(runtime, kinds)
     if not runtime.spool.pending:
         try:
             queued = await enqueue_turn(runtime.state, turn)
@@ -110,10 +109,26 @@ async def spool(runtime: Runtime, turn: Turn) -> None:
 PARKED_TTL = 86400.0
 
 
-async def park(runtime: Runtime, namespace: str, owner: Owner, turn_id: str, started_at: float, **record: Any) -> None:
-    """A turn still being answered: keep who asked, when, and what capturing it later needs, until it ends."""
+def count_redactions(runtime: Runtime, kinds: Iterable[str]) -> None:
+    for kind in kinds:
+        runtime.count(f"redactions.{kind}")
+
+
+async def redacted_texts(runtime: Runtime, texts: list[str]) -> list[str]:
+    """``texts`` with every secret replaced by a marker (counted): what the state store may keep of them."""
+    found = await runtime.redactor.redact_off_loop(texts)
+    count_redactions(runtime, [kind for redacted in found for kind in redacted.kinds])
+    return [redacted.text for redacted in found]
+
+
+async def park(
+    runtime: Runtime, namespace: str, owner: Owner, turn_id: str, started_at: float, *, user: list[str], **record: Any
+) -> None:
+    """A turn still being answered: keep who asked, when, what they said (secrets as markers) and what
+    capturing it later needs, until it ends."""
     mine = runtime.state.tenant(owner.tenant)
-    kept = {"subject": owner.subject, "started_at": started_at, **record}
+    said = await redacted_texts(runtime, user)
+    kept = {"subject": owner.subject, "started_at": started_at, "user": said, **record}
     await mine.set(namespace, turn_id, kept, ttl=PARKED_TTL, subject=owner)
 
 
