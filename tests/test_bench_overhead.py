@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from starlette.types import Receive, Scope, Send
@@ -78,10 +79,11 @@ def test_the_python_generator_times_a_streams_first_event_and_uses_each_path_onc
     assert result.first_event_p50 is not None and 0 < result.first_event_p50 <= result.p50
 
 
-def test_a_short_run_prints_the_emulator_and_memproxy_side_by_side(monkeypatch) -> None:
+def test_a_short_run_prints_the_emulator_memproxy_and_another_checkout_side_by_side(monkeypatch) -> None:
     tables: list[tuple[str, list[list[str]]]] = []
     monkeypatch.setattr(overhead, "print_table", lambda title, columns, rows: tables.append((title, rows)))
-    options = ["--seconds", "0.5", "-c", "4", "--memories", "0", "--load", "python"]
+    checkout = Path(__file__).resolve().parents[1]  # this one, standing in for an older commit's worktree
+    options = ["--seconds", "0.5", "-c", "4", "--memories", "0", "--load", "python", "--compare", str(checkout)]
     done = CliRunner().invoke(app, ["bench", "overhead", *options])
     assert done.exit_code == 0, done.output
     [(title, rows)] = tables
@@ -95,10 +97,16 @@ def test_a_short_run_prints_the_emulator_and_memproxy_side_by_side(monkeypatch) 
             assert float(proxied["added p50"]) == pytest.approx(float(proxied["p50"]) - float(direct["p50"]), abs=0.02)
             has_first_event = proxied["TTFE p50"] != "-"
             assert has_first_event == (scenario == "chat stream")
+            [other] = [
+                cell
+                for (s, c, name), cell in cells.items()
+                if (s, c) == (scenario, conc) and name.startswith("memproxy@")
+            ]
+            assert other["errors"] == "0" and float(other["rps"]) > 0 and float(other["CPU/req"]) > 0
 
 
 def test_unknown_comparisons_and_generators_are_refused() -> None:
-    for option in (["--compare", "nginx"], ["--load", "ab"]):
+    for option in (["--compare", "nginx"], ["--compare", "/tmp"], ["--load", "ab"]):
         refused = CliRunner().invoke(app, ["bench", "overhead", *option])
         assert refused.exit_code == 2, refused.output
 

@@ -90,6 +90,7 @@ def child_server(
     *,
     command: list[str] | None = None,
     timeout: float = 60.0,
+    cwd: Path | None = None,
 ) -> Iterator[Child]:
     """Run ``python -m proxy <args>`` (or ``command + args``) and yield it once its port accepts connections.
 
@@ -107,6 +108,7 @@ def child_server(
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=sink,
+        cwd=cwd,
     )
     try:
         _wait_until_listening(port, process, log, timeout)

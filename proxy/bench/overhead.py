@@ -1,7 +1,8 @@
 """``memproxy bench overhead``: what the proxy adds to a call, plain and streamed, and what recall adds.
 
 The emulator answers directly, then through memproxy (and through LiteLLM's proxy with
-``--compare litellm``), at concurrency 1 and at ``-c``, in one run: each row is one server, and
+``--compare litellm``, or another memproxy checkout with ``--compare DIR``: an older commit's
+worktree, for a paired before/after), at concurrency 1 and at ``-c``, in one run: each row is one server, and
 "added" is its percentile minus the emulator's own. Load comes from wrk when installed (its Lua
 script makes every recall call ask a different question, so the query-embedding cache never
 answers), else from the lean generator of :mod:`proxy.bench.load`. The time to the first event of
@@ -14,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,6 +168,7 @@ def run(
     run_load = runner(load)
     generator = "wrk" if run_load is not run_python else "the Python generator"
     litellm = None
+    checkouts = [Path(name) for name in compare or [] if name != "litellm"]
     if "litellm" in (compare or []):
         litellm = find_litellm(litellm_bin)
         if litellm is None:
@@ -173,7 +177,7 @@ def run(
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} cells"))
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
         bench = Bench(run_load, seconds, progress)
-        rows = _forwarding(bench, levels, litellm)
+        rows = _forwarding(bench, levels, litellm, checkouts)
         recall_rows: list[list[str]] = []
         summary = ""
         if memories:
@@ -198,7 +202,30 @@ def run(
     )
 
 
-def _forwarding(bench: Bench, levels: list[int], litellm: str | None) -> list[list[str]]:
+def checkout_name(directory: Path) -> str:
+    """``memproxy@<short commit>`` for a git checkout, else ``memproxy@<directory name>``."""
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return f"memproxy@{found.stdout.strip()}"
+    except (OSError, subprocess.CalledProcessError):
+        return f"memproxy@{directory.name}"
+
+
+@contextlib.contextmanager
+def checkout_server(directory: Path, upstream: str, env: dict[str, str]) -> Iterator[Server]:
+    """``python -m proxy serve`` run from another checkout (its own code first on the path)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="memproxy-bench-") as data:
+        where = {**env, "MEMPROXY_DATA_DIR": data, "PYTHONPATH": str(directory.resolve())}
+        args = ["serve", "--port", str(port), "--upstream", upstream]
+        command = [sys.executable, "-m", "proxy"]
+        with child_server(args, port, env=where, command=command, cwd=directory.resolve()) as child:
+            yield Server(checkout_name(directory), child, HEADERS)
+
+
+def _forwarding(bench: Bench, levels: list[int], litellm: str | None, checkouts: list[Path]) -> list[list[str]]:
     emulator_port, proxy_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
         emulator = stack.enter_context(child_server(["emulator", "--port", str(emulator_port)], emulator_port))
@@ -208,6 +235,9 @@ def _forwarding(bench: Bench, levels: list[int], litellm: str | None) -> list[li
         env = {"MEMPROXY_LOG_LEVEL": "warning", "MEMPROXY_DATA_DIR": data}
         proxy = stack.enter_context(child_server(args, proxy_port, env=env))
         servers = [Server("direct", emulator, HEADERS), Server("memproxy", proxy, HEADERS)]
+        for directory in checkouts:
+            bench.progress.update(bench.task, description=f"starting {directory}")
+            servers.append(stack.enter_context(checkout_server(directory, upstream, env)))
         if litellm is not None:
             bench.progress.update(bench.task, description="starting litellm")
             servers.append(stack.enter_context(litellm_server(litellm, upstream)))

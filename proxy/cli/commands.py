@@ -127,7 +127,11 @@ def bench_overhead(
     ] = 100_000,
     load: Annotated[str, typer.Option(help="Load generator: auto (wrk when installed), wrk or python.")] = "auto",
     compare: Annotated[
-        list[str] | None, typer.Option(help="Also measure another proxy on the same emulator: litellm.")
+        list[str] | None,
+        typer.Option(
+            help="Also measure another proxy on the same emulator: litellm, or the directory of another memproxy "
+            "checkout (e.g. a git worktree of an older commit), repeatable."
+        ),
     ] = None,
     litellm_bin: Annotated[str | None, typer.Option(help="The litellm command (default: litellm on the PATH).")] = None,
 ) -> None:
@@ -136,8 +140,11 @@ def bench_overhead(
 
     if load not in ("auto", "wrk", "python"):
         raise typer.BadParameter("--load is auto, wrk or python")
-    if any(name != "litellm" for name in compare or []):
-        raise typer.BadParameter("--compare knows litellm only")
+    for name in compare or []:
+        if name != "litellm" and not (Path(name) / "proxy" / "__main__.py").is_file():
+            raise typer.BadParameter(
+                f"--compare {name}: neither litellm nor a memproxy checkout (no proxy/__main__.py)"
+            )
     run(seconds, concurrency, memories, load=load, compare=compare, litellm_bin=litellm_bin)
 
 
