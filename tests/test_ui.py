@@ -76,6 +76,28 @@ def test_without_an_admin_token_the_explorer_says_how_to_enable_it(make_proxy) -
     assert httpx.post(plain.url + "/ui/login", data={"token": "anything"}).status_code == 503
 
 
+def test_an_address_that_keeps_guessing_the_admin_token_must_wait(make_proxy) -> None:
+    from proxy.ui.throttle import MAX_FAILURES
+
+    guarded = make_proxy(admin_token=ADMIN)
+
+    def attempt(token: str) -> httpx.Response:
+        http = client(guarded)  # a new browser each time: only the address is the same
+        csrf = re.search(r'name="login_csrf" value="([^"]+)"', http.get("/ui/login").text)[1]
+        return http.post("/ui/login", data={"login_csrf": csrf, "token": token, "as": "admin"})
+
+    assert attempt(ADMIN).status_code == 303  # a success wipes nothing it should not: it counts as none
+    for guess in range(MAX_FAILURES):
+        assert attempt(f"guess-{guess}").status_code == 401
+    throttled = attempt(ADMIN)  # even the right token waits now: a guess that lands is not told apart
+    assert throttled.status_code == 429 and "Too many failed logins" in throttled.text
+    assert 0 < int(throttled.headers["retry-after"]) <= 300
+    assert "memproxy_ui=" not in throttled.headers.get("set-cookie", "")
+    assert guarded.app.state.runtime.counters["ui.login_throttled"] == 1
+    guarded.app.state.login_throttle.window = 0.0  # the window passes
+    assert attempt(ADMIN).status_code == 303
+
+
 def test_login_sets_a_signed_http_only_strict_cookie_and_a_wrong_token_gets_none(proxy, tenants, caplog) -> None:
     refused_before = proxy.app.state.runtime.counters["ui.login_refused"]
     http = client(proxy)

@@ -26,6 +26,7 @@ from .access import (
 from .forms import read_form
 from .links import tenant_url
 from .session import Principal
+from .throttle import LoginThrottle
 from .web import guarded, page, posted, redirect, safe_next
 
 log = logging.getLogger("memproxy.ui")
@@ -61,8 +62,21 @@ async def login_page(request: Request) -> Response:
     return redirect(safe_next(request.query_params.get("next")))
 
 
+def throttle_of(request: Request) -> LoginThrottle:
+    """This app's count of failed logins (made at the first login)."""
+    state = request.app.state
+    throttle: LoginThrottle | None = getattr(state, "login_throttle", None)
+    if throttle is None:
+        throttle = state.login_throttle = LoginThrottle()
+    return throttle
+
+
 async def login(request: Request) -> Response:
-    """Check the login form's CSRF token, then the token typed (constant time); set the session cookie."""
+    """Check the login form's CSRF token, then the token typed (constant time); set the session cookie.
+
+    An address that failed :data:`~proxy.ui.throttle.MAX_FAILURES` times within the window waits
+    (429, ``Retry-After``) before its next try, whatever it types: a weak admin token cannot be guessed
+    at the speed of the network."""
     try:
         sign = signer(request)
     except Disabled:
@@ -74,6 +88,15 @@ async def login(request: Request) -> Response:
     if not sign.check_login(login_nonce(request), form.get("login_csrf")):
         return await login_form(request, status=403, error="The login form expired or was not ours: try again.")
     runtime = runtime_of(request)
+    throttle, address = throttle_of(request), request.client.host if request.client else "-"
+    wait = throttle.retry_after(address)
+    if wait:
+        runtime.count("ui.login_throttled")
+        log.warning("explorer: login refused, too many failed logins from one address")
+        error = f"Too many failed logins from this address: try again in {wait} seconds."
+        refused = await login_form(request, status=429, error=error)
+        refused.headers["retry-after"] = str(wait)
+        return refused
     token = form.get("token", "")
     admin = runtime.settings.admin_token
     assert admin is not None  # signer() raised Disabled otherwise
@@ -82,12 +105,15 @@ async def login(request: Request) -> Response:
         tenant = key_tenant(token, runtime.settings, runtime.secret)
         if tenant is None or memory_api_refusal(runtime.settings):
             runtime.count("ui.login_refused")
+            throttle.failed(address)
             log.warning("explorer: refused an application login (this proxy takes the admin token only)")
             return await login_form(request, status=401, error="This proxy accepts the admin token only.")
     elif not (token and hmac.compare_digest(token.encode(), admin.get_secret_value().encode())):
         runtime.count("ui.login_refused")
+        throttle.failed(address)
         log.warning("explorer: refused a login with a wrong admin token")
         return await login_form(request, status=401, error="That is not the admin token.")
+    throttle.succeeded(address)
     log.info("explorer: %s logged in", "the admin" if tenant is None else f"tenant {tenant}")
     response = redirect(safe_next(form.get("next")))
     set_session(request, response, sign.issue(tenant))
