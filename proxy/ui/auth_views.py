@@ -27,7 +27,7 @@ from .forms import read_form
 from .links import tenant_url
 from .session import Principal
 from .throttle import LoginThrottle
-from .web import guarded, page, posted, redirect, safe_next
+from .web import app_owned, guarded, page, posted, redirect, safe_next
 
 log = logging.getLogger("memproxy.ui")
 
@@ -64,11 +64,7 @@ async def login_page(request: Request) -> Response:
 
 def throttle_of(request: Request) -> LoginThrottle:
     """This app's count of failed logins (made at the first login)."""
-    state = request.app.state
-    throttle: LoginThrottle | None = getattr(state, "login_throttle", None)
-    if throttle is None:
-        throttle = state.login_throttle = LoginThrottle()
-    return throttle
+    return app_owned(request, "login_throttle", LoginThrottle)
 
 
 async def login(request: Request) -> Response:

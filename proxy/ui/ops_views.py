@@ -16,7 +16,7 @@ from .access import UIError, admin_only, runtime_of
 from .charts import Sampler, figure, svg
 from .memory_views import tenant_of
 from .session import Principal
-from .web import guarded, page
+from .web import app_owned, guarded, page
 
 SHOWN = 100
 """Audit entries one page shows: the newest, or those after ``?after=``."""
@@ -60,11 +60,7 @@ async def audit_page(request: Request, who: Principal) -> Response:
 
 
 def sampler(request: Request) -> Sampler:
-    state = request.app.state
-    found: Sampler | None = getattr(state, "ui_sampler", None)
-    if found is None:
-        found = state.ui_sampler = Sampler()
-    return found
+    return app_owned(request, "ui_sampler", Sampler)
 
 
 def degraded_causes(request: Request) -> dict[str, int]:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -67,6 +67,19 @@ def page(request: Request, name: str, status: int = 200, who: Principal | None =
     csrf = signer(request).csrf(who) if who is not None and not who.bearer else ""
     context = {"who": who, "csrf": csrf, "request": request, **context}
     return templates.TemplateResponse(request, name, context, status_code=status, headers=HEADERS)
+
+
+T = TypeVar("T")
+
+
+def app_owned(request: Request, name: str, make: Callable[[], T]) -> T:
+    """The app's one ``name`` object (kept on its state), made by ``make`` the first time it is asked for."""
+    state = request.app.state
+    found: T | None = getattr(state, name, None)
+    if found is None:
+        found = make()
+        setattr(state, name, found)
+    return found
 
 
 def redirect(location: str) -> Response:
