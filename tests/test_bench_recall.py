@@ -81,7 +81,7 @@ async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, 
         subjects=6,
         worst_case=True,
         pool_size=30,
-        plan=Plan(max_queries=6, max_seconds=5, max_writes=3, concurrency=4),
+        plan=Plan(max_queries=6, max_seconds=5, max_writes=3, concurrency=4, rss=True),
         embedder=local_embedder,
         settings=bench_settings(tmp_path),
         workdir=tmp_path,
@@ -104,7 +104,15 @@ async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, 
         for run in cell.throughput.values():  # distinct questions, 4 at a time, until they run out
             assert run.concurrency == 4 and len(run.latency) >= 6 and run.rate > 0 and run.cpu_ms > 0
             assert run.batched == len(run.latency) and run.batches <= run.batched
-        assert 0 < cell.rss_started_mb <= cell.rss_end_mb + 50
+        assert 0 < cell.rss_started_mb <= cell.rss_end_mb + 50 and 0 < cell.rss_end_anon_mb < cell.rss_end_mb
+        if cell.backend == "edge":  # a fresh process opened the closed store and recalled in each subject
+            again = cell.reopened
+            assert again is not None and again.recalls == cell.layout.subjects
+            n, created = cell.layout.subjects, cell.writes.actions.get("created", 0)  # remember wrote to subject 0
+            assert again.hits == min(120 // n + created, 40) + (n - 1) * min(120 // n, 40)
+            assert again.recalled.rss_mb >= again.opened.rss_mb > 0
+        else:
+            assert cell.reopened is None
         assert (cell.load.optimize_seconds is not None) == (cell.backend == "edge")
         assert len(cell.writes.seconds) == 3 and cell.writes.actions.get("created", 0) >= 2
     one_subject = cells[1].latency["optimized"]
@@ -118,6 +126,7 @@ async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, 
     assert out.count("qdrant local*") >= 4 and "It is NOT a Qdrant server" in flat
     assert "1 subject" in out and "6 subjects" in out and "optimized" in out
     assert "figures are noisy" in flat and "cosine ~0.96" in flat
+    assert "reopened 120 memories (6 subjects) in a fresh process: 6 recalls returned" in flat
     assert "target at" not in flat  # the target is judged at 1k and 100k only
 
 
