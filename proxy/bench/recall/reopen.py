@@ -5,7 +5,7 @@ A child process (``python -m proxy.bench.recall.reopen``) reads its resident mem
 done, opens the store's directory, recalls for a number of subjects, and prints its resident memory at each
 step as JSON: the store's share is the difference from the first reading, split into anonymous memory
 (the heap: what only a restart gives back) and file pages (memory-mapped segment files, which the kernel can
-drop and read again under pressure).
+drop and read again under pressure), and the file pages by the part of the store they hold.
 """
 
 from __future__ import annotations
@@ -27,6 +27,17 @@ from proxy.owner import Owner
 
 #: Candidates per list, as many as the proxy's recall asks for by default.
 CANDIDATES = 40
+#: The parts of a Qdrant Edge shard, by the name of the file or folder that holds them.
+PARTS = {
+    "vector_storage-dense": "dense vectors",
+    "vector_index-dense": "HNSW graph",
+    "payload_storage": "payloads",
+    "payload_index": "payload indexes",
+    "vector_storage-bm25": "BM25 vectors",
+    "vector_index-bm25": "BM25 index",
+    "id_tracker": "id tracker",
+    "wal": "write-ahead log",
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,31 @@ class Reopened:
     recalled: Reading
     recalls: int
     hits: int  # memories the recalls returned: they read what they should
+    parts_mb: dict[str, float]  # resident file pages by part of the store (PARTS), after the recalls
+
+
+def part_of(relative: str) -> str:
+    """Which part of the store (:data:`PARTS`) a file under the store's directory belongs to."""
+    for piece in Path(relative).parts:
+        for prefix, name in PARTS.items():
+            if piece.startswith((prefix, "mutable_" + prefix)):
+                return name
+    return "other files"
+
+
+def store_pages_mb(root: Path) -> dict[str, float]:
+    """Resident pages of the files under ``root`` mapped by this process, by part (/proc/self/smaps)."""
+    prefix, current = str(root.resolve()) + os.sep, None
+    found: dict[str, float] = {}
+    with Path("/proc/self/smaps").open() as smaps:
+        for line in smaps:
+            fields = line.split(None, 5)
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's first line: address range ...
+                path = fields[5].strip() if len(fields) > 5 else ""
+                current = part_of(path[len(prefix) :]) if path.startswith(prefix) else None
+            elif current is not None and fields[0] == "Rss:":
+                found[current] = found.get(current, 0.0) + int(fields[1]) / 1024
+    return found
 
 
 def bench_sealer() -> Sealer:
@@ -79,7 +115,7 @@ def measure_reopen(path: Path, dim: int, sealer: Sealer, pool: Pool, subjects: i
     found = json.loads(out.strip().splitlines()[-1])
     readings = {key: Reading(**value) for key, value in found["readings"].items()}
     base = readings["imported"]
-    return Reopened(readings["opened"].minus(base), readings["recalled"].minus(base), n, found["hits"])
+    return Reopened(readings["opened"].minus(base), readings["recalled"].minus(base), n, found["hits"], found["parts"])
 
 
 async def _child(path: Path, dim: int, asked: dict[str, Any]) -> dict[str, Any]:
@@ -101,9 +137,10 @@ async def _child(path: Path, dim: int, asked: dict[str, Any]) -> dict[str, Any]:
             found = await store.hybrid_query(scope, vector, encoder.query(text), limit=CANDIDATES, now=NOW)
             hits += len(found)
         readings["recalled"] = Reading.now()
+        parts = store_pages_mb(path)
     finally:
         await store.close()
-    return {"readings": {key: reading.__dict__ for key, reading in readings.items()}, "hits": hits}
+    return {"readings": {key: reading.__dict__ for key, reading in readings.items()}, "hits": hits, "parts": parts}
 
 
 def main() -> None:

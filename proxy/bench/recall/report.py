@@ -221,7 +221,12 @@ def notes(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float)
         *verdict(cells),
         *(
             f"reopened {cell.size:,} memories ({cell.layout.name}) in a fresh process: {cell.reopened.recalls} "
-            f"recalls returned {cell.reopened.hits:,} memories."
+            f"recalls returned {cell.reopened.hits:,} memories; resident after them: "
+            f"{cell.reopened.recalled.anon_mb:,.0f} MB anonymous, then file pages: "
+            + ", ".join(
+                f"{name} {mb:,.0f} MB" for name, mb in sorted(cell.reopened.parts_mb.items(), key=lambda kv: -kv[1])
+            )
+            + "."
             for cell in cells
             if cell.reopened is not None
         ),
