@@ -38,6 +38,16 @@ def test_generated_sentences_are_distinct_and_repeatable():
     assert shares(10, 3) == [4, 3, 3] and sum(shares(100_000, 1000)) == 100_000
 
 
+def test_store_files_are_told_apart_by_the_part_they_hold():
+    from proxy.bench.recall.reopen import part_of
+
+    assert part_of("segments/1f2e/vector_storage-dense/vectors/chunk_0.mmap") == "dense vectors"
+    assert part_of("segments/1f2e/vector_storage-bm25/store/page_0.dat") == "BM25 vectors"
+    assert part_of("segments/1f2e/payload_index/abc-subject-map/page_0.dat") == "payload indexes"
+    assert part_of("segments/1f2e/mutable_id_tracker.mappings") == "id tracker"
+    assert part_of("wal/open-3") == "write-ahead log" and part_of("edge_config.json") == "other files"
+
+
 def test_percentiles_need_enough_samples():
     assert ms_percentile([0.001] * 19, 95) == "-" and ms_percentile([0.001] * 20, 95) == "1.00"
     assert ms_percentile([0.002] * 99, 99) == "-" and ms_percentile([], 50) == "-"
@@ -81,7 +91,7 @@ async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, 
         subjects=6,
         worst_case=True,
         pool_size=30,
-        plan=Plan(max_queries=6, max_seconds=5, max_writes=3, concurrency=4),
+        plan=Plan(max_queries=6, max_seconds=5, max_writes=3, concurrency=4, rss=True),
         embedder=local_embedder,
         settings=bench_settings(tmp_path),
         workdir=tmp_path,
@@ -104,7 +114,16 @@ async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, 
         for run in cell.throughput.values():  # distinct questions, 4 at a time, until they run out
             assert run.concurrency == 4 and len(run.latency) >= 6 and run.rate > 0 and run.cpu_ms > 0
             assert run.batched == len(run.latency) and run.batches <= run.batched
-        assert 0 < cell.rss_started_mb <= cell.rss_end_mb + 50
+        assert 0 < cell.rss_started_mb <= cell.rss_end_mb + 50 and 0 < cell.rss_end_anon_mb < cell.rss_end_mb
+        if cell.backend == "edge":  # a fresh process opened the closed store and recalled in each subject
+            again = cell.reopened
+            assert again is not None and again.recalls == cell.layout.subjects
+            n, created = cell.layout.subjects, cell.writes.actions.get("created", 0)  # remember wrote to subject 0
+            assert again.hits == min(120 // n + created, 40) + (n - 1) * min(120 // n, 40)
+            assert again.recalled.rss_mb >= again.opened.rss_mb > 0
+            assert {"dense vectors", "payloads", "payload indexes", "write-ahead log"} <= set(again.parts_mb)
+        else:
+            assert cell.reopened is None
         assert (cell.load.optimize_seconds is not None) == (cell.backend == "edge")
         assert len(cell.writes.seconds) == 3 and cell.writes.actions.get("created", 0) >= 2
     one_subject = cells[1].latency["optimized"]
@@ -118,6 +137,8 @@ async def test_tiny_run_measures_every_backend_layout_and_index(local_embedder, 
     assert out.count("qdrant local*") >= 4 and "It is NOT a Qdrant server" in flat
     assert "1 subject" in out and "6 subjects" in out and "optimized" in out
     assert "figures are noisy" in flat and "cosine ~0.96" in flat
+    assert "reopened 120 memories (6 subjects) in a fresh process: 6 recalls returned" in flat
+    assert "MB anonymous, then file pages:" in flat and "write-ahead log" in flat
     assert "target at" not in flat  # the target is judged at 1k and 100k only
 
 

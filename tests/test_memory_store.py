@@ -6,11 +6,13 @@ keeps, finds and refuses, identically on Qdrant Edge and on qdrant-client (local
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 from conftest import owner
 from qdrant_client import AsyncQdrantClient
 
@@ -354,6 +356,60 @@ async def test_edge_store_persists_across_close_and_reopen(tmp_path):
         assert [h.memory.id for h in hits] == [m.id]
     finally:
         await reopened.close()
+
+
+class _StoreOfEarlierReleases(EdgeStore):
+    """The configuration stores were created with before the placement was set (Edge's defaults)."""
+
+    def _config(self) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors={"dense": qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine)},
+            sparse_vectors={"bm25": qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        )
+
+
+def _dense_placement(path) -> str | None:
+    return json.loads((path / "edge_config.json").read_text())["vectors"]["dense"].get("memory")
+
+
+async def test_a_store_created_by_an_earlier_release_opens_recalls_and_takes_writes(tmp_path):
+    old = _StoreOfEarlierReleases(tmp_path / "memories", dim=DIM, sealer=SEALER)
+    await old.start()
+    porto, lisbon = mem(A, "User was born in Porto"), mem(A, "User lives in Lisbon")
+    await old.upsert(A, [point(porto, 6), point(lisbon, 2)])
+    await old.optimize()  # an optimized segment and an appendable one, both with the old placement
+    await old.close()
+    assert _dense_placement(tmp_path / "memories") is None
+
+    store = await open_store("edge", tmp_path)
+    try:
+        hits = await store.hybrid_query(A, vec(6), BM25.query("Porto"), limit=3, now=T0)
+        assert hits[0].memory.id == porto.id and hits[0].memory.text == porto.text
+        (nearest,) = await store.dense_query(A, vec(2, wobble=1.0), limit=1, now=T0)
+        assert nearest.memory.id == lisbon.id and nearest.score == pytest.approx(1 / np.sqrt(2), abs=1e-4)
+        added = mem(A, "User plays the cello")
+        await store.upsert(A, [point(added, 4)])
+        assert await store.count(A) == 3
+        await store.optimize()  # rewrites the segments with the new placement
+        hits = await store.hybrid_query(A, vec(4), BM25.query("cello"), limit=3, now=T0)
+        assert hits[0].memory.id == added.id
+        assert await store.count(B) == 0
+    finally:
+        await store.close()
+    assert _dense_placement(tmp_path / "memories") == "cold"
+
+
+async def test_a_new_edge_store_still_opens_with_the_earlier_configuration(tmp_path):
+    store = await open_store("edge", tmp_path)
+    await store.upsert(A, [point(mem(A, "User was born in Porto"), 6)])
+    await store.close()
+    assert _dense_placement(tmp_path / "memories") == "cold"
+    older = _StoreOfEarlierReleases(tmp_path / "memories", dim=DIM, sealer=SEALER)
+    await older.start()
+    try:
+        assert await older.count(A) == 1
+    finally:
+        await older.close()
 
 
 async def test_edge_store_refuses_calls_before_start(tmp_path):

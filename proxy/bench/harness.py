@@ -72,13 +72,21 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` now (VmRSS in /proc/PID/status), in MB."""
+def memory_mb(pid: int) -> dict[str, float]:
+    """The memory figures of process ``pid`` now, in MB, by their name in /proc/PID/status (VmRSS = RssAnon
+    + RssFile + RssShmem: heap, memory-mapped files, shared memory; VmHWM: the highest VmRSS so far)."""
+    found = {}
     with Path(f"/proc/{pid}/status").open() as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+            name, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                found[name] = int(value.split()[0]) / 1024
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` now (VmRSS in /proc/PID/status), in MB."""
+    return memory_mb(pid).get("VmRSS", 0.0)
 
 
 @contextlib.contextmanager

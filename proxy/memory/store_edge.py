@@ -85,9 +85,23 @@ class EdgeStore(MemoryStore):
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def _config(self) -> qe.EdgeConfig:
+        """The shard's configuration: what it stores, and where each part lives.
+
+        Every part stays on disk, memory-mapped, read when a query needs it (``Memory.Cold``): the
+        dense vectors (Edge's default populated all of them into memory when a segment opened: 1.5 KB
+        per memory, most of a loaded store's resident memory), the BM25 index and the id tracker of
+        optimized segments, the payload (already Edge's default). Recall reads only the asked
+        subject's points, so a proxy keeps resident what its users ask for, and the kernel can take
+        those pages back. Scores are unchanged (no quantization). Edge persists the placement in each
+        segment: a store created before keeps its old placement until ``optimize()`` rewrites its
+        segments, and an earlier release still opens a store created now.
+        """
+        cold = qe.Memory.Cold
         return qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine)},
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            vectors={DENSE: qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine, memory=cold)},
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf, memory=cold)},
+            payload_memory=cold,
+            id_tracker_memory=cold,
         )
 
     def _check_existing(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from proxy.bench.corpus import notes, queries
-from proxy.bench.harness import rss_mb
+from proxy.bench.harness import memory_mb, rss_mb
 from proxy.bench.membench import BenchService, TimedEmbedder, TimedStore
 from proxy.bench.recall.data import (
     NOW,
@@ -26,6 +26,7 @@ from proxy.bench.recall.data import (
     pool_texts,
     subject_name,
 )
+from proxy.bench.recall.reopen import Reopened, bench_sealer, measure_reopen
 from proxy.config import Settings
 from proxy.hooks.chat import inject
 from proxy.hooks.recall import encode
@@ -236,6 +237,8 @@ class Cell:
     rss_started_mb: float = 0.0  # this process's resident memory with the model loaded and the store open
     rss_loaded_mb: float = 0.0  # after the bulk load
     rss_end_mb: float = 0.0  # after the recalls (and optimize())
+    rss_end_anon_mb: float = 0.0  # of it, anonymous memory (the rest: mostly the store's memory-mapped files)
+    reopened: Reopened | None = None  # the store's share of a fresh process that opens it (--rss, embedded store)
 
 
 def unknown_backend(backend: str) -> ValueError:
@@ -246,7 +249,7 @@ def open_store(backend: str, workdir: Path, dim: int, name: str) -> Any:
     if backend == "edge":
         from proxy.memory.store_edge import EdgeStore
 
-        return EdgeStore(workdir / name, dim=dim, sealer=Sealer.ephemeral(), collection=name)
+        return EdgeStore(workdir / name, dim=dim, sealer=bench_sealer(), collection=name)
     if backend == "qdrant-local":
         from qdrant_client import AsyncQdrantClient
 
@@ -266,6 +269,7 @@ class Plan:
     max_writes: int
     concurrency: int = 0  # 0: no throughput run
     optimize: bool = True
+    rss: bool = False  # also open each embedded store afresh in a child process and read its memory
     say: Callable[[str], None] = lambda _m: None
     progress: Progress = no_progress
 
@@ -328,7 +332,8 @@ async def measure_cell(
                 )
                 timed_embedder.query_times.clear()
                 store.query_times.clear()
-        cell.rss_end_mb = rss_mb(os.getpid())
+        end = memory_mb(os.getpid())
+        cell.rss_end_mb, cell.rss_end_anon_mb = end["VmRSS"], end["RssAnon"]
         if plan.max_writes > 0:
             plan.say(f"{backend}: remember ...")
             cell.writes = await measure_remember(
@@ -337,6 +342,12 @@ async def measure_cell(
     finally:
         await service.aclose()
         await store.inner.close()
+    if plan.rss and backend == "edge":
+        plan.say(f"{backend}: reopen in a fresh process ...")
+        sealer = store.inner.sealer
+        cell.reopened = await asyncio.to_thread(
+            measure_reopen, workdir / name, embedder.dim, sealer, pool, layout.subjects, plan.max_queries
+        )
     return cell
 
 

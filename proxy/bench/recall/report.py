@@ -128,7 +128,12 @@ FOOTPRINT_COLUMNS = [
     "RSS started MB",
     "RSS loaded MB",
     "RSS end MB",
+    "of it anon MB",
     "added MB",
+    "KB/memory",
+    "reopened: open MB",
+    "after recalls MB",
+    "of it anon MB",
     "KB/memory",
 ]
 
@@ -159,6 +164,7 @@ def footprint_rows(cells: Sequence[Cell]) -> list[list[str]]:
     rows = []
     for cell in cells:
         added = cell.rss_end_mb - cell.rss_started_mb
+        again = cell.reopened
         rows.append(
             [
                 backend_label(cell.backend),
@@ -167,8 +173,19 @@ def footprint_rows(cells: Sequence[Cell]) -> list[list[str]]:
                 f"{cell.rss_started_mb:,.0f}",
                 f"{cell.rss_loaded_mb:,.0f}",
                 f"{cell.rss_end_mb:,.0f}",
+                f"{cell.rss_end_anon_mb:,.0f}",
                 f"{added:,.0f}",
                 f"{added * 1024 / cell.size:.2f}",
+                *(
+                    [
+                        f"{again.opened.rss_mb:,.0f}",
+                        f"{again.recalled.rss_mb:,.0f}",
+                        f"{again.recalled.anon_mb:,.0f}",
+                        f"{again.recalled.rss_mb * 1024 / cell.size:.2f}",
+                    ]
+                    if again is not None
+                    else ["-"] * 4
+                ),
             ]
         )
     return rows
@@ -202,6 +219,17 @@ def notes(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float)
     rate = len(pool.texts) / pool.embed_seconds if pool.embed_seconds > 0 else float("inf")
     return [
         *verdict(cells),
+        *(
+            f"reopened {cell.size:,} memories ({cell.layout.name}) in a fresh process: {cell.reopened.recalls} "
+            f"recalls returned {cell.reopened.hits:,} memories; resident after them: "
+            f"{cell.reopened.recalled.anon_mb:,.0f} MB anonymous, then file pages: "
+            + ", ".join(
+                f"{name} {mb:,.0f} MB" for name, mb in sorted(cell.reopened.parts_mb.items(), key=lambda kv: -kv[1])
+            )
+            + "."
+            for cell in cells
+            if cell.reopened is not None
+        ),
         (
             f"corpus: {len(pool.texts):,} distinct {pool.source} embedded once with {settings.embed_model} "
             f"({pool.embed_seconds:.1f} s, {rate:.0f} texts/s: a bulk import that embeds is bound by this rate); "
@@ -272,8 +300,11 @@ def report(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float
             FOOTPRINT_COLUMNS,
             footprint_rows(cells),
             caption="started = model loaded and store open, before the load; end = after the recalls; added = end - "
-            "started. Measure one size per run (--sizes 1M --backends edge --no-worst-case --rss): freed memory is "
-            "not always given back, so a later cell inherits an earlier one's high-water mark.",
+            "started; anon = anonymous memory (heap), the rest is mostly the store's memory-mapped files. reopened = "
+            "what the closed store adds to a fresh process that opens it (as the proxy does on every start), once "
+            "open and after one recall in each of --queries subjects (embedded store). Measure one size per run "
+            "(--sizes 1M --backends edge --no-worst-case --rss): freed memory is not always given back, so a later "
+            "cell inherits an earlier one's high-water mark.",
         )
     print_notes(notes(cells, pool, settings, started))
 
@@ -342,6 +373,7 @@ def run(
             max_writes=max_writes,
             concurrency=concurrency,
             optimize=optimize,
+            rss=rss,
             say=lambda m: print(m, file=sys.stderr, flush=True),
             progress=progress,
         )
