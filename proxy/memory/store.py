@@ -117,8 +117,8 @@ class Scored:
     score: float
 
 
-#: Chooses among candidate lists: the points kept, and the filter that reads them (see ``_nearest_then_read``).
-Pick = Callable[[list[list[Scored]]], tuple[list[Scored], Any]]
+#: Chooses among candidate lists the points kept (see ``_nearest_then_read``).
+Pick = Callable[[list[list[Scored]]], list[Scored]]
 
 
 def cut_ties(points: Sequence[Scored], limit: int, fetched: int) -> list[Scored]:
@@ -341,6 +341,18 @@ class ClearPoint:
     created_at: datetime | None
     updated_at: datetime | None
     expires_at: datetime | None
+    last_accessed_at: datetime | None = None
+    deleted_at: datetime | None = None
+
+    @property
+    def last_touched_at(self) -> datetime | None:
+        """The later of the last change and the last recall (:attr:`Memory.last_touched_at`)."""
+        if self.last_accessed_at is not None and (self.updated_at is None or self.last_accessed_at > self.updated_at):
+            return self.last_accessed_at
+        return self.updated_at
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= as_utc(now)
 
 
 def _clear_date(value: object) -> datetime | None:
@@ -364,7 +376,35 @@ def clear_point(point_id: object, payload: dict[str, Any] | None) -> ClearPoint:
         created_at=_clear_date(p.get("created_at")),
         updated_at=_clear_date(p.get("updated_at")),
         expires_at=_clear_date(p.get("expires_at")),
+        last_accessed_at=_clear_date(p.get("last_accessed_at")),
+        deleted_at=_clear_date(p.get("deleted_at")),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A point a search found, not opened: its clear fields, its score in the search, its stored vectors
+    (``dense`` if asked for; ``terms``, the BM25 document weights by term, if asked for) and its sealed
+    payload. Recall ranks candidates on these and opens only those it returns (:meth:`MemoryStore.open`):
+    decrypting and validating a memory costs more than scoring it."""
+
+    point: ClearPoint
+    score: float
+    dense: list[float] | None = None
+    terms: dict[int, float] | None = None
+    payload: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.point.id
+
+
+def _sparse_terms(vector: object) -> dict[int, float]:
+    """A stored sparse vector (either backend's type) as weights by term; none stored reads as none."""
+    indices, values = getattr(vector, "indices", None), getattr(vector, "values", None)
+    if indices is None or values is None:
+        return {}
+    return dict(zip(indices, values, strict=True))
 
 
 @dataclass(slots=True)
@@ -452,10 +492,10 @@ class MemoryStore(ABC):
 
     @abstractmethod
     async def _scroll_records(
-        self, flt: Any, limit: int, cursor: str | None, *, with_dense: bool = False
+        self, flt: Any, limit: int, cursor: str | None, *, vectors: tuple[str, ...] = ()
     ) -> tuple[list[Any], Any]:
-        """Up to ``limit`` records (with payloads, and the dense vector if ``with_dense``) matching ``flt``
-        in id order from ``cursor``, and the backend's next offset (None at the end)."""
+        """Up to ``limit`` records (with payloads, and the named ``vectors``) matching ``flt`` in id order
+        from ``cursor``, and the backend's next offset (None at the end)."""
 
     @abstractmethod
     async def _nearest(self, flt: Any, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
@@ -463,15 +503,15 @@ class MemoryStore(ABC):
         and scores, no payloads), in one call to the backend."""
 
     async def _nearest_then_read(
-        self, flt: Any, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
+        self, flt: Any, queries: Sequence[Nearest], limit: int, pick: Pick, *, vectors: tuple[str, ...]
     ) -> tuple[list[Scored], list[Any]]:
-        """:meth:`_nearest`, then the points ``pick`` chooses among its lists, read (payloads, and the dense
-        vector if ``with_dense``) with the filter ``pick`` returns for them. A backend may do both in
-        one call (Edge: one hop to its thread)."""
-        chosen, read = pick(await self._nearest(flt, queries, limit))
+        """:meth:`_nearest`, then the points ``pick`` chooses among its lists, read (payloads, and the
+        named ``vectors``) within ``flt``. A backend may do both in one call (Edge: one hop to its thread)."""
+        chosen = pick(await self._nearest(flt, queries, limit))
         if not chosen:
             return chosen, []
-        records, _ = await self._scroll_records(read, len(chosen), None, with_dense=with_dense)
+        read = self.dialect.combine([flt, self.dialect.has_ids([c.id for c in chosen])], [], [])
+        records, _ = await self._scroll_records(read, len(chosen), None, vectors=vectors)
         return chosen, records
 
     # --- sealing -----------------------------------------------------------------------------------
@@ -575,32 +615,63 @@ class MemoryStore(ABC):
         records, next_offset = await self._scroll_records(flt, limit, cursor)
         return await self._memories(scope, records), (str(next_offset) if next_offset is not None else None)
 
-    async def _search(self, spec: FilterSpec, queries: Sequence[Nearest], limit: int, *, with_dense: bool) -> list[Hit]:
+    async def _candidates(
+        self, spec: FilterSpec, queries: Sequence[Nearest], limit: int, *, vectors: tuple[str, ...] = ()
+    ) -> list[Candidate]:
         """The candidates of ``queries`` (one list: its first ``limit``; several: fused with
         :func:`rrf_fuse`), each list cut by :func:`cut_ties`, so identical data gives identical candidates
-        whatever order the backend holds them in; then their payloads, read by id within ``spec``."""
+        whatever order the backend holds them in; read by id within ``spec`` with the named ``vectors``,
+        best first (equal scores by id), nothing opened."""
 
-        def pick(found: list[list[Scored]]) -> tuple[list[Scored], Any]:
+        def pick(found: list[list[Scored]]) -> list[Scored]:
             lists = [cut_ties(points, limit, limit + CUT_MARGIN) for points in found]
-            chosen = lists[0] if len(lists) == 1 else rrf_fuse(lists, limit)
-            ids = tuple(c.id for c in chosen)
-            return chosen, self._filter(
-                FilterSpec(spec.scope, now=spec.now, assistant_id=spec.assistant_id, kinds=spec.kinds, ids=ids)
-            )
+            return lists[0] if len(lists) == 1 else rrf_fuse(lists, limit)
 
         chosen, records = await self._nearest_then_read(
-            self._filter(spec), queries, limit + CUT_MARGIN, pick, with_dense=with_dense
+            self._filter(spec), queries, limit + CUT_MARGIN, pick, vectors=vectors
         )
         by_id = {c.id: c.score for c in chosen}
-        opened = await self._unseal(spec.scope, [(r.id, r.payload) for r in records])
-        hits = []
-        for r, memory in zip(records, opened, strict=True):
-            if memory is None:
-                continue
-            vector = r.vector if with_dense else None  # built anew on each access (12 us on Edge): read once
-            dense = vector.get(DENSE) if isinstance(vector, dict) else None
-            hits.append(Hit(memory, by_id[memory.id], dense if isinstance(dense, list) or not dense else list(dense)))
-        return sorted(hits, key=lambda h: (-h.score, h.memory.id))
+        out = []
+        for r in records:
+            payload = r.payload or {}
+            stored = r.vector if vectors else None  # built anew on each access (12 us on Edge): read once
+            stored = stored if isinstance(stored, dict) else {}
+            dense = stored.get(DENSE)
+            point = clear_point(r.id, payload)
+            out.append(
+                Candidate(
+                    point,
+                    by_id[point.id],
+                    dense if isinstance(dense, list) or not dense else list(dense),
+                    _sparse_terms(stored.get(SPARSE)) if SPARSE in vectors else None,
+                    payload,
+                )
+            )
+        return sorted(out, key=lambda c: (-c.score, c.id))
+
+    async def open(self, scope: Owner, candidates: Sequence[Candidate]) -> list[Hit]:
+        """``candidates`` of ``scope`` opened, in their order; one that cannot be opened (its key is gone,
+        or it fails to authenticate) is left out (logged by id only)."""
+        opened = await self._unseal(scope, [(c.id, c.payload) for c in candidates])
+        return [Hit(m, c.score, c.dense) for c, m in zip(candidates, opened, strict=True) if m is not None]
+
+    async def hybrid_candidates(
+        self,
+        scope: Owner,
+        dense: Sequence[float],
+        sparse: SparseVec,
+        *,
+        limit: int,
+        now: datetime,
+        assistant_id: str | None = None,
+    ) -> list[Candidate]:
+        """Dense and (if ``sparse`` has terms) BM25 candidates, ``limit`` each, fused with RRF (k =
+        :data:`RRF_K`), the first ``limit``; not deleted, not expired at ``now``; unopened, with their
+        stored dense and BM25 vectors; ``score`` is the fused one. Equal scores are ordered by id at every
+        cut (:func:`cut_ties`)."""
+        queries = [Nearest(DENSE, dense)] + ([Nearest(SPARSE, sparse)] if sparse.indices else [])
+        spec = FilterSpec(scope, now=now, assistant_id=assistant_id)
+        return await self._candidates(spec, queries, limit, vectors=(DENSE, SPARSE))
 
     async def hybrid_query(
         self,
@@ -612,13 +683,24 @@ class MemoryStore(ABC):
         now: datetime,
         assistant_id: str | None = None,
     ) -> list[Hit]:
-        """Dense and (if ``sparse`` has terms) BM25 candidates, ``limit`` each, fused with RRF (k =
-        :data:`RRF_K`), the first ``limit``; not deleted, not expired at ``now``. Hits carry ``dense``;
-        their ``score`` is the fused one. Equal scores are ordered by id at every cut (:func:`cut_ties`)."""
-        queries = [Nearest(DENSE, dense)] + ([Nearest(SPARSE, sparse)] if sparse.indices else [])
-        return await self._search(
-            FilterSpec(scope, now=now, assistant_id=assistant_id), queries, limit, with_dense=True
-        )
+        """:meth:`hybrid_candidates`, opened (hits carry ``dense``)."""
+        found = await self.hybrid_candidates(scope, dense, sparse, limit=limit, now=now, assistant_id=assistant_id)
+        return await self.open(scope, found)
+
+    async def dense_candidates(
+        self,
+        scope: Owner,
+        dense: Sequence[float],
+        *,
+        limit: int,
+        now: datetime,
+        assistant_id: str | None = None,
+        kinds: tuple[str, ...] | None = None,
+    ) -> list[Candidate]:
+        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if
+        given; equal cosines ordered by id (:func:`cut_ties`); unopened, no vectors."""
+        spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
+        return await self._candidates(spec, [Nearest(DENSE, dense)], limit)
 
     async def dense_query(
         self,
@@ -630,10 +712,9 @@ class MemoryStore(ABC):
         assistant_id: str | None = None,
         kinds: tuple[str, ...] | None = None,
     ) -> list[Hit]:
-        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if
-        given; equal cosines ordered by id (:func:`cut_ties`)."""
-        spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
-        return await self._search(spec, [Nearest(DENSE, dense)], limit, with_dense=False)
+        """:meth:`dense_candidates`, opened."""
+        found = await self.dense_candidates(scope, dense, limit=limit, now=now, assistant_id=assistant_id, kinds=kinds)
+        return await self.open(scope, found)
 
     async def get(
         self,

@@ -204,14 +204,15 @@ class EdgeStore(MemoryStore):
         return await self._call(lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt)))
 
     @staticmethod
-    def _scroll_request(flt: qe.Filter, limit: int, cursor: str | None, with_dense: bool) -> qe.ScrollRequest:
-        vectors: list[str] | bool = [DENSE] if with_dense else False
-        return qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=vectors)
+    def _scroll_request(flt: qe.Filter, limit: int, cursor: str | None, vectors: tuple[str, ...]) -> qe.ScrollRequest:
+        return qe.ScrollRequest(
+            offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=list(vectors) or False
+        )
 
     async def _scroll_records(
-        self, flt: qe.Filter, limit: int, cursor: str | None, *, with_dense: bool = False
+        self, flt: qe.Filter, limit: int, cursor: str | None, *, vectors: tuple[str, ...] = ()
     ) -> tuple[list[qe.Record], qe.PointId | None]:
-        request = self._scroll_request(flt, limit, cursor, with_dense)
+        request = self._scroll_request(flt, limit, cursor, vectors)
         return await self._call(lambda: self.shard.scroll(request))
 
     def _query_batch(self, flt: qe.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
@@ -236,18 +237,18 @@ class EdgeStore(MemoryStore):
         return await self._call(self._query_batch, flt, queries, limit)
 
     async def _nearest_then_read(
-        self, flt: qe.Filter, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
+        self, flt: qe.Filter, queries: Sequence[Nearest], limit: int, pick: Pick, *, vectors: tuple[str, ...]
     ) -> tuple[list[Scored], list[qe.Record]]:
         """Both in one hop to the shard's thread (the choice is a few tens of microseconds of Python). The
         chosen points are read by id: they matched ``flt`` in this same call, and no write can come in
         between on the shard's one thread (a filtered scroll instead cost 1.0 to 1.3 ms more at 100,000
         memories, optimized: ``memproxy bench recall``)."""
-        vectors: list[str] | bool = [DENSE] if with_dense else False
+        with_vector = list(vectors) or False
 
         def run() -> tuple[list[Scored], list[qe.Record]]:
-            chosen, _ = pick(self._query_batch(flt, queries, limit))
+            chosen = pick(self._query_batch(flt, queries, limit))
             if not chosen:
                 return chosen, []
-            return chosen, self.shard.retrieve([c.id for c in chosen], with_payload=True, with_vector=vectors)
+            return chosen, self.shard.retrieve([c.id for c in chosen], with_payload=True, with_vector=with_vector)
 
         return await self._call(run)

@@ -161,7 +161,7 @@ class QdrantStore(MemoryStore):
         return (await self.client.count(self.collection, count_filter=flt, exact=True)).count
 
     async def _scroll_records(
-        self, flt: qm.Filter, limit: int, cursor: str | None, *, with_dense: bool = False
+        self, flt: qm.Filter, limit: int, cursor: str | None, *, vectors: tuple[str, ...] = ()
     ) -> tuple[list[qm.Record], PointId | None]:
         return await self.client.scroll(
             self.collection,
@@ -169,7 +169,7 @@ class QdrantStore(MemoryStore):
             limit=limit,
             offset=cursor,
             with_payload=True,
-            with_vectors=[DENSE] if with_dense else False,
+            with_vectors=list(vectors) or False,
         )
 
     async def _nearest(self, flt: qm.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
