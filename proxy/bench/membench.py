@@ -68,8 +68,8 @@ class TimedEmbedder:
 
 
 class TimedStore:
-    """Delegates to a store and records how long each hybrid search took (seconds): ``hybrid_candidates``
-    (what recall calls: the candidates, not opened) or ``hybrid_query``."""
+    """Delegates to a store and records how long each hybrid search took (seconds): ``recall_candidates``
+    (what recall calls: the hybrid candidates and the pinned kinds' nearest, not opened) or ``hybrid_query``."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -87,8 +87,8 @@ class TimedStore:
         finally:
             self.query_times.append(time.perf_counter() - started)
 
-    async def hybrid_candidates(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._timed(self.inner.hybrid_candidates(*args, **kwargs))
+    async def recall_candidates(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._timed(self.inner.recall_candidates(*args, **kwargs))
 
     async def hybrid_query(self, *args: Any, **kwargs: Any) -> Any:
         return await self._timed(self.inner.hybrid_query(*args, **kwargs))

@@ -42,7 +42,7 @@ from .models import (
 )
 from .redact import Redactor
 from .rerank import Reranker
-from .scoring import ScoringWeights, bm25_scores, confidence, cosines, fuse
+from .scoring import ScoringWeights, bm25_scores, confidence, fuse
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
     RRF_K,
@@ -564,19 +564,16 @@ class OwnerMemory:
         query = cap_query(query)  # bounded work, whatever the client sent: embedding and BM25 see the cap
         dense = await traced("memproxy.embed", self.service.embedder.embed_query(query, api_key=api_key))
         sparse = self.service.sparse.query(query)
-        restrict = self.service._restrict(assistant_id)
-        kinds = tuple(settings.memory_pinned_kinds) if pinned and settings.memory_pinned_max > 0 else ()
-        search = asyncio.gather(
-            self.service.store.hybrid_candidates(
-                self.owner,
-                dense,
-                sparse,
-                # 40 per list: twice that cost 5 ms at 100k memories (unsealing and scoring) for +0.2 recall@10
-                limit=max(settings.memory_candidates, top_k),
-                now=now,
-                assistant_id=restrict,
-            ),
-            self._pinned(dense, kinds, now, restrict),
+        search = self.service.store.recall_candidates(
+            self.owner,
+            dense,
+            sparse,
+            # 40 per list: twice that cost 5 ms at 100k memories (unsealing and scoring) for +0.2 recall@10
+            limit=max(settings.memory_candidates, top_k),
+            now=now,
+            assistant_id=self.service._restrict(assistant_id),
+            kinds=tuple(settings.memory_pinned_kinds) if pinned else (),
+            kinds_limit=settings.memory_pinned_max,
         )
         found, pin_found = await traced("memproxy.search", search)  # a span while tracing, else just awaited
         terms = frozenset(sparse.indices)
@@ -585,7 +582,7 @@ class OwnerMemory:
         while True:  # once, unless a chosen memory cannot be opened: then again without it
             live = self._alive([c for c in found if c.id not in unreadable], now)
             # BM25 over the candidates and their confidence: a few ms of CPU with a deep pool, off the event loop
-            ranked = await asyncio.to_thread(self._score, dense, terms, live, now)
+            ranked = await asyncio.to_thread(self._score, terms, live, now)
             if cues:
                 ranked = _dated_first(ranked, cues)
             opened: dict[str, Memory] = {}
@@ -634,21 +631,6 @@ class OwnerMemory:
         order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
         return _renumbered([head[i] for i in order] + ranked[len(head) :])
 
-    async def _pinned(
-        self, dense: list[float], kinds: tuple[str, ...], now: datetime, assistant_id: str | None
-    ) -> builtins.list[Candidate]:
-        """The memories of ``kinds`` nearest to the query (none without kinds), unopened."""
-        if not kinds:
-            return []
-        return await self.service.store.dense_candidates(
-            self.owner,
-            dense,
-            limit=self.service.settings.memory_pinned_max,
-            now=now,
-            assistant_id=assistant_id,
-            kinds=kinds,
-        )
-
     def _pins(
         self, ranked: builtins.list[Ranked], pinned: builtins.list[Candidate], now: datetime
     ) -> builtins.list[Ranked]:
@@ -682,13 +664,14 @@ class OwnerMemory:
         )
 
     def _score(
-        self, dense: list[float], query_terms: frozenset[int], live: builtins.list[Candidate], now: datetime
+        self, query_terms: frozenset[int], live: builtins.list[Candidate], now: datetime
     ) -> builtins.list[Ranked]:
         """Every candidate with its confidence terms, in fused order (see :meth:`recall`), from what is
-        stored in clear: the vectors (BM25 weights as stored, not the text tokenized again) and the dates."""
+        stored in clear: the cosines the store computed, the BM25 weights as stored (not the text
+        tokenized again) and the dates."""
         documents = [c.terms or {} for c in live]
         lexical = lexical_scores(query_terms, [frozenset(d) for d in documents])
-        semantic = cosines(dense, [c.dense for c in live])
+        semantic = [c.cosine or 0.0 for c in live]
         # The backend's fused order breaks ties (equal BM25 scores, equal cosines) by its internal point
         # order, which differs between runs and replicas: the candidates are fused again here, equal
         # scores sharing a rank, and equal fused scores ordered by date and id.

@@ -117,8 +117,13 @@ class Scored:
     score: float
 
 
-#: Chooses among candidate lists the points kept (see ``_nearest_then_read``).
-Pick = Callable[[list[list[Scored]]], list[Scored]]
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One request of :meth:`MemoryStore._nearest`: the ``limit`` points matching ``flt`` nearest to ``query``."""
+
+    flt: Any
+    query: Nearest
+    limit: int
 
 
 def cut_ties(points: Sequence[Scored], limit: int, fetched: int) -> list[Scored]:
@@ -153,11 +158,10 @@ def rrf_fuse(lists: Sequence[Sequence[Scored]], limit: int, *, k: int = RRF_K) -
 @dataclass(slots=True)
 class Hit:
     """A memory returned by a vector query: ``score`` is the backend's (cosine for a dense query, RRF for
-    hybrid); ``dense`` is the stored (normalized) dense vector when it was asked for."""
+    hybrid)."""
 
     memory: Memory
     score: float
-    dense: list[float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,14 +387,15 @@ def clear_point(point_id: object, payload: dict[str, Any] | None) -> ClearPoint:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A point a search found, not opened: its clear fields, its score in the search, its stored vectors
-    (``dense`` if asked for; ``terms``, the BM25 document weights by term, if asked for) and its sealed
-    payload. Recall ranks candidates on these and opens only those it returns (:meth:`MemoryStore.open`):
-    decrypting and validating a memory costs more than scoring it."""
+    """A point a search found, not opened: its clear fields, its score in the search, the cosine of its
+    stored dense vector with the query's (the backend's own, None if unknown), ``terms`` (its stored BM25
+    document weights by term, if asked for) and its sealed payload. Recall ranks candidates on these and
+    opens only those it returns (:meth:`MemoryStore.open`): decrypting and validating a memory costs
+    more than scoring it, and a stored dense vector costs more to read than its cosine."""
 
     point: ClearPoint
     score: float
-    dense: list[float] | None = None
+    cosine: float | None = None
     terms: dict[int, float] | None = None
     payload: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -405,6 +410,100 @@ def _sparse_terms(vector: object) -> dict[int, float]:
     if indices is None or values is None:
         return {}
     return dict(zip(indices, values, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """One candidate search within ``spec``: its vector queries (fused with :func:`rrf_fuse` when several),
+    the first ``limit`` kept; ``terms`` reads each candidate's stored BM25 weights."""
+
+    spec: FilterSpec
+    queries: tuple[Nearest, ...]
+    limit: int
+    terms: bool = False
+
+
+class SearchPlan:
+    """Several candidate searches as a backend runs them: the choosing is here, once for both backends;
+    the backend only sends what is asked (:meth:`MemoryStore._run`) in as few calls as it can (Edge: all of
+    it in one hop to its thread).
+
+    1. :meth:`probes`: every query of every search, each fetched :data:`CUT_MARGIN` past its cut;
+    2. :meth:`choose`: each search's lists cut on stable keys (:func:`cut_ties`) and fused; returns the
+       probes that give the cosine of the chosen points no dense list scored (a BM25-only candidate);
+    3. :meth:`scored`: their cosines; then the chosen points are read (:meth:`reads`, :attr:`ids`);
+    4. :meth:`candidates`: each search's candidates, best first (equal scores by id).
+    """
+
+    def __init__(self, searches: Sequence[Search], to_filter: Callable[[FilterSpec], Any], dialect: Any) -> None:
+        self.searches = list(searches)
+        self.filters = [to_filter(s.spec) for s in self.searches]
+        self.dialect = dialect
+        self.chosen: list[list[Scored]] = []
+        self.cosines: dict[str, float] = {}
+        self.vectors: tuple[str, ...] = (SPARSE,) if any(s.terms for s in self.searches) else ()
+
+    def probes(self) -> list[Probe]:
+        return [
+            Probe(flt, query, search.limit + CUT_MARGIN)
+            for search, flt in zip(self.searches, self.filters, strict=True)
+            for query in search.queries
+        ]
+
+    def choose(self, found: list[list[Scored]]) -> list[Probe]:
+        lists = iter(found)
+        extra = []
+        for search, flt in zip(self.searches, self.filters, strict=True):
+            fetched = [next(lists) for _ in search.queries]
+            for query, points in zip(search.queries, fetched, strict=True):
+                if query.using == DENSE:
+                    self.cosines.update((p.id, p.score) for p in points)
+            cut = [cut_ties(points, search.limit, search.limit + CUT_MARGIN) for points in fetched]
+            chosen = cut[0] if len(cut) == 1 else rrf_fuse(cut, search.limit)
+            self.chosen.append(chosen)
+            dense = next((q for q in search.queries if q.using == DENSE), None)
+            unknown = [c.id for c in chosen if c.id not in self.cosines]
+            if dense is not None and unknown:
+                by_id = self.dialect.combine([flt, self.dialect.has_ids(unknown)], [], [])
+                extra.append(Probe(by_id, dense, len(unknown)))
+        return extra
+
+    def scored(self, found: list[list[Scored]]) -> None:
+        for points in found:
+            self.cosines.update((p.id, p.score) for p in points)
+
+    @property
+    def ids(self) -> list[str]:
+        """Every chosen point, once."""
+        return list(dict.fromkeys(c.id for chosen in self.chosen for c in chosen))
+
+    def reads(self) -> list[tuple[Any, int]]:
+        """Each search's chosen points as a filter within the search's own, and how many."""
+        return [
+            (self.dialect.combine([flt, self.dialect.has_ids([c.id for c in chosen])], [], []), len(chosen))
+            for flt, chosen in zip(self.filters, self.chosen, strict=True)
+            if chosen
+        ]
+
+    def candidates(self, records: Iterable[Any]) -> list[list[Candidate]]:
+        read: dict[str, tuple[ClearPoint, dict[int, float], dict[str, Any]]] = {}
+        for r in records:
+            payload = r.payload or {}
+            point = clear_point(r.id, payload)
+            stored = r.vector if self.vectors else None  # built anew on each access: read once
+            terms = _sparse_terms(stored.get(SPARSE)) if isinstance(stored, dict) else {}
+            read[point.id] = (point, terms, payload)
+        out = []
+        for search, chosen in zip(self.searches, self.chosen, strict=True):
+            found = []
+            for c in chosen:
+                if c.id in read:
+                    point, terms, payload = read[c.id]
+                    found.append(
+                        Candidate(point, c.score, self.cosines.get(c.id), terms if search.terms else None, payload)
+                    )
+            out.append(sorted(found, key=lambda c: (-c.score, c.id)))
+        return out
 
 
 @dataclass(slots=True)
@@ -498,21 +597,20 @@ class MemoryStore(ABC):
         from ``cursor``, and the backend's next offset (None at the end)."""
 
     @abstractmethod
-    async def _nearest(self, flt: Any, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
-        """For each query, the ``limit`` points matching ``flt`` nearest to its vector, best first (ids
+    async def _nearest(self, probes: Sequence[Probe]) -> list[list[Scored]]:
+        """For each probe, the ``limit`` points matching its filter nearest to its vector, best first (ids
         and scores, no payloads), in one call to the backend."""
 
-    async def _nearest_then_read(
-        self, flt: Any, queries: Sequence[Nearest], limit: int, pick: Pick, *, vectors: tuple[str, ...]
-    ) -> tuple[list[Scored], list[Any]]:
-        """:meth:`_nearest`, then the points ``pick`` chooses among its lists, read (payloads, and the
-        named ``vectors``) within ``flt``. A backend may do both in one call (Edge: one hop to its thread)."""
-        chosen = pick(await self._nearest(flt, queries, limit))
-        if not chosen:
-            return chosen, []
-        read = self.dialect.combine([flt, self.dialect.has_ids([c.id for c in chosen])], [], [])
-        records, _ = await self._scroll_records(read, len(chosen), None, vectors=vectors)
-        return chosen, records
+    async def _run(self, plan: SearchPlan) -> list[Any]:
+        """The backend's part of ``plan``: its probes, the cosines it asks for, then the chosen points read
+        (payloads, and the plan's vectors). A backend may do it all in one call (Edge: one hop to its thread)."""
+        extra = plan.choose(await self._nearest(plan.probes()))
+        if extra:
+            plan.scored(await self._nearest(extra))
+        records: list[Any] = []
+        for flt, n in plan.reads():
+            records += (await self._scroll_records(flt, n, None, vectors=plan.vectors))[0]
+        return records
 
     # --- sealing -----------------------------------------------------------------------------------
 
@@ -615,47 +713,20 @@ class MemoryStore(ABC):
         records, next_offset = await self._scroll_records(flt, limit, cursor)
         return await self._memories(scope, records), (str(next_offset) if next_offset is not None else None)
 
-    async def _candidates(
-        self, spec: FilterSpec, queries: Sequence[Nearest], limit: int, *, vectors: tuple[str, ...] = ()
-    ) -> list[Candidate]:
-        """The candidates of ``queries`` (one list: its first ``limit``; several: fused with
-        :func:`rrf_fuse`), each list cut by :func:`cut_ties`, so identical data gives identical candidates
-        whatever order the backend holds them in; read by id within ``spec`` with the named ``vectors``,
+    async def _candidates(self, searches: Sequence[Search]) -> list[list[Candidate]]:
+        """The candidates of each search (see :class:`SearchPlan`): identical data gives identical
+        candidates whatever order the backend holds them in; read by id within each search's filter,
         best first (equal scores by id), nothing opened."""
-
-        def pick(found: list[list[Scored]]) -> list[Scored]:
-            lists = [cut_ties(points, limit, limit + CUT_MARGIN) for points in found]
-            return lists[0] if len(lists) == 1 else rrf_fuse(lists, limit)
-
-        chosen, records = await self._nearest_then_read(
-            self._filter(spec), queries, limit + CUT_MARGIN, pick, vectors=vectors
-        )
-        by_id = {c.id: c.score for c in chosen}
-        out = []
-        for r in records:
-            payload = r.payload or {}
-            stored = r.vector if vectors else None  # built anew on each access (12 us on Edge): read once
-            stored = stored if isinstance(stored, dict) else {}
-            dense = stored.get(DENSE)
-            point = clear_point(r.id, payload)
-            out.append(
-                Candidate(
-                    point,
-                    by_id[point.id],
-                    dense if isinstance(dense, list) or not dense else list(dense),
-                    _sparse_terms(stored.get(SPARSE)) if SPARSE in vectors else None,
-                    payload,
-                )
-            )
-        return sorted(out, key=lambda c: (-c.score, c.id))
+        plan = SearchPlan(searches, self._filter, self.dialect)
+        return plan.candidates(await self._run(plan))
 
     async def open(self, scope: Owner, candidates: Sequence[Candidate]) -> list[Hit]:
         """``candidates`` of ``scope`` opened, in their order; one that cannot be opened (its key is gone,
         or it fails to authenticate) is left out (logged by id only)."""
         opened = await self._unseal(scope, [(c.id, c.payload) for c in candidates])
-        return [Hit(m, c.score, c.dense) for c, m in zip(candidates, opened, strict=True) if m is not None]
+        return [Hit(m, c.score) for c, m in zip(candidates, opened, strict=True) if m is not None]
 
-    async def hybrid_candidates(
+    async def recall_candidates(
         self,
         scope: Owner,
         dense: Sequence[float],
@@ -664,14 +735,21 @@ class MemoryStore(ABC):
         limit: int,
         now: datetime,
         assistant_id: str | None = None,
-    ) -> list[Candidate]:
-        """Dense and (if ``sparse`` has terms) BM25 candidates, ``limit`` each, fused with RRF (k =
-        :data:`RRF_K`), the first ``limit``; not deleted, not expired at ``now``; unopened, with their
-        stored dense and BM25 vectors; ``score`` is the fused one. Equal scores are ordered by id at every
-        cut (:func:`cut_ties`)."""
-        queries = [Nearest(DENSE, dense)] + ([Nearest(SPARSE, sparse)] if sparse.indices else [])
-        spec = FilterSpec(scope, now=now, assistant_id=assistant_id)
-        return await self._candidates(spec, queries, limit, vectors=(DENSE, SPARSE))
+        kinds: tuple[str, ...] = (),
+        kinds_limit: int = 0,
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """What recall ranks, in one call to the backend: the hybrid candidates (dense and, if ``sparse``
+        has terms, BM25 candidates, ``limit`` each, fused with RRF (k = :data:`RRF_K`), the first
+        ``limit``; ``score`` is the fused one; each with its cosine and stored BM25 weights), then the
+        ``kinds_limit`` nearest memories of ``kinds`` by cosine (none without kinds). Not deleted, not
+        expired at ``now``, unopened; equal scores ordered by id at every cut (:func:`cut_ties`)."""
+        queries = (Nearest(DENSE, dense),) + ((Nearest(SPARSE, sparse),) if sparse.indices else ())
+        searches = [Search(FilterSpec(scope, now=now, assistant_id=assistant_id), queries, limit, terms=True)]
+        if kinds and kinds_limit > 0:
+            spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
+            searches.append(Search(spec, (Nearest(DENSE, dense),), kinds_limit))
+        found = await self._candidates(searches)
+        return found[0], found[1] if len(found) > 1 else []
 
     async def hybrid_query(
         self,
@@ -683,24 +761,9 @@ class MemoryStore(ABC):
         now: datetime,
         assistant_id: str | None = None,
     ) -> list[Hit]:
-        """:meth:`hybrid_candidates`, opened (hits carry ``dense``)."""
-        found = await self.hybrid_candidates(scope, dense, sparse, limit=limit, now=now, assistant_id=assistant_id)
+        """The hybrid candidates of :meth:`recall_candidates`, opened."""
+        found, _ = await self.recall_candidates(scope, dense, sparse, limit=limit, now=now, assistant_id=assistant_id)
         return await self.open(scope, found)
-
-    async def dense_candidates(
-        self,
-        scope: Owner,
-        dense: Sequence[float],
-        *,
-        limit: int,
-        now: datetime,
-        assistant_id: str | None = None,
-        kinds: tuple[str, ...] | None = None,
-    ) -> list[Candidate]:
-        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if
-        given; equal cosines ordered by id (:func:`cut_ties`); unopened, no vectors."""
-        spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
-        return await self._candidates(spec, [Nearest(DENSE, dense)], limit)
 
     async def dense_query(
         self,
@@ -712,8 +775,10 @@ class MemoryStore(ABC):
         assistant_id: str | None = None,
         kinds: tuple[str, ...] | None = None,
     ) -> list[Hit]:
-        """:meth:`dense_candidates`, opened."""
-        found = await self.dense_candidates(scope, dense, limit=limit, now=now, assistant_id=assistant_id, kinds=kinds)
+        """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if
+        given; equal cosines ordered by id (:func:`cut_ties`)."""
+        spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
+        (found,) = await self._candidates([Search(spec, (Nearest(DENSE, dense),), limit)])
         return await self.open(scope, found)
 
     async def get(

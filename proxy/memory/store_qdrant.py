@@ -21,7 +21,7 @@ from .store import (
     SPARSE,
     DimensionMismatchError,
     MemoryStore,
-    Nearest,
+    Probe,
     Scored,
     SparseVec,
     StoredPoint,
@@ -172,17 +172,19 @@ class QdrantStore(MemoryStore):
             with_vectors=list(vectors) or False,
         )
 
-    async def _nearest(self, flt: qm.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
+    async def _nearest(self, probes: Sequence[Probe]) -> list[list[Scored]]:
         requests = [
             qm.QueryRequest(
-                query=_sparse(q.vector) if isinstance(q.vector, SparseVec) else [float(x) for x in q.vector],
-                using=q.using,
-                filter=flt,
-                limit=limit,
+                query=_sparse(p.query.vector)
+                if isinstance(p.query.vector, SparseVec)
+                else [float(x) for x in p.query.vector],
+                using=p.query.using,
+                filter=p.flt,
+                limit=p.limit,
                 with_payload=False,
                 with_vector=False,
             )
-            for q in queries
+            for p in probes
         ]
         found = await self.client.query_batch_points(self.collection, requests=requests)
         return [[Scored(str(p.id), float(p.score)) for p in response.points] for response in found]

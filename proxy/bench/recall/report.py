@@ -214,8 +214,8 @@ def notes(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float)
             "p95 needs >= 20 and p99 >= 100 samples, else '-'."
         ),
         (
-            "embed = embedding the query, search = the store's hybrid query (candidates with their clear fields and "
-            "vectors, not opened), score = the rest of recall (BM25 query terms, confidence, checks, opening the memories "
+            "embed = embedding the query, search = the store's hybrid query and the pinned kinds' nearest, "
+            "in one call (candidates with their clear fields, cosines and BM25 weights, not opened), score = the rest of recall (BM25 query terms, confidence, checks, opening the memories "
             "returned), render = the block, rewrite = injecting it into a chat completion body and encoding that "
             "(proxy.hooks)."
         ),
