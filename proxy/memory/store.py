@@ -346,7 +346,6 @@ class ClearPoint:
     updated_at: datetime | None
     expires_at: datetime | None
     last_accessed_at: datetime | None = None
-    deleted_at: datetime | None = None
 
     @property
     def last_touched_at(self) -> datetime | None:
@@ -381,7 +380,6 @@ def clear_point(point_id: object, payload: dict[str, Any] | None) -> ClearPoint:
         updated_at=_clear_date(p.get("updated_at")),
         expires_at=_clear_date(p.get("expires_at")),
         last_accessed_at=_clear_date(p.get("last_accessed_at")),
-        deleted_at=_clear_date(p.get("deleted_at")),
     )
 
 
