@@ -438,7 +438,8 @@ class SearchPlan:
         self.filters = [to_filter(s.spec) for s in self.searches]
         self.dialect = dialect
         self.chosen: list[list[Scored]] = []
-        self.cosines: dict[str, float] = {}
+        self.cosines: list[dict[str, float]] = []  # per search: point id -> cosine with its dense query
+        self._extra: list[int] = []  # the search each extra probe gives cosines for
         self.vectors: tuple[str, ...] = (SPARSE,) if any(s.terms for s in self.searches) else ()
 
     def probes(self) -> list[Probe]:
@@ -451,24 +452,29 @@ class SearchPlan:
     def choose(self, found: list[list[Scored]]) -> list[Probe]:
         lists = iter(found)
         extra = []
-        for search, flt in zip(self.searches, self.filters, strict=True):
+        for i, (search, flt) in enumerate(zip(self.searches, self.filters, strict=True)):
             fetched = [next(lists) for _ in search.queries]
-            for query, points in zip(search.queries, fetched, strict=True):
-                if query.using == DENSE:
-                    self.cosines.update((p.id, p.score) for p in points)
+            cosines = {
+                p.id: p.score
+                for query, points in zip(search.queries, fetched, strict=True)
+                if query.using == DENSE
+                for p in points
+            }
             cut = [cut_ties(points, search.limit, search.limit + CUT_MARGIN) for points in fetched]
             chosen = cut[0] if len(cut) == 1 else rrf_fuse(cut, search.limit)
             self.chosen.append(chosen)
+            self.cosines.append(cosines)
             dense = next((q for q in search.queries if q.using == DENSE), None)
-            unknown = [c.id for c in chosen if c.id not in self.cosines]
+            unknown = [c.id for c in chosen if c.id not in cosines]
             if dense is not None and unknown:
                 by_id = self.dialect.combine([flt, self.dialect.has_ids(unknown)], [], [])
                 extra.append(Probe(by_id, dense, len(unknown)))
+                self._extra.append(i)
         return extra
 
     def scored(self, found: list[list[Scored]]) -> None:
-        for points in found:
-            self.cosines.update((p.id, p.score) for p in points)
+        for i, points in zip(self._extra, found, strict=True):
+            self.cosines[i].update((p.id, p.score) for p in points)
 
     @property
     def ids(self) -> list[str]:
@@ -492,14 +498,12 @@ class SearchPlan:
             terms = _sparse_terms(stored.get(SPARSE)) if isinstance(stored, dict) else {}
             read[point.id] = (point, terms, payload)
         out = []
-        for search, chosen in zip(self.searches, self.chosen, strict=True):
+        for search, chosen, cosines in zip(self.searches, self.chosen, self.cosines, strict=True):
             found = []
             for c in chosen:
                 if c.id in read:
                     point, terms, payload = read[c.id]
-                    found.append(
-                        Candidate(point, c.score, self.cosines.get(c.id), terms if search.terms else None, payload)
-                    )
+                    found.append(Candidate(point, c.score, cosines.get(c.id), terms if search.terms else None, payload))
             out.append(sorted(found, key=lambda c: (-c.score, c.id)))
         return out
 
