@@ -20,6 +20,7 @@ from proxy.memory.models import HistoryEntry, Memory, Source
 from proxy.memory.sealing import Sealer
 from proxy.memory.sparse import Bm25Encoder
 from proxy.memory.store import (
+    CUT_MARGIN,
     DimensionMismatchError,
     MemoryPoint,
     access_payload,
@@ -204,7 +205,33 @@ async def test_hybrid_finds_a_keyword_match_the_dense_vector_misses(store):
     assert target.id not in [h.memory.id for h in dense_only]
     hits = await store.hybrid_query(A, vec(0), BM25.query("ZQX-7781"), limit=3, now=T0)
     assert target.id in [h.memory.id for h in hits]
-    assert all(h.dense is not None and len(h.dense) == DIM for h in hits)
+
+
+async def test_recall_candidates_carry_their_cosine_and_stored_bm25_weights(store):
+    """Recall scores candidates without opening them: each comes with the cosine of its stored vector
+    (one only BM25 found, past every point the dense list fetched, too) and its BM25 weights as stored;
+    the pinned kinds' nearest come from the same call."""
+    target = mem(A, "Replacement part ZQX-7781 was ordered")
+    rule = mem(A, "User never flies", kind="constraint")
+    distractors = [mem(A, f"Unrelated note number {i} about gardening") for i in range(CUT_MARGIN + 4)]
+    vectors = {target.id: vec(7, wobble=0.5), rule.id: vec(3)}
+    vectors |= {d.id: vec(0, wobble=0.01 * i) for i, d in enumerate(distractors)}
+    everything = [target, rule, *distractors]
+    await store.upsert(A, [MemoryPoint(m, vectors[m.id], BM25.document(m.text)) for m in everything])
+    query = vec(0)
+    found, pinned = await store.recall_candidates(
+        A, query, BM25.query("ZQX-7781"), limit=3, now=T0, kinds=("constraint",), kinds_limit=2
+    )
+    by_id = {c.id: c for c in found}
+    assert target.id in by_id and len(found) == 3
+    for c in found:
+        expected = float(np.dot(query, vectors[c.id]) / np.linalg.norm(vectors[c.id]))
+        assert c.cosine == pytest.approx(expected, abs=1e-5)
+    stored = BM25.document(target.text)
+    assert by_id[target.id].terms == pytest.approx(dict(zip(stored.indices, stored.values, strict=True)))
+    assert [c.id for c in pinned] == [rule.id] and pinned[0].score == pytest.approx(0.0, abs=1e-5)
+    texts = {m.id: m.text for m in everything}
+    assert [h.memory.text for h in await store.open(A, found)] == [texts[c.id] for c in found]
 
 
 async def test_dense_query_scores_are_cosines(store):

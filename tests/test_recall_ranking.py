@@ -10,6 +10,7 @@ from test_memory_service import SUB, T0, TEN, make_service  # noqa: F401  (make_
 from proxy.memory.dates import DateCues, date_cues
 from proxy.memory.models import Memory
 from proxy.memory.service import MemoryService
+from proxy.memory.store import FilterSpec
 
 TIED = ["User drinks green tea every morning"] * 4 + ["User drinks black coffee at work"] * 2
 OTHERS = ["User lives in Lisbon", "User has a cat called Miso"]
@@ -100,3 +101,27 @@ async def test_date_cues_put_what_was_learned_then_first_when_asked_for(make_ser
         assert ranked.index(first) < ranked.index(second)
     assert date_cues("May I ask what I did last year?") == date_cues("no date at all")  # neither a month nor a year
     assert date_cues("What did I paint in July 2023 or in May?") == DateCues(frozenset({5, 7}), frozenset({2023}))
+
+
+# --- opening only what is returned ---------------------------------------------------------------------
+
+
+async def test_a_memory_that_no_longer_opens_is_left_out_and_the_next_one_takes_its_place(make_service):  # noqa: F811
+    """Recall ranks candidates on their clear fields and vectors and opens only those it returns: one whose
+    sealed payload fails to authenticate (here another point's ciphertext copied over it) is dropped at
+    that point and the ranking is made again without it, so the answer still holds ``top_k`` memories."""
+    svc = await make_service()
+    scope = owner(TEN, SUB)
+    me = svc.of(scope)
+    await _load(svc, _memories())
+    query = "What do I drink?"
+    before = [s.memory.id for s in await me.recall(query, top_k=3, min_confidence=0, min_similarity=0)]
+    first, second = before[0], before[1]
+    store = svc.store
+    (donor,), _ = await store._scroll_records(store._filter(FilterSpec(scope, ids=(second,))), 1, None)
+    target = store._filter(FilterSpec(scope, ids=(first,)))
+    await store._overwrite_payloads([(target, dict(donor.payload))])  # sealed for `second`: does not open here
+    after = [s.memory.id for s in await me.recall(query, top_k=3, min_confidence=0, min_similarity=0)]
+    assert first not in after
+    assert len(after) == 3 and after[:2] == before[1:]
+    assert await me.get(first) is None  # reading it by id skips it too

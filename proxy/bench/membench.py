@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ class TimedEmbedder:
 
 
 class TimedStore:
-    """Delegates to a store and records how long each ``hybrid_query`` took (seconds)."""
+    """Delegates to a store and records how long each hybrid search took (seconds): ``recall_candidates``
+    (what recall calls: the hybrid candidates and the pinned kinds' nearest, not opened) or ``hybrid_query``."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -82,12 +83,18 @@ class TimedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def hybrid_query(self, *args: Any, **kwargs: Any) -> Any:
+    async def _timed(self, call: Awaitable[Any]) -> Any:
         started = time.perf_counter()
         try:
-            return await self.inner.hybrid_query(*args, **kwargs)
+            return await call
         finally:
             self.query_times.append(time.perf_counter() - started)
+
+    async def recall_candidates(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._timed(self.inner.recall_candidates(*args, **kwargs))
+
+    async def hybrid_query(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._timed(self.inner.hybrid_query(*args, **kwargs))
 
 
 async def embed_cached(

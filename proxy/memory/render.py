@@ -26,6 +26,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from proxy.memory.models import ScoredMemory
 from proxy.memory.tokens import count_tokens
@@ -57,10 +58,18 @@ def _visible(char: str) -> bool:
     return category not in _REMOVED_CATEGORIES or char.isspace()  # tabs and line breaks become spaces
 
 
+_ASCII_REMOVED = str.maketrans(dict.fromkeys(char for char in map(chr, range(128)) if not _visible(char)))
+"""What :func:`_visible` removes from ASCII text (the controls that are not whitespace), as one table."""
+
+
 def neutral_text(text: str) -> str:
     """``text`` normalized, with nothing invisible and every whitespace run one space (steps 1-3 above)."""
     folded = unicodedata.normalize("NFKC", text)
-    return _SPACE.sub(" ", "".join(char for char in folded if _visible(char))).strip()
+    if folded.isascii():  # the common case, without a look at each character
+        kept = folded.translate(_ASCII_REMOVED)
+    else:
+        kept = "".join(char for char in folded if _visible(char))
+    return _SPACE.sub(" ", kept).strip()
 
 
 def quote(text: str) -> str:
@@ -83,10 +92,14 @@ def memory_line(item: ScoredMemory, max_chars: int) -> str:
     return f"- [{day}] {quote(text)}"
 
 
+@lru_cache(maxsize=1)
+def _frame_tokens() -> int:
+    return count_tokens(f"{OPEN}\n{HEADER}\n{CLOSE}")
+
+
 def render_block(memories: Sequence[ScoredMemory], *, budget_tokens: int = 1000, max_chars: int = 300) -> Block:
     """The block for ``memories`` (best first), or an empty Block when none fit or none were given."""
-    frame = f"{OPEN}\n{HEADER}\n{CLOSE}"
-    used = count_tokens(frame)
+    used = _frame_tokens()  # the same text every time
     lines: list[str] = []
     for item in memories:
         line = memory_line(item, max_chars)

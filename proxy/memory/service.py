@@ -19,6 +19,7 @@ import uuid
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,6 +30,7 @@ from proxy.tracing import traced
 from .dates import DateCues, date_cues
 from .embed import Embedder
 from .models import (
+    ConfidenceTerms,
     HistoryEntry,
     Memory,
     RememberAction,
@@ -40,13 +42,14 @@ from .models import (
 )
 from .redact import Redactor
 from .rerank import Reranker
-from .scoring import ScoringWeights, bm25_scores, confidence, cosines, fuse
+from .scoring import ScoringWeights, bm25_scores, confidence, fuse
 from .sparse import Bm25Encoder, lexical_scores
 from .store import (
     RRF_K,
+    Candidate,
+    ClearPoint,
     DimensionMismatchError,
     ExpiredRef,
-    Hit,
     MemoryPoint,
     MemoryStore,
     Page,
@@ -74,21 +77,39 @@ def _is_id(memory_id: object) -> bool:
     return True
 
 
-def tie_break(memory: Memory) -> tuple[float, str]:
+def tie_break(point: ClearPoint) -> tuple[float, str]:
     """How memories of equal relevance are ordered: the newer first, then by id."""
-    return (-as_utc(memory.created_at).timestamp(), memory.id)
+    created = point.created_at
+    return (-created.timestamp() if created is not None else 0.0, point.id)
 
 
-def _renumbered(ranked: builtins.list[ScoredMemory]) -> builtins.list[ScoredMemory]:
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A recall candidate with its confidence terms and its place in the fused order, not opened yet:
+    only those recall returns are (:meth:`MemoryStore.open`)."""
+
+    candidate: Candidate
+    terms: ConfidenceTerms
+    rank: int
+
+    @property
+    def id(self) -> str:
+        return self.candidate.id
+
+
+def _renumbered(ranked: builtins.list[Ranked]) -> builtins.list[Ranked]:
     """``ranked`` in its new order, ranks renumbered from 0."""
-    return [s if s.rank == rank else s.model_copy(update={"rank": rank}) for rank, s in enumerate(ranked)]
+    return [r if r.rank == rank else replace(r, rank=rank) for rank, r in enumerate(ranked)]
 
 
-def _dated_first(ranked: builtins.list[ScoredMemory], cues: DateCues) -> builtins.list[ScoredMemory]:
+def _dated_first(ranked: builtins.list[Ranked], cues: DateCues) -> builtins.list[Ranked]:
     """``ranked`` with the memories learned when the query says moved ahead, in order (ranks renumbered)."""
     if not cues:
         return ranked
-    return _renumbered(sorted(ranked, key=lambda s: not cues.match(s.memory.created_at)))
+    created = [r.candidate.point.created_at for r in ranked]
+    return _renumbered(
+        [r for r, at in sorted(zip(ranked, created, strict=True), key=lambda p: not (p[1] and cues.match(p[1])))]
+    )
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -526,6 +547,10 @@ class OwnerMemory:
         ``min_similarity``), then ``min_confidence``, so a stale or barely related memory stays out while
         a relevant one keeps its place.
 
+        Candidates are ranked on what the store keeps in clear (dates, access count, the cosine of the
+        stored dense vector, the stored BM25 weights); only the memories returned are opened (their
+        sealed payload decrypted). One that cannot be opened is left out and the ranking made again.
+
         With ``pinned``, the memories of ``memory_pinned_kinds`` nearest to the query (at most
         ``memory_pinned_max``; constraints such as a diet or an allergy) are returned whatever their
         similarity, in the ``top_k``: a question rarely names the constraint its answer must respect.
@@ -543,111 +568,123 @@ class OwnerMemory:
         query = cap_query(query)  # bounded work, whatever the client sent: embedding and BM25 see the cap
         dense = await traced("memproxy.embed", self.service.embedder.embed_query(query, api_key=api_key))
         sparse = self.service.sparse.query(query)
-        restrict = self.service._restrict(assistant_id)
-        kinds = tuple(settings.memory_pinned_kinds) if pinned and settings.memory_pinned_max > 0 else ()
-        search = asyncio.gather(
-            self.service.store.hybrid_query(
-                self.owner,
-                dense,
-                sparse,
-                # 40 per list: twice that cost 5 ms at 100k memories (unsealing and scoring) for +0.2 recall@10
-                limit=max(settings.memory_candidates, top_k),
-                now=now,
-                assistant_id=restrict,
-            ),
-            self._pinned(dense, kinds, now, restrict),
+        search = self.service.store.recall_candidates(
+            self.owner,
+            dense,
+            sparse,
+            # 40 per list: twice that cost 5 ms at 100k memories (unsealing and scoring) for +0.2 recall@10
+            limit=max(settings.memory_candidates, top_k),
+            now=now,
+            assistant_id=self.service._restrict(assistant_id),
+            kinds=tuple(settings.memory_pinned_kinds) if pinned else (),
+            kinds_limit=settings.memory_pinned_max,
         )
-        hits, pin_hits = await traced("memproxy.search", search)  # a span while tracing, else just awaited
-        # BM25 over the candidates and their confidence: a few ms of CPU with a deep pool, off the event loop
-        ranked = await asyncio.to_thread(self._score, dense, frozenset(sparse.indices), self._alive(hits, now), now)
-        if settings.memory_date_cues:
-            ranked = _dated_first(ranked, date_cues(query))
-        if self.service.reranker is not None:
-            ranked = await self._reranked(self.service.reranker, query, ranked)
-        pins = self._pins(ranked, self._alive(pin_hits, now)[: settings.memory_pinned_max], now)[:top_k]
-        gate = max(sim_floor, relative_similarity * max((s.similarity for s in ranked), default=0.0))
-        chosen = {s.memory.id for s in pins}
-        kept = [s for s in ranked if s.memory.id not in chosen and s.similarity >= gate and s.confidence >= floor]
-        scored = sorted(kept[: top_k - len(pins)] + pins, key=lambda s: s.rank)
+        found, pin_found = await traced("memproxy.search", search)  # a span while tracing, else just awaited
+        terms = frozenset(sparse.indices)
+        cues = date_cues(query) if settings.memory_date_cues else None
+        unreadable: set[str] = set()
+        opened: dict[str, Memory] = {}
+        while True:  # once, unless a chosen memory cannot be opened: then again without it
+            live = self._alive([c for c in found if c.id not in unreadable], now)
+            # fusion and confidence of the candidates: well under a ms for 40, more with a deep pool; off the loop
+            ranked = await asyncio.to_thread(self._score, terms, live, now)
+            if cues:
+                ranked = _dated_first(ranked, cues)
+            if self.service.reranker is not None:
+                ranked = await self._reranked(self.service.reranker, query, ranked, opened)
+            pin_live = self._alive([c for c in pin_found if c.id not in unreadable], now)
+            pins = self._pins(ranked, pin_live[: settings.memory_pinned_max], now)[:top_k]
+            gate = max(sim_floor, relative_similarity * max((r.terms.similarity for r in ranked), default=0.0))
+            chosen = {r.id for r in pins}
+            kept = [
+                r for r in ranked if r.id not in chosen and r.terms.similarity >= gate and r.terms.confidence >= floor
+            ]
+            picked = sorted(kept[: top_k - len(pins)] + pins, key=lambda r: r.rank)
+            missing = await self._open(opened, [r.candidate for r in picked])
+            if not missing:
+                break
+            unreadable |= missing
+        scored = [ScoredMemory.from_terms(opened[r.id], r.terms, r.rank) for r in picked]
         if scored:
             self.service._record_access(self.owner, [s.memory.id for s in scored], now)
         return scored
 
+    async def _open(self, opened: dict[str, Memory], candidates: builtins.list[Candidate]) -> set[str]:
+        """Open the ``candidates`` not in ``opened`` yet, into it; the ids of those that cannot be opened."""
+        wanted = [c for c in candidates if c.id not in opened]
+        if not wanted:
+            return set()
+        for hit in await self.service.store.open(self.owner, wanted):
+            opened[hit.memory.id] = hit.memory
+        return {c.id for c in wanted if c.id not in opened}
+
     async def _reranked(
-        self, reranker: Reranker, query: str, ranked: builtins.list[ScoredMemory]
-    ) -> builtins.list[ScoredMemory]:
+        self, reranker: Reranker, query: str, ranked: builtins.list[Ranked], opened: dict[str, Memory]
+    ) -> builtins.list[Ranked]:
         """``ranked`` with its first ``rerank_candidates`` in the cross-encoder's order (equal scores keep
-        their fused order), the rest after them; the fused order as it was if the model fails."""
+        their fused order), the rest after them; the fused order as it was if the model fails. The head
+        is opened (into ``opened``) for its texts; one that cannot be opened is scored as empty text and
+        left out by :meth:`recall`."""
         head = ranked[: self.service.settings.rerank_candidates]
+        await self._open(opened, [r.candidate for r in head])
         try:
-            scores = await reranker.scores(query, [s.memory.text for s in head])
+            scores = await reranker.scores(query, [opened[r.id].text if r.id in opened else "" for r in head])
         except Exception as exc:  # noqa: BLE001 - fail open: the fused order is still a ranking
             log.warning("rerank failed, recall keeps the fused order: %s", type(exc).__name__)
             return ranked
         order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
         return _renumbered([head[i] for i in order] + ranked[len(head) :])
 
-    async def _pinned(
-        self, dense: list[float], kinds: tuple[str, ...], now: datetime, assistant_id: str | None
-    ) -> builtins.list[Hit]:
-        """The memories of ``kinds`` nearest to the query (none without kinds)."""
-        if not kinds:
-            return []
-        return await self.service.store.dense_query(
-            self.owner,
-            dense,
-            limit=self.service.settings.memory_pinned_max,
-            now=now,
-            assistant_id=assistant_id,
-            kinds=kinds,
-        )
-
     def _pins(
-        self, ranked: builtins.list[ScoredMemory], hits: builtins.list[Hit], now: datetime
-    ) -> builtins.list[ScoredMemory]:
+        self, ranked: builtins.list[Ranked], pinned: builtins.list[Candidate], now: datetime
+    ) -> builtins.list[Ranked]:
         """The pinned memories as scored among the candidates, or (not among them) by their cosine alone."""
-        by_id = {s.memory.id: s for s in ranked}
+        by_id = {r.id: r for r in ranked}
         return [
-            by_id.get(hit.memory.id) or self._scored(hit.memory, hit.score, 0.0, len(ranked) + i, now)
-            for i, hit in enumerate(hits)
+            by_id.get(c.id) or Ranked(c, self._terms(c.point, c.score, 0.0, now), len(ranked) + i)
+            for i, c in enumerate(pinned)
         ]
 
-    def _alive(self, hits: builtins.list[Hit], now: datetime) -> builtins.list[Hit]:
-        """The hits of this owner that are neither deleted nor expired at ``now``."""
+    def _alive(self, found: builtins.list[Candidate], now: datetime) -> builtins.list[Candidate]:
+        """The candidates of this owner that are neither deleted nor expired at ``now`` (clear fields)."""
         live = []
-        for hit in hits:
-            memory = hit.memory
-            if (memory.tenant, memory.subject) != (self.owner.tenant, self.owner.subject):  # defence in depth
-                log.error("memory store returned a memory of another self.owner; dropped")
+        for candidate in found:
+            point = candidate.point
+            if (point.tenant, point.owner_hash) != (self.owner.tenant, self.owner.hash):  # defence in depth
+                log.error("memory store returned a memory of another owner; dropped")
                 continue
-            if not memory.deleted and not memory.is_expired(now):
-                live.append(hit)
+            if not point.deleted and not point.is_expired(now):
+                live.append(candidate)
         return live
 
-    def _scored(self, memory: Memory, semantic: float, lexical: float, rank: int, now: datetime) -> ScoredMemory:
-        terms = confidence(
+    def _terms(self, point: ClearPoint, semantic: float, lexical: float, now: datetime) -> ConfidenceTerms:
+        return confidence(
             semantic_cosine=semantic,
             lexical=lexical,
-            last_touched_at=memory.last_touched_at,
-            access_count=memory.access_count,
+            last_touched_at=point.last_touched_at or now,
+            access_count=point.access_count,
             now=now,
             weights=self.service.weights,
         )
-        return ScoredMemory.from_terms(memory, terms, rank)
 
     def _score(
-        self, dense: list[float], query_terms: frozenset[int], live: builtins.list[Hit], now: datetime
-    ) -> builtins.list[ScoredMemory]:
-        """Every candidate with its confidence terms, in fused order (see :meth:`recall`)."""
-        documents = [self.service.sparse.weights(hit.memory.text) for hit in live]
+        self, query_terms: frozenset[int], live: builtins.list[Candidate], now: datetime
+    ) -> builtins.list[Ranked]:
+        """Every candidate with its confidence terms, in fused order (see :meth:`recall`), from what is
+        stored in clear: the cosines the store computed, the BM25 weights as stored (not the text
+        tokenized again) and the dates."""
+        documents = [c.terms or {} for c in live]
         lexical = lexical_scores(query_terms, [frozenset(d) for d in documents])
-        semantic = cosines(dense, [hit.dense for hit in live])
+        semantic = [c.cosine or 0.0 for c in live]
         # The backend's fused order breaks ties (equal BM25 scores, equal cosines) by its internal point
         # order, which differs between runs and replicas: the candidates are fused again here, equal
         # scores sharing a rank, and equal fused scores ordered by date and id.
         fused = fuse(semantic, bm25_scores(query_terms, documents), k=RRF_K)
-        order = sorted(range(len(live)), key=lambda i: (-fused[i], *tie_break(live[i].memory)))
-        return [self._scored(live[i].memory, semantic[i], lexical[i], rank, now) for rank, i in enumerate(order)]
+        order = sorted(range(len(live)), key=lambda i: (-fused[i], *tie_break(live[i].point)))
+        return [
+            Ranked(live[i], self._terms(live[i].point, semantic[i], lexical[i], now), rank)
+            for rank, i in enumerate(order)
+        ]
 
     async def similar(
         self,

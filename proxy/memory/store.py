@@ -117,8 +117,13 @@ class Scored:
     score: float
 
 
-#: Chooses among candidate lists: the points kept, and the filter that reads them (see ``_nearest_then_read``).
-Pick = Callable[[list[list[Scored]]], tuple[list[Scored], Any]]
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One request of :meth:`MemoryStore._nearest`: the ``limit`` points matching ``flt`` nearest to ``query``."""
+
+    flt: Any
+    query: Nearest
+    limit: int
 
 
 def cut_ties(points: Sequence[Scored], limit: int, fetched: int) -> list[Scored]:
@@ -153,11 +158,10 @@ def rrf_fuse(lists: Sequence[Sequence[Scored]], limit: int, *, k: int = RRF_K) -
 @dataclass(slots=True)
 class Hit:
     """A memory returned by a vector query: ``score`` is the backend's (cosine for a dense query, RRF for
-    hybrid); ``dense`` is the stored (normalized) dense vector when it was asked for."""
+    hybrid)."""
 
     memory: Memory
     score: float
-    dense: list[float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +345,17 @@ class ClearPoint:
     created_at: datetime | None
     updated_at: datetime | None
     expires_at: datetime | None
+    last_accessed_at: datetime | None = None
+
+    @property
+    def last_touched_at(self) -> datetime | None:
+        """The later of the last change and the last recall (:attr:`Memory.last_touched_at`)."""
+        if self.last_accessed_at is not None and (self.updated_at is None or self.last_accessed_at > self.updated_at):
+            return self.last_accessed_at
+        return self.updated_at
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= as_utc(now)
 
 
 def _clear_date(value: object) -> datetime | None:
@@ -364,7 +379,133 @@ def clear_point(point_id: object, payload: dict[str, Any] | None) -> ClearPoint:
         created_at=_clear_date(p.get("created_at")),
         updated_at=_clear_date(p.get("updated_at")),
         expires_at=_clear_date(p.get("expires_at")),
+        last_accessed_at=_clear_date(p.get("last_accessed_at")),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A point a search found, not opened: its clear fields, its score in the search, the cosine of its
+    stored dense vector with the query's (the backend's own, None if unknown), ``terms`` (its stored BM25
+    document weights by term, if asked for) and its sealed payload. Recall ranks candidates on these and
+    opens only those it returns (:meth:`MemoryStore.open`): decrypting and validating a memory costs
+    more than scoring it, and a stored dense vector costs more to read than its cosine."""
+
+    point: ClearPoint
+    score: float
+    cosine: float | None = None
+    terms: dict[int, float] | None = None
+    payload: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.point.id
+
+
+def _sparse_terms(vector: object) -> dict[int, float]:
+    """A stored sparse vector (either backend's type) as weights by term; none stored reads as none."""
+    indices, values = getattr(vector, "indices", None), getattr(vector, "values", None)
+    if indices is None or values is None:
+        return {}
+    return dict(zip(indices, values, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """One candidate search within ``spec``: its vector queries (fused with :func:`rrf_fuse` when several),
+    the first ``limit`` kept; ``terms`` reads each candidate's stored BM25 weights."""
+
+    spec: FilterSpec
+    queries: tuple[Nearest, ...]
+    limit: int
+    terms: bool = False
+
+
+class SearchPlan:
+    """Several candidate searches as a backend runs them: the choosing is here, once for both backends;
+    the backend only sends what is asked (:meth:`MemoryStore._run`) in as few calls as it can (Edge: all of
+    it in one hop to its thread).
+
+    1. :meth:`probes`: every query of every search, each fetched :data:`CUT_MARGIN` past its cut;
+    2. :meth:`choose`: each search's lists cut on stable keys (:func:`cut_ties`) and fused; returns the
+       probes that give the cosine of the chosen points no dense list scored (a BM25-only candidate);
+    3. :meth:`scored`: their cosines; then the chosen points are read (:meth:`reads`, :attr:`ids`);
+    4. :meth:`candidates`: each search's candidates, best first (equal scores by id).
+    """
+
+    def __init__(self, searches: Sequence[Search], to_filter: Callable[[FilterSpec], Any], dialect: Any) -> None:
+        self.searches = list(searches)
+        self.filters = [to_filter(s.spec) for s in self.searches]
+        self.dialect = dialect
+        self.chosen: list[list[Scored]] = []
+        self.cosines: list[dict[str, float]] = []  # per search: point id -> cosine with its dense query
+        self._extra: list[int] = []  # the search each extra probe gives cosines for
+        self.vectors: tuple[str, ...] = (SPARSE,) if any(s.terms for s in self.searches) else ()
+
+    def probes(self) -> list[Probe]:
+        return [
+            Probe(flt, query, search.limit + CUT_MARGIN)
+            for search, flt in zip(self.searches, self.filters, strict=True)
+            for query in search.queries
+        ]
+
+    def choose(self, found: list[list[Scored]]) -> list[Probe]:
+        lists = iter(found)
+        extra = []
+        for i, (search, flt) in enumerate(zip(self.searches, self.filters, strict=True)):
+            fetched = [next(lists) for _ in search.queries]
+            cosines = {
+                p.id: p.score
+                for query, points in zip(search.queries, fetched, strict=True)
+                if query.using == DENSE
+                for p in points
+            }
+            cut = [cut_ties(points, search.limit, search.limit + CUT_MARGIN) for points in fetched]
+            chosen = cut[0] if len(cut) == 1 else rrf_fuse(cut, search.limit)
+            self.chosen.append(chosen)
+            self.cosines.append(cosines)
+            dense = next((q for q in search.queries if q.using == DENSE), None)
+            unknown = [c.id for c in chosen if c.id not in cosines]
+            if dense is not None and unknown:
+                by_id = self.dialect.combine([flt, self.dialect.has_ids(unknown)], [], [])
+                extra.append(Probe(by_id, dense, len(unknown)))
+                self._extra.append(i)
+        return extra
+
+    def scored(self, found: list[list[Scored]]) -> None:
+        for i, points in zip(self._extra, found, strict=True):
+            self.cosines[i].update((p.id, p.score) for p in points)
+
+    @property
+    def ids(self) -> list[str]:
+        """Every chosen point, once."""
+        return list(dict.fromkeys(c.id for chosen in self.chosen for c in chosen))
+
+    def reads(self) -> list[tuple[Any, int]]:
+        """Each search's chosen points as a filter within the search's own, and how many."""
+        return [
+            (self.dialect.combine([flt, self.dialect.has_ids([c.id for c in chosen])], [], []), len(chosen))
+            for flt, chosen in zip(self.filters, self.chosen, strict=True)
+            if chosen
+        ]
+
+    def candidates(self, records: Iterable[Any]) -> list[list[Candidate]]:
+        read: dict[str, tuple[ClearPoint, dict[int, float], dict[str, Any]]] = {}
+        for r in records:
+            payload = r.payload or {}
+            point = clear_point(r.id, payload)
+            stored = r.vector if self.vectors else None  # built anew on each access: read once
+            terms = _sparse_terms(stored.get(SPARSE)) if isinstance(stored, dict) else {}
+            read[point.id] = (point, terms, payload)
+        out = []
+        for search, chosen, cosines in zip(self.searches, self.chosen, self.cosines, strict=True):
+            found = []
+            for c in chosen:
+                if c.id in read:
+                    point, terms, payload = read[c.id]
+                    found.append(Candidate(point, c.score, cosines.get(c.id), terms if search.terms else None, payload))
+            out.append(sorted(found, key=lambda c: (-c.score, c.id)))
+        return out
 
 
 @dataclass(slots=True)
@@ -452,27 +593,26 @@ class MemoryStore(ABC):
 
     @abstractmethod
     async def _scroll_records(
-        self, flt: Any, limit: int, cursor: str | None, *, with_dense: bool = False
+        self, flt: Any, limit: int, cursor: str | None, *, vectors: tuple[str, ...] = ()
     ) -> tuple[list[Any], Any]:
-        """Up to ``limit`` records (with payloads, and the dense vector if ``with_dense``) matching ``flt``
-        in id order from ``cursor``, and the backend's next offset (None at the end)."""
+        """Up to ``limit`` records (with payloads, and the named ``vectors``) matching ``flt`` in id order
+        from ``cursor``, and the backend's next offset (None at the end)."""
 
     @abstractmethod
-    async def _nearest(self, flt: Any, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
-        """For each query, the ``limit`` points matching ``flt`` nearest to its vector, best first (ids
+    async def _nearest(self, probes: Sequence[Probe]) -> list[list[Scored]]:
+        """For each probe, the ``limit`` points matching its filter nearest to its vector, best first (ids
         and scores, no payloads), in one call to the backend."""
 
-    async def _nearest_then_read(
-        self, flt: Any, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
-    ) -> tuple[list[Scored], list[Any]]:
-        """:meth:`_nearest`, then the points ``pick`` chooses among its lists, read (payloads, and the dense
-        vector if ``with_dense``) with the filter ``pick`` returns for them. A backend may do both in
-        one call (Edge: one hop to its thread)."""
-        chosen, read = pick(await self._nearest(flt, queries, limit))
-        if not chosen:
-            return chosen, []
-        records, _ = await self._scroll_records(read, len(chosen), None, with_dense=with_dense)
-        return chosen, records
+    async def _run(self, plan: SearchPlan) -> list[Any]:
+        """The backend's part of ``plan``: its probes, the cosines it asks for, then the chosen points read
+        (payloads, and the plan's vectors). A backend may do it all in one call (Edge: one hop to its thread)."""
+        extra = plan.choose(await self._nearest(plan.probes()))
+        if extra:
+            plan.scored(await self._nearest(extra))
+        records: list[Any] = []
+        for flt, n in plan.reads():
+            records += (await self._scroll_records(flt, n, None, vectors=plan.vectors))[0]
+        return records
 
     # --- sealing -----------------------------------------------------------------------------------
 
@@ -575,32 +715,43 @@ class MemoryStore(ABC):
         records, next_offset = await self._scroll_records(flt, limit, cursor)
         return await self._memories(scope, records), (str(next_offset) if next_offset is not None else None)
 
-    async def _search(self, spec: FilterSpec, queries: Sequence[Nearest], limit: int, *, with_dense: bool) -> list[Hit]:
-        """The candidates of ``queries`` (one list: its first ``limit``; several: fused with
-        :func:`rrf_fuse`), each list cut by :func:`cut_ties`, so identical data gives identical candidates
-        whatever order the backend holds them in; then their payloads, read by id within ``spec``."""
+    async def _candidates(self, searches: Sequence[Search]) -> list[list[Candidate]]:
+        """The candidates of each search (see :class:`SearchPlan`): identical data gives identical
+        candidates whatever order the backend holds them in; read by id within each search's filter,
+        best first (equal scores by id), nothing opened."""
+        plan = SearchPlan(searches, self._filter, self.dialect)
+        return plan.candidates(await self._run(plan))
 
-        def pick(found: list[list[Scored]]) -> tuple[list[Scored], Any]:
-            lists = [cut_ties(points, limit, limit + CUT_MARGIN) for points in found]
-            chosen = lists[0] if len(lists) == 1 else rrf_fuse(lists, limit)
-            ids = tuple(c.id for c in chosen)
-            return chosen, self._filter(
-                FilterSpec(spec.scope, now=spec.now, assistant_id=spec.assistant_id, kinds=spec.kinds, ids=ids)
-            )
+    async def open(self, scope: Owner, candidates: Sequence[Candidate]) -> list[Hit]:
+        """``candidates`` of ``scope`` opened, in their order; one that cannot be opened (its key is gone,
+        or it fails to authenticate) is left out (logged by id only)."""
+        opened = await self._unseal(scope, [(c.id, c.payload) for c in candidates])
+        return [Hit(m, c.score) for c, m in zip(candidates, opened, strict=True) if m is not None]
 
-        chosen, records = await self._nearest_then_read(
-            self._filter(spec), queries, limit + CUT_MARGIN, pick, with_dense=with_dense
-        )
-        by_id = {c.id: c.score for c in chosen}
-        opened = await self._unseal(spec.scope, [(r.id, r.payload) for r in records])
-        hits = []
-        for r, memory in zip(records, opened, strict=True):
-            if memory is None:
-                continue
-            vector = r.vector if with_dense else None  # built anew on each access (12 us on Edge): read once
-            dense = vector.get(DENSE) if isinstance(vector, dict) else None
-            hits.append(Hit(memory, by_id[memory.id], dense if isinstance(dense, list) or not dense else list(dense)))
-        return sorted(hits, key=lambda h: (-h.score, h.memory.id))
+    async def recall_candidates(
+        self,
+        scope: Owner,
+        dense: Sequence[float],
+        sparse: SparseVec,
+        *,
+        limit: int,
+        now: datetime,
+        assistant_id: str | None = None,
+        kinds: tuple[str, ...] = (),
+        kinds_limit: int = 0,
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """What recall ranks, in one call to the backend: the hybrid candidates (dense and, if ``sparse``
+        has terms, BM25 candidates, ``limit`` each, fused with RRF (k = :data:`RRF_K`), the first
+        ``limit``; ``score`` is the fused one; each with its cosine and stored BM25 weights), then the
+        ``kinds_limit`` nearest memories of ``kinds`` by cosine (none without kinds). Not deleted, not
+        expired at ``now``, unopened; equal scores ordered by id at every cut (:func:`cut_ties`)."""
+        queries = (Nearest(DENSE, dense),) + ((Nearest(SPARSE, sparse),) if sparse.indices else ())
+        searches = [Search(FilterSpec(scope, now=now, assistant_id=assistant_id), queries, limit, terms=True)]
+        if kinds and kinds_limit > 0:
+            spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
+            searches.append(Search(spec, (Nearest(DENSE, dense),), kinds_limit))
+        found = await self._candidates(searches)
+        return found[0], found[1] if len(found) > 1 else []
 
     async def hybrid_query(
         self,
@@ -612,13 +763,9 @@ class MemoryStore(ABC):
         now: datetime,
         assistant_id: str | None = None,
     ) -> list[Hit]:
-        """Dense and (if ``sparse`` has terms) BM25 candidates, ``limit`` each, fused with RRF (k =
-        :data:`RRF_K`), the first ``limit``; not deleted, not expired at ``now``. Hits carry ``dense``;
-        their ``score`` is the fused one. Equal scores are ordered by id at every cut (:func:`cut_ties`)."""
-        queries = [Nearest(DENSE, dense)] + ([Nearest(SPARSE, sparse)] if sparse.indices else [])
-        return await self._search(
-            FilterSpec(scope, now=now, assistant_id=assistant_id), queries, limit, with_dense=True
-        )
+        """The hybrid candidates of :meth:`recall_candidates`, opened."""
+        found, _ = await self.recall_candidates(scope, dense, sparse, limit=limit, now=now, assistant_id=assistant_id)
+        return await self.open(scope, found)
 
     async def dense_query(
         self,
@@ -633,7 +780,8 @@ class MemoryStore(ABC):
         """Nearest by cosine (``score`` is the cosine), not deleted, not expired at ``now``, of ``kinds`` if
         given; equal cosines ordered by id (:func:`cut_ties`)."""
         spec = FilterSpec(scope, now=now, assistant_id=assistant_id, kinds=kinds)
-        return await self._search(spec, [Nearest(DENSE, dense)], limit, with_dense=False)
+        (found,) = await self._candidates([Search(spec, (Nearest(DENSE, dense),), limit)])
+        return await self.open(scope, found)
 
     async def get(
         self,

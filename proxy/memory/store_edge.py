@@ -24,9 +24,9 @@ from .store import (
     SPARSE,
     DimensionMismatchError,
     MemoryStore,
-    Nearest,
-    Pick,
+    Probe,
     Scored,
+    SearchPlan,
     SparseVec,
     StoredPoint,
     StoreError,
@@ -218,50 +218,52 @@ class EdgeStore(MemoryStore):
         return await self._call(lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt)))
 
     @staticmethod
-    def _scroll_request(flt: qe.Filter, limit: int, cursor: str | None, with_dense: bool) -> qe.ScrollRequest:
-        vectors: list[str] | bool = [DENSE] if with_dense else False
-        return qe.ScrollRequest(offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=vectors)
+    def _scroll_request(flt: qe.Filter, limit: int, cursor: str | None, vectors: tuple[str, ...]) -> qe.ScrollRequest:
+        return qe.ScrollRequest(
+            offset=cursor, limit=limit, filter=flt, with_payload=True, with_vector=list(vectors) or False
+        )
 
     async def _scroll_records(
-        self, flt: qe.Filter, limit: int, cursor: str | None, *, with_dense: bool = False
+        self, flt: qe.Filter, limit: int, cursor: str | None, *, vectors: tuple[str, ...] = ()
     ) -> tuple[list[qe.Record], qe.PointId | None]:
-        request = self._scroll_request(flt, limit, cursor, with_dense)
+        request = self._scroll_request(flt, limit, cursor, vectors)
         return await self._call(lambda: self.shard.scroll(request))
 
-    def _query_batch(self, flt: qe.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
-        """On the shard's thread: each query's ``limit`` nearest, ids and scores only."""
+    def _query_batch(self, probes: Sequence[Probe]) -> list[list[Scored]]:
+        """On the shard's thread: each probe's nearest points, ids and scores only."""
         requests = [
             qe.QueryRequest(
-                limit=limit,
+                limit=p.limit,
                 query=qe.Query.Nearest(
-                    _sparse(q.vector) if isinstance(q.vector, SparseVec) else [float(x) for x in q.vector],
-                    using=q.using,
+                    _sparse(p.query.vector)
+                    if isinstance(p.query.vector, SparseVec)
+                    else [float(x) for x in p.query.vector],
+                    using=p.query.using,
                 ),
-                filter=flt,
+                filter=p.flt,
                 with_payload=False,
                 with_vector=False,
             )
-            for q in queries
+            for p in probes
         ]
         found = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [[Scored(str(p.id), float(p.score)) for p in points] for points in found]
 
-    async def _nearest(self, flt: qe.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
-        return await self._call(self._query_batch, flt, queries, limit)
+    async def _nearest(self, probes: Sequence[Probe]) -> list[list[Scored]]:
+        return await self._call(self._query_batch, probes)
 
-    async def _nearest_then_read(
-        self, flt: qe.Filter, queries: Sequence[Nearest], limit: int, pick: Pick, *, with_dense: bool
-    ) -> tuple[list[Scored], list[qe.Record]]:
-        """Both in one hop to the shard's thread (the choice is a few tens of microseconds of Python). The
-        chosen points are read by id: they matched ``flt`` in this same call, and no write can come in
-        between on the shard's one thread (a filtered scroll instead cost 1.0 to 1.3 ms more at 100,000
-        memories, optimized: ``memproxy bench recall``)."""
-        vectors: list[str] | bool = [DENSE] if with_dense else False
+    async def _run(self, plan: SearchPlan) -> list[qe.Record]:
+        """All of ``plan`` in one hop to the shard's thread (the choosing is a few tens of microseconds of
+        Python). The chosen points are read by id: they matched their search's filter in this same call,
+        and no write can come in between on the shard's one thread (a filtered scroll instead cost 1.0 to
+        1.3 ms more at 100,000 memories, optimized: ``memproxy bench recall``)."""
+        with_vector = list(plan.vectors) or False
 
-        def run() -> tuple[list[Scored], list[qe.Record]]:
-            chosen, _ = pick(self._query_batch(flt, queries, limit))
-            if not chosen:
-                return chosen, []
-            return chosen, self.shard.retrieve([c.id for c in chosen], with_payload=True, with_vector=vectors)
+        def run() -> list[qe.Record]:
+            extra = plan.choose(self._query_batch(plan.probes()))
+            if extra:
+                plan.scored(self._query_batch(extra))
+            ids: list[qe.PointId] = [*plan.ids]
+            return self.shard.retrieve(ids, with_payload=True, with_vector=with_vector) if ids else []
 
         return await self._call(run)

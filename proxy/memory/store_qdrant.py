@@ -21,7 +21,7 @@ from .store import (
     SPARSE,
     DimensionMismatchError,
     MemoryStore,
-    Nearest,
+    Probe,
     Scored,
     SparseVec,
     StoredPoint,
@@ -161,7 +161,7 @@ class QdrantStore(MemoryStore):
         return (await self.client.count(self.collection, count_filter=flt, exact=True)).count
 
     async def _scroll_records(
-        self, flt: qm.Filter, limit: int, cursor: str | None, *, with_dense: bool = False
+        self, flt: qm.Filter, limit: int, cursor: str | None, *, vectors: tuple[str, ...] = ()
     ) -> tuple[list[qm.Record], PointId | None]:
         return await self.client.scroll(
             self.collection,
@@ -169,20 +169,22 @@ class QdrantStore(MemoryStore):
             limit=limit,
             offset=cursor,
             with_payload=True,
-            with_vectors=[DENSE] if with_dense else False,
+            with_vectors=list(vectors) or False,
         )
 
-    async def _nearest(self, flt: qm.Filter, queries: Sequence[Nearest], limit: int) -> list[list[Scored]]:
+    async def _nearest(self, probes: Sequence[Probe]) -> list[list[Scored]]:
         requests = [
             qm.QueryRequest(
-                query=_sparse(q.vector) if isinstance(q.vector, SparseVec) else [float(x) for x in q.vector],
-                using=q.using,
-                filter=flt,
-                limit=limit,
+                query=_sparse(p.query.vector)
+                if isinstance(p.query.vector, SparseVec)
+                else [float(x) for x in p.query.vector],
+                using=p.query.using,
+                filter=p.flt,
+                limit=p.limit,
                 with_payload=False,
                 with_vector=False,
             )
-            for q in queries
+            for p in probes
         ]
         found = await self.client.query_batch_points(self.collection, requests=requests)
         return [[Scored(str(p.id), float(p.score)) for p in response.points] for response in found]

@@ -242,8 +242,9 @@ def notes(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float)
             "p95 needs >= 20 and p99 >= 100 samples, else '-'."
         ),
         (
-            "embed = embedding the query, search = the store's hybrid query, score = the rest of recall (BM25 query terms, "
-            "confidence, checks), render = the block, rewrite = injecting it into a chat completion body and encoding that "
+            "embed = embedding the query, search = the store's hybrid query and the pinned kinds' nearest, "
+            "in one call (candidates with their clear fields, cosines and BM25 weights, not opened), score = the rest of recall (BM25 query terms, confidence, checks, opening the memories "
+            "returned), render = the block, rewrite = injecting it into a chat completion body and encoding that "
             "(proxy.hooks)."
         ),
         (
