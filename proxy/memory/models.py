@@ -46,6 +46,18 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def has_expired(expires_at: datetime | None, now: datetime) -> bool:
+    """Whether a memory expiring at ``expires_at`` (None: never) has expired at ``now``."""
+    return expires_at is not None and expires_at <= as_utc(now)
+
+
+def last_touched(updated_at: datetime | None, last_accessed_at: datetime | None) -> datetime | None:
+    """The later of a memory's last change and its last recall: what recency is measured from."""
+    if last_accessed_at is not None and (updated_at is None or last_accessed_at > updated_at):
+        return last_accessed_at
+    return updated_at
+
+
 def normalize_text(text: str) -> str:
     """The form two texts are compared in for exact dedupe: NFKC, case-folded, whitespace collapsed,
     trailing sentence punctuation dropped ("I like tea." == "i like  tea")."""
@@ -114,14 +126,12 @@ class Memory(_Model):
         return self.deleted_at is not None
 
     def is_expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= as_utc(now)
+        return has_expired(self.expires_at, now)
 
     @property
     def last_touched_at(self) -> datetime:
         """The later of the last change and the last recall: what recency is measured from."""
-        if self.last_accessed_at is not None and self.last_accessed_at > self.updated_at:
-            return self.last_accessed_at
-        return self.updated_at
+        return last_touched(self.updated_at, self.last_accessed_at) or self.updated_at
 
 
 class ConfidenceTerms(_Model):

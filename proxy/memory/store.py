@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from proxy.errors import MemproxyError
 from proxy.owner import Owner
 
-from .models import Memory, as_utc
+from .models import Memory, as_utc, has_expired, last_touched
 from .sealing import DataKey, Sealer, SealError, sealed_kid
 
 log = logging.getLogger(__name__)
@@ -350,12 +350,10 @@ class ClearPoint:
     @property
     def last_touched_at(self) -> datetime | None:
         """The later of the last change and the last recall (:attr:`Memory.last_touched_at`)."""
-        if self.last_accessed_at is not None and (self.updated_at is None or self.last_accessed_at > self.updated_at):
-            return self.last_accessed_at
-        return self.updated_at
+        return last_touched(self.updated_at, self.last_accessed_at)
 
     def is_expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= as_utc(now)
+        return has_expired(self.expires_at, now)
 
 
 def _clear_date(value: object) -> datetime | None:
@@ -467,8 +465,7 @@ class SearchPlan:
             dense = next((q for q in search.queries if q.using == DENSE), None)
             unknown = [c.id for c in chosen if c.id not in cosines]
             if dense is not None and unknown:
-                by_id = self.dialect.combine([flt, self.dialect.has_ids(unknown)], [], [])
-                extra.append(Probe(by_id, dense, len(unknown)))
+                extra.append(Probe(self._within(flt, unknown), dense, len(unknown)))
                 self._extra.append(i)
         return extra
 
@@ -484,10 +481,14 @@ class SearchPlan:
     def reads(self) -> list[tuple[Any, int]]:
         """Each search's chosen points as a filter within the search's own, and how many."""
         return [
-            (self.dialect.combine([flt, self.dialect.has_ids([c.id for c in chosen])], [], []), len(chosen))
+            (self._within(flt, [c.id for c in chosen]), len(chosen))
             for flt, chosen in zip(self.filters, self.chosen, strict=True)
             if chosen
         ]
+
+    def _within(self, flt: Any, ids: list[str]) -> Any:
+        """``flt`` narrowed to the points ``ids``."""
+        return self.dialect.combine([flt, self.dialect.has_ids(ids)], [], [])
 
     def candidates(self, records: Iterable[Any]) -> list[list[Candidate]]:
         read: dict[str, tuple[ClearPoint, dict[int, float], dict[str, Any]]] = {}
