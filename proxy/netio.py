@@ -67,31 +67,25 @@ class _Protocol(asyncio.Protocol):
         if self.buffered > READ_HIGH and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
-        self._wake_reader()
+        _release(self.reader)
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._wake_reader()
+        _release(self.reader)
         return False  # close the transport: HTTP/1.1 has nothing to send after the peer's end
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.error = exc
-        self._wake_reader()
-        if self.drainer is not None and not self.drainer.done():
-            self.drainer.set_result(None)
+        _release(self.reader)
+        _release(self.drainer)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.drainer is not None and not self.drainer.done():
-            self.drainer.set_result(None)
-
-    def _wake_reader(self) -> None:
-        if self.reader is not None and not self.reader.done():
-            self.reader.set_result(None)
+        _release(self.drainer)
 
     @property
     def readable(self) -> bool:
@@ -108,6 +102,12 @@ class _Protocol(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
         return chunk
+
+
+def _release(waiter: asyncio.Future[None] | None) -> None:
+    """Let whoever awaits ``waiter`` (if anyone still does) go on."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 async def _wait(waiter: asyncio.Future[None], timeout: float | None, error: type[Exception]) -> None:
