@@ -242,6 +242,20 @@ def local_embedder(memory_model_dir):
 # --- emulator (proxy/emulator) -----------------------------------------------------------------
 
 
+def settings_without_model(data_dir: Path):
+    """A proxy's settings whose embedding model cannot load (no such directory, no upstream to reach):
+    memory stays down and is retried in the background, once a minute."""
+    from proxy.config import Settings
+
+    return Settings(
+        upstream_url="http://127.0.0.1:9/v1",
+        assistants="passthrough",
+        data_dir=data_dir,
+        embed_model_path=data_dir / "no-model-here",
+        reconnect_backoff=60,
+    )
+
+
 @pytest.fixture(scope="session")
 def emulator_server():
     """One emulator (``proxy.emulator.create_app()``) on a free port for the whole session."""

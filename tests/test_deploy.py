@@ -1098,10 +1098,10 @@ def test_every_shipped_configuration_is_one_memproxy_starts_with(compose: dict, 
 
 def test_readiness_probes_wait_for_forwarding_not_for_memory(sidecar: dict, tmp_path: Path) -> None:
     """Helm and the sidecar probe /readyz: 200 as soon as the pod forwards, with memory down too."""
+    from conftest import settings_without_model
     from starlette.testclient import TestClient
 
     from proxy.app import create_app
-    from proxy.config import Settings
 
     spec = pod_spec(sidecar)
     [memproxy] = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "memproxy"]
@@ -1109,14 +1109,7 @@ def test_readiness_probes_wait_for_forwarding_not_for_memory(sidecar: dict, tmp_
     probes = {memproxy["readinessProbe"]["httpGet"]["path"], proxy["readinessProbe"]["httpGet"]["path"]}
     assert probes == {"/readyz"}
 
-    broken = Settings(  # a model that cannot load: memory stays down, retried in the background
-        upstream_url="http://127.0.0.1:9/v1",
-        assistants="passthrough",
-        data_dir=tmp_path,
-        embed_model_path=tmp_path / "no-model-here",
-        reconnect_backoff=60,
-    )
-    with TestClient(create_app(broken)) as client:
+    with TestClient(create_app(settings_without_model(tmp_path))) as client:  # memory stays down
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["forwarding"] == "ok"
         assert ready.json()["checks"]["memory"] != "ok" and ready.json()["memory_ready"] is False

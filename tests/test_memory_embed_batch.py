@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import owner
+from conftest import owner, settings_without_model
 
 from proxy.config import Settings
 from proxy.memory.embed import EmbeddingError, LocalEmbedder
@@ -104,14 +104,7 @@ def test_readyz_says_which_setting_and_files_the_model_needs(tmp_path):
 
     from proxy.app import create_app
 
-    broken = Settings(
-        upstream_url="http://127.0.0.1:9/v1",
-        assistants="passthrough",
-        data_dir=tmp_path,
-        embed_model_path=tmp_path / "no-model-here",
-        reconnect_backoff=60,
-    )
-    with TestClient(create_app(broken)) as client:
+    with TestClient(create_app(settings_without_model(tmp_path))) as client:
         for _ in range(200):  # the model is tried in the background
             reason = client.get("/readyz").json()["checks"]["memory"]
             if reason != "starting":
