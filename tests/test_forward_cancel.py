@@ -130,6 +130,8 @@ def test_a_client_gone_before_the_first_byte_cancels_the_upstream_call(proxy, em
 
     assert wait_for(lines)  # logged on the server's thread, just after the connection went
     assert lines() == ["client went away before the upstream answered: upstream request cancelled"]
+    # the access line comes last: wait for it here, or it lands in the next test's records
+    assert wait_for(lambda: [r.status for r in of(proxy, logged) if r.name == "memproxy.access"] == [499])
     assert not [r for r in of(proxy, logged) if r.exc_info]
 
 
