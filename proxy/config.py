@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, description="Qdrant server; unset: embedded Qdrant Edge under data_dir.")
     qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server.", repr=False)
     collection: str = Field("memproxy_memories", description="Qdrant collection name.")
+    edge_optimize_after: int = Field(
+        10000,
+        ge=0,
+        description="Embedded store: optimize it (build the HNSW index, merge segments, in a child process) once "
+        "this many points were written since the last optimize and writes paused; also at start-up. 0: never.",
+    )
+    edge_optimize_interval: float = Field(
+        30.0, gt=0, description="Seconds between two checks of whether the embedded store needs optimizing."
+    )
     single_replica: bool = Field(
         False,
         description="Declares this the only process on its stores: allows Redis with embedded memories, or a "

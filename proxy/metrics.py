@@ -44,6 +44,7 @@ BACKENDS = ("state", "memory", "spool")
 TURN_OUTCOMES = ("spooled", "delivered", "lost")
 MEMORY_OPS = ("add", "update", "delete", "unchanged", "skipped")
 OUTCOMES = ("ok", "error", "cancelled")
+OPTIMIZE_OUTCOMES = ("ok", "error")
 DEAD_LETTER_CAP = 1000
 """Dead letters are counted up to this many per scrape (the store lists them; it keeps no count)."""
 QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz", "/readyz/memory"})
@@ -190,6 +191,7 @@ class RuntimeCollector:
             *self._worker(runtime.worker),
             self._audit(runtime),
             self._redactions(runtime),
+            *self._upkeep(runtime),
         ]
 
     @staticmethod
@@ -327,6 +329,31 @@ class RuntimeCollector:
         for kind in sorted(set(REDACTED_KINDS) | set(counts)):
             family.add_metric([kind], counts.get(kind, 0))
         return family
+
+    @staticmethod
+    def _upkeep(runtime: Runtime) -> list[Metric]:
+        """The embedded store's optimize runs (proxy/memory/upkeep.py); zeros on a Qdrant server or when off."""
+        upkeep = runtime.upkeep
+        runs = CounterMetricFamily(
+            "memproxy_store_optimize_runs",
+            "Optimize runs of the embedded store (HNSW index built, segments merged, in a child process), by outcome.",
+            labels=["outcome"],
+        )
+        for outcome in OPTIMIZE_OUTCOMES:
+            runs.add_metric([outcome], upkeep.runs[outcome] if upkeep is not None else 0)
+        seconds = CounterMetricFamily(
+            "memproxy_store_optimize_seconds",
+            "Seconds the embedded store spent in optimize runs (its calls wait meanwhile; recalls fail open).",
+            value=upkeep.seconds if upkeep is not None else 0.0,
+        )
+        if upkeep is None or upkeep.unindexed is None:
+            return [runs, seconds]
+        waiting = GaugeMetricFamily(
+            "memproxy_store_unindexed_points",
+            "Points of the embedded store searched by a plain scan (not yet in its HNSW index), at the last check.",
+            value=upkeep.unindexed,
+        )
+        return [runs, seconds, waiting]
 
     @staticmethod
     def _worker(worker: Worker | None) -> list[Metric]:

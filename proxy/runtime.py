@@ -26,7 +26,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 
@@ -47,6 +47,9 @@ from proxy.memory.service import MemoryService
 from proxy.observe import NOOP, Observer
 from proxy.ownership import route_of
 from proxy.state import State, open_state
+
+if TYPE_CHECKING:
+    from proxy.memory.upkeep import Upkeep
 
 log = logging.getLogger("memproxy.runtime")
 
@@ -92,6 +95,8 @@ class Runtime:
     """Removes expired memories on a schedule, with an audit entry (proxy/janitor.py)."""
     worker: Worker | None = None
     """The in-process extraction worker (``MEMPROXY_WORKER_IN_PROXY``)."""
+    upkeep: Upkeep | None = None
+    """Optimizes the embedded store when enough points wait for its index (proxy/memory/upkeep.py)."""
     observer: Observer = NOOP
     """Timings of recalls and extractions (the app installs its metrics'; the forwarder has its own)."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -177,7 +182,7 @@ async def open_runtime(
             if background:
                 await first_state(runtime)
                 runtime.background(deliver_spool(runtime), "spool")
-                runtime.background(start_memory(runtime, embedder, retry=True, owned=owned), "memory")
+                runtime.background(start_memory(runtime, embedder, retry=True, owned=owned, upkeep=True), "memory")
             else:
                 state_up(runtime, await open_state(settings))
                 await start_memory(runtime, embedder, owned=owned)
@@ -259,12 +264,18 @@ def state_up(runtime: Runtime, state: State) -> None:
 
 
 async def start_memory(
-    runtime: Runtime, embedder: Embedder | None, *, retry: bool = False, owned: list[Embedder] | None = None
+    runtime: Runtime,
+    embedder: Embedder | None,
+    *,
+    retry: bool = False,
+    owned: list[Embedder] | None = None,
+    upkeep: bool = False,
 ) -> None:
     """The embedding model, then the memory service over it; each failure reported, never raised.
 
     A model this function loads is appended to ``owned`` (the caller closes it): the service does not
     own it, so a store that fails to open can be tried again without loading the model again.
+    ``upkeep`` (a serving proxy): the embedded store is kept optimized (:func:`start_upkeep`).
     """
     settings = runtime.settings
     if embedder is None:  # loading a model blocks for a while: not on the event loop
@@ -291,9 +302,32 @@ async def start_memory(
     )
     if memory is None:
         return
+    if upkeep:
+        await start_upkeep(runtime, memory)
     runtime.memory = memory
     start_dependents(runtime)
     runtime.problems.pop("memory", None)  # after the worker started: a ready proxy has both
+
+
+async def start_upkeep(runtime: Runtime, memory: MemoryService) -> None:
+    """The embedded store's upkeep (``MEMPROXY_EDGE_OPTIMIZE_AFTER``): optimized now if enough points
+    wait for its index (memory is not ready meanwhile; forwarding goes on), then checked on a schedule.
+    Nothing for a Qdrant server, which optimizes itself."""
+    settings = runtime.settings
+    if settings.qdrant_url or settings.edge_optimize_after <= 0:
+        return
+    from proxy.memory.store_edge import EdgeStore
+    from proxy.memory.upkeep import Upkeep
+
+    if not isinstance(memory.store, EdgeStore):
+        return
+    runtime.upkeep = Upkeep(memory.store, after=settings.edge_optimize_after, interval=settings.edge_optimize_interval)
+    try:
+        await runtime.upkeep.check(start=True)
+    except BaseException:  # cancelled at exit before memory was handed over: nobody else closes it
+        await memory.aclose()
+        raise
+    runtime.background(runtime.upkeep.run(), "upkeep")
 
 
 def start_dependents(runtime: Runtime) -> None:

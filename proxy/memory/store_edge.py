@@ -2,6 +2,12 @@
 
 An ``EdgeShard`` is driven from one dedicated thread: every call leaves the event loop through a
 single-worker executor, so the shard never sees two threads at once and the loop never blocks on it.
+
+Optimizing (building the HNSW index, merging segments) is the exception: ``EdgeShard.optimize()``
+holds Python's GIL until it returns, so on any thread of this process it would stop them all, the
+event loop included, for as long as the build takes (22 s for 100,000 memories here). The proxy
+optimizes in a child process instead (:meth:`EdgeStore.optimize_apart`, scheduled by
+:mod:`proxy.memory.upkeep`), with the shard closed meanwhile; store calls wait on the store's thread.
 """
 
 from __future__ import annotations
@@ -9,14 +15,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
 import qdrant_edge as qe
 
+from . import edge_optimize
 from .sealing import Sealer
 from .store import (
     DENSE,
@@ -36,6 +48,36 @@ T = TypeVar("T")
 Args = TypeVarTuple("Args")
 
 _CONFIG_FILE = "edge_config.json"
+
+OPTIMIZE_TIMEOUT = 3600.0
+"""Seconds an optimizing child may take before it is stopped (the store reopens as it was)."""
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+"""The directory holding the ``proxy`` package, on the child's import path."""
+
+
+@dataclass(frozen=True)
+class Optimized:
+    """What one :meth:`EdgeStore.optimize_apart` found and did."""
+
+    changed: bool
+    """Edge rewrote segments (False: nothing was planned)."""
+    points: int
+    unindexed_before: int
+    unindexed: int
+    """Points searched by a plain scan (dense vector in no HNSW index), before and after."""
+    segments_before: int
+    segments: int
+    seconds: float
+    """Time the store was closed for it: the child's start to the shard open again."""
+
+
+def _child_env() -> dict[str, str]:
+    paths = [_PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
 
 
 class _EdgeDialect:
@@ -81,6 +123,9 @@ class EdgeStore(MemoryStore):
         self.collection = collection or self.path.name
         self._shard: qe.EdgeShard | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.written = 0
+        """Points upserted since the store opened or was last optimized apart (new or rewritten: both land
+        in a segment Edge searches by a plain scan)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -177,8 +222,59 @@ class EdgeStore(MemoryStore):
         return self._shard
 
     async def optimize(self) -> bool:
-        """Build HNSW / merge segments now (blocks other store calls while it runs)."""
+        """Build HNSW / merge segments now, in this process: every thread of it, the event loop included,
+        stops until it returns (``optimize()`` holds the GIL). For benchmarks and tests; a serving proxy
+        uses :meth:`optimize_apart`."""
         return await self._call(lambda: self.shard.optimize())
+
+    async def unindexed(self) -> int:
+        """Points searched by a plain scan: written since the last optimize, or too few to index (cheap;
+        an estimate: a point deleted from an indexed segment stays in its index until a vacuum and hides
+        two of them, see :func:`proxy.memory.edge_optimize.unindexed`)."""
+        return await self._call(lambda: edge_optimize.unindexed(self.shard.info()))
+
+    async def optimize_apart(self) -> Optimized:
+        """Optimize in a child process (:mod:`proxy.memory.edge_optimize`) while the event loop runs on.
+
+        One call on the store's thread: flush and close the shard, run the child, open the shard again
+        (whatever the child did). Store calls made meanwhile wait for it, in order, so no write is lost;
+        a recall past its deadline fails open. Raises :class:`StoreError` when the child fails.
+        """
+        return await self._call(self._optimize_apart)
+
+    def _optimize_apart(self) -> Optimized:
+        started = time.perf_counter()
+        shard = self.shard
+        shard.flush()
+        shard.close()
+        command = [sys.executable, "-m", edge_optimize.__name__, str(self.path)]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=OPTIMIZE_TIMEOUT, env=_child_env(), check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise StoreError(f"optimizing the memory store at {self.path} failed: {exc}") from exc
+        finally:
+            self._shard = self._open()  # the store serves again, optimized or not
+            self.written = 0
+        if done.returncode != 0:
+            raise StoreError(
+                f"optimizing the memory store at {self.path} failed (exit {done.returncode}): {_tail(done.stderr)}"
+            )
+        try:
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            before, after = report["before"], report["after"]
+            return Optimized(
+                changed=bool(report["changed"]),
+                points=int(after["points"]),
+                unindexed_before=int(before["unindexed"]),
+                unindexed=int(after["unindexed"]),
+                segments_before=int(before["segments"]),
+                segments=int(after["segments"]),
+                seconds=time.perf_counter() - started,
+            )
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise StoreError(f"the optimizing child's report is unreadable: {_tail(done.stdout)!r}") from exc
 
     # --- primitives ------------------------------------------------------------------------------
 
@@ -187,6 +283,7 @@ class EdgeStore(MemoryStore):
             qe.Point(p.id, {DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)}, p.payload) for p in points
         ]
         await self._call(lambda: self.shard.update(qe.UpdateOperation.upsert_points(edge_points)))
+        self.written += len(edge_points)
 
     async def _apply(self, ops: list[qe.UpdateOperation]) -> None:
         def _apply() -> None:

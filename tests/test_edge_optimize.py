@@ -1,0 +1,192 @@
+"""The embedded store keeps itself optimized (proxy/memory/upkeep.py, EdgeStore.optimize_apart).
+
+Real Qdrant Edge stores, filled past Edge's indexing threshold (about 6,500 vectors of 384
+dimensions per segment) with sealed memories, so ``optimize()`` really builds an HNSW index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import httpx
+import numpy as np
+import pytest
+from conftest import owner
+
+from proxy.memory import store_edge
+from proxy.memory.models import Memory
+from proxy.memory.sealing import Sealer
+from proxy.memory.sparse import Bm25Encoder
+from proxy.memory.store import MemoryPoint
+from proxy.memory.store_edge import EdgeStore
+from proxy.memory.upkeep import Upkeep
+
+DIM = 384
+FILL = 7500
+"""Memories written: past Edge's indexing threshold, so optimize() builds an HNSW index."""
+SUBJECTS = 30
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+BM25 = Bm25Encoder()
+SEALER = Sealer.ephemeral()
+TOPICS = ("tea", "chess", "Lisbon", "bicycles", "jazz", "gardening", "sailing", "Rust", "pottery", "hiking")
+
+
+def points(subject: int, count: int, *, start: int = 0, seed: int = 0) -> list[MemoryPoint]:
+    scope = owner("tenant-a", f"user-{subject}")
+    rng = np.random.default_rng(seed * 1000 + subject)
+    vectors = rng.normal(size=(count, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    out = []
+    for i in range(count):
+        text = f"fact {start + i}: the user likes {TOPICS[(start + i) % len(TOPICS)]}"
+        memory = Memory(tenant=scope.tenant, subject=scope.subject, text=text, created_at=T0, updated_at=T0)
+        out.append(MemoryPoint(memory, vectors[i].tolist(), BM25.document(text)))
+    return out
+
+
+async def fill(store: EdgeStore, total: int = FILL, seed: int = 0) -> None:
+    each = total // SUBJECTS
+    for subject in range(SUBJECTS):
+        await store.upsert(owner("tenant-a", f"user-{subject}"), points(subject, each, seed=seed))
+
+
+async def recall(store: EdgeStore) -> list[list[tuple[str, float]]]:
+    """Each of a few subjects' dense and hybrid top 10: ids and scores."""
+    rng = np.random.default_rng(7)
+    found = []
+    for subject in (0, 11, 29):
+        scope = owner("tenant-a", f"user-{subject}")
+        query = rng.normal(size=DIM).astype(np.float32)
+        query /= np.linalg.norm(query)
+        dense = await store.dense_query(scope, query.tolist(), limit=10, now=T0)
+        hybrid = await store.hybrid_query(scope, query.tolist(), BM25.query("chess"), limit=10, now=T0)
+        found += [[(h.memory.id, round(h.score, 5)) for h in hits] for hits in (dense, hybrid)]
+    return found
+
+
+@pytest.fixture
+async def store(tmp_path):
+    edge = EdgeStore(tmp_path / "memories", dim=DIM, sealer=SEALER)
+    await edge.start()
+    yield edge
+    await edge.close()
+
+
+async def loop_lag_during(work: asyncio.Future) -> float:
+    """The event loop's longest stall while ``work`` runs (a 10 ms ticker)."""
+    worst = 0.0
+    while not work.done():
+        before = time.perf_counter()
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.perf_counter() - before - 0.01)
+    return worst
+
+
+async def test_optimized_apart_the_store_is_indexed_finds_the_same_and_the_proxy_keeps_running(store):
+    await fill(store)
+    assert await store.unindexed() == FILL  # one plain segment, as loaded
+    before = await recall(store)
+
+    work = asyncio.ensure_future(store.optimize_apart())
+    lag = await loop_lag_during(work)
+    done = await work
+
+    assert done.changed and done.points == FILL
+    assert (done.unindexed_before, done.unindexed) == (FILL, 0)
+    assert await store.unindexed() == 0
+    assert await recall(store) == before
+    # Edge's own optimize() holds the GIL for the whole build: in this process the loop would stall
+    # for all of it. In a child process the loop runs on.
+    assert lag < done.seconds / 2, (lag, done.seconds)
+
+
+async def test_writes_made_while_it_optimizes_are_kept(store):
+    await fill(store)
+    scope = owner("tenant-a", "user-3")
+    work = asyncio.ensure_future(store.optimize_apart())
+    await asyncio.sleep(0.05)  # the child is running: the shard is closed
+    late = points(3, 40, start=FILL, seed=1)
+    gone = (await store.scroll(scope, limit=5)).memories
+    writes = asyncio.gather(
+        store.upsert(scope, late[:20]),
+        store.upsert(scope, late[20:]),
+        store.delete(scope, [m.id for m in gone]),
+    )
+    await asyncio.wait_for(asyncio.gather(work, writes), 60)
+    assert work.result().changed
+    kept = await store.get(scope, [p.memory.id for p in late])
+    assert sorted(m.text for m in kept) == sorted(p.memory.text for p in late)
+    assert await store.get(scope, [m.id for m in gone], include_deleted=True) == []
+    assert await store.count(scope) == FILL // SUBJECTS + 40 - 5
+    assert store.written == 40  # written once the store reopened: they wait for the next run
+
+
+async def test_upkeep_optimizes_once_writes_pass_the_threshold_and_pause(store):
+    upkeep = Upkeep(store, after=3000, interval=0.05)
+    await store.upsert(owner("tenant-a", "user-0"), points(0, 2000))
+    assert await upkeep.check() is None  # below the threshold
+    assert await upkeep.check() is None
+    running = asyncio.ensure_future(upkeep.run())
+    try:
+        await fill(store, seed=1)  # past it: optimized once the writes pause, without anyone asking
+        deadline = time.monotonic() + 30
+        while upkeep.runs["ok"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert upkeep.runs == {"ok": 1}
+        assert await store.unindexed() == 0 and upkeep.unindexed == 0
+        await asyncio.sleep(0.3)  # several checks: nothing new, no second run
+        assert upkeep.runs == {"ok": 1}
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert upkeep.seconds > 0
+
+
+async def test_upkeep_does_not_optimize_while_a_load_goes_on_unless_it_never_pauses(store):
+    upkeep = Upkeep(store, after=1000, interval=60)
+    await store.upsert(owner("tenant-a", "user-0"), points(0, 1500))
+    assert await upkeep.check() is None  # first look: is the load still going on?
+    await store.upsert(owner("tenant-a", "user-1"), points(1, 1000))
+    assert await upkeep.check() is None  # it is: 2,500 waiting, under 4 x 1,000
+    await store.upsert(owner("tenant-a", "user-2"), points(2, 1600))
+    done = await upkeep.check()  # 4,100 waiting: optimized though writes go on
+    assert done is not None and upkeep.runs == {"ok": 1}
+    assert upkeep.baseline == done.unindexed  # what Edge leaves unindexed does not count again
+
+
+async def test_a_failed_optimize_is_logged_counted_and_the_store_serves_on(store, monkeypatch, caplog):
+    await fill(store, total=600)
+    before = await recall(store)
+    monkeypatch.setattr(store_edge, "OPTIMIZE_TIMEOUT", 0.001)  # the child is stopped at once
+    upkeep = Upkeep(store, after=100, interval=60)
+    assert await upkeep.check(start=True) is None
+    assert upkeep.runs == {"error": 1}
+    assert "memory store optimize failed" in caplog.text
+    assert await upkeep.check(start=True) is None  # backing off: no second try at once
+    assert upkeep.runs == {"error": 1}
+    assert await recall(store) == before  # reopened as it was
+    await store.upsert(owner("tenant-a", "user-0"), points(0, 3, start=900, seed=2))
+    assert await store.count(owner("tenant-a", "user-0")) == 600 // SUBJECTS + 3
+
+
+async def test_a_proxy_optimizes_a_loaded_store_before_memory_is_ready(tmp_path, make_proxy):
+    data_dir = tmp_path / "proxy"
+    loaded = EdgeStore(data_dir / "qdrant" / "memproxy_memories", dim=DIM, sealer=SEALER)
+    await loaded.start()
+    try:
+        await fill(loaded)  # a bulk load while the proxy was down
+    finally:
+        await loaded.close()
+
+    proxy = make_proxy(data_dir=data_dir, edge_optimize_after=5000)
+    runtime = proxy.app.state.runtime
+    assert runtime.memory is not None and runtime.upkeep is not None
+    async with httpx.AsyncClient(base_url=proxy.url) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert 'memproxy_store_optimize_runs_total{outcome="ok"} 1.0' in metrics
+    assert 'memproxy_store_optimize_runs_total{outcome="error"} 0.0' in metrics
+    assert "memproxy_store_unindexed_points 0.0" in metrics
+    assert await runtime.memory.store.unindexed() == 0  # the store's own thread serves any event loop
