@@ -346,12 +346,13 @@ class RuntimeCollector:
             "Seconds the embedded store spent in optimize runs (its calls wait meanwhile; recalls fail open).",
             value=upkeep.seconds if upkeep is not None else 0.0,
         )
-        if upkeep is None or upkeep.unindexed is None:
+        if upkeep is None or upkeep.waiting is None:
             return [runs, seconds]
         waiting = GaugeMetricFamily(
             "memproxy_store_unindexed_points",
-            "Points of the embedded store searched by a plain scan (not yet in its HNSW index), at the last check.",
-            value=upkeep.unindexed,
+            "Points of the embedded store written or rewritten since its last optimize, searched by a plain scan until "
+            "the next (estimated from its counters at the last check).",
+            value=upkeep.waiting,
         )
         return [runs, seconds, waiting]
 

@@ -19,7 +19,7 @@ from proxy.memory import store_edge
 from proxy.memory.models import Memory
 from proxy.memory.sealing import Sealer
 from proxy.memory.sparse import Bm25Encoder
-from proxy.memory.store import MemoryPoint
+from proxy.memory.store import MemoryPoint, access_payload
 from proxy.memory.store_edge import EdgeStore
 from proxy.memory.upkeep import Upkeep
 
@@ -84,43 +84,37 @@ async def loop_lag_during(work: asyncio.Future) -> float:
     return worst
 
 
-async def test_optimized_apart_the_store_is_indexed_finds_the_same_and_the_proxy_keeps_running(store):
+async def test_optimized_apart_the_store_is_indexed_finds_the_same_keeps_writes_and_the_loop_runs(store):
     await fill(store)
-    assert await store.unindexed() == FILL  # one plain segment, as loaded
+    assert (await store.index_state()).unindexed == FILL  # one plain segment, as loaded
     before = await recall(store)
-
-    work = asyncio.ensure_future(store.optimize_apart())
-    lag = await loop_lag_during(work)
-    done = await work
-
-    assert done.changed and done.points == FILL
-    assert (done.unindexed_before, done.unindexed) == (FILL, 0)
-    assert await store.unindexed() == 0
-    assert await recall(store) == before
-    # Edge's own optimize() holds the GIL for the whole build: in this process the loop would stall
-    # for all of it. In a child process the loop runs on.
-    assert lag < done.seconds / 2, (lag, done.seconds)
-
-
-async def test_writes_made_while_it_optimizes_are_kept(store):
-    await fill(store)
     scope = owner("tenant-a", "user-3")
-    work = asyncio.ensure_future(store.optimize_apart())
-    await asyncio.sleep(0.05)  # the child is running: the shard is closed
-    late = points(3, 40, start=FILL, seed=1)
     gone = (await store.scroll(scope, limit=5)).memories
+
+    work = asyncio.ensure_future(store.optimize_apart())
+    await asyncio.sleep(0.05)  # the child is running: the shard is closed, store calls wait
+    late = points(3, 40, start=FILL, seed=1)
     writes = asyncio.gather(
         store.upsert(scope, late[:20]),
         store.upsert(scope, late[20:]),
         store.delete(scope, [m.id for m in gone]),
     )
-    await asyncio.wait_for(asyncio.gather(work, writes), 60)
-    assert work.result().changed
+    lag = await loop_lag_during(work)
+    done = await work
+    await asyncio.wait_for(writes, 30)
+
+    assert done.changed and done.after.points == FILL
+    assert (done.before.unindexed, done.after.unindexed) == (FILL, 0)
+    assert await recall(store) == before  # subjects the writes did not touch: the very same results
+    # Edge's own optimize() holds the GIL for the whole build: in this process the loop would stall
+    # for all of it. In a child process the loop runs on.
+    assert lag < done.seconds / 2, (lag, done.seconds)
+    # nothing written meanwhile is lost; it waits for the next run (one more indexed sparse vector each)
     kept = await store.get(scope, [p.memory.id for p in late])
     assert sorted(m.text for m in kept) == sorted(p.memory.text for p in late)
     assert await store.get(scope, [m.id for m in gone], include_deleted=True) == []
     assert await store.count(scope) == FILL // SUBJECTS + 40 - 5
-    assert store.written == 40  # written once the store reopened: they wait for the next run
+    assert (await store.index_state()).indexed - done.after.indexed == 40
 
 
 async def test_upkeep_optimizes_once_writes_pass_the_threshold_and_pause(store):
@@ -135,12 +129,23 @@ async def test_upkeep_optimizes_once_writes_pass_the_threshold_and_pause(store):
         while upkeep.runs["ok"] == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert upkeep.runs == {"ok": 1}
-        assert await store.unindexed() == 0 and upkeep.unindexed == 0
+        assert (await store.index_state()).unindexed == 0 and upkeep.waiting == 0
         await asyncio.sleep(0.3)  # several checks: nothing new, no second run
         assert upkeep.runs == {"ok": 1}
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+    # a payload change (a recall's access count) moves an indexed point to a plain segment: it counts
+    upkeep.after, touched = 1000, 0
+    for subject in range(6):
+        scope = owner("tenant-a", f"user-{subject}")
+        page = await store.scroll(scope, limit=FILL // SUBJECTS)
+        await store.set_payloads(scope, {m.id: access_payload(1, T0) for m in page.memories})
+        touched += len(page.memories)
+    assert await upkeep.check() is None  # 1,500 waiting, still coming in
+    assert upkeep.waiting == touched
+    assert await upkeep.check() is not None  # settled: optimized
+    assert upkeep.runs == {"ok": 2}
     assert upkeep.seconds > 0
 
 
@@ -153,7 +158,9 @@ async def test_upkeep_does_not_optimize_while_a_load_goes_on_unless_it_never_pau
     await store.upsert(owner("tenant-a", "user-2"), points(2, 1600))
     done = await upkeep.check()  # 4,100 waiting: optimized though writes go on
     assert done is not None and upkeep.runs == {"ok": 1}
-    assert upkeep.baseline == done.unindexed  # what Edge leaves unindexed does not count again
+    # too few for Edge to index (below its threshold): they stay plain, and do not count again
+    assert done.after.unindexed == 4100
+    assert await upkeep.check() is None and upkeep.waiting == 0
 
 
 async def test_a_failed_optimize_is_logged_counted_and_the_store_serves_on(store, monkeypatch, caplog):
@@ -189,4 +196,4 @@ async def test_a_proxy_optimizes_a_loaded_store_before_memory_is_ready(tmp_path,
     assert 'memproxy_store_optimize_runs_total{outcome="ok"} 1.0' in metrics
     assert 'memproxy_store_optimize_runs_total{outcome="error"} 0.0' in metrics
     assert "memproxy_store_unindexed_points 0.0" in metrics
-    assert await runtime.memory.store.unindexed() == 0  # the store's own thread serves any event loop
+    assert (await runtime.memory.store.index_state()).unindexed == 0  # its thread serves any event loop

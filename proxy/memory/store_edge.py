@@ -29,6 +29,7 @@ from typing import Any, TypeVar, TypeVarTuple
 import qdrant_edge as qe
 
 from . import edge_optimize
+from .edge_optimize import IndexState
 from .sealing import Sealer
 from .store import (
     DENSE,
@@ -61,12 +62,8 @@ class Optimized:
 
     changed: bool
     """Edge rewrote segments (False: nothing was planned)."""
-    points: int
-    unindexed_before: int
-    unindexed: int
-    """Points searched by a plain scan (dense vector in no HNSW index), before and after."""
-    segments_before: int
-    segments: int
+    before: IndexState
+    after: IndexState
     seconds: float
     """Time the store was closed for it: the child's start to the shard open again."""
 
@@ -123,9 +120,6 @@ class EdgeStore(MemoryStore):
         self.collection = collection or self.path.name
         self._shard: qe.EdgeShard | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.written = 0
-        """Points upserted since the store opened or was last optimized apart (new or rewritten: both land
-        in a segment Edge searches by a plain scan)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -227,11 +221,9 @@ class EdgeStore(MemoryStore):
         uses :meth:`optimize_apart`."""
         return await self._call(lambda: self.shard.optimize())
 
-    async def unindexed(self) -> int:
-        """Points searched by a plain scan: written since the last optimize, or too few to index (cheap;
-        an estimate: a point deleted from an indexed segment stays in its index until a vacuum and hides
-        two of them, see :func:`proxy.memory.edge_optimize.unindexed`)."""
-        return await self._call(lambda: edge_optimize.unindexed(self.shard.info()))
+    async def index_state(self) -> IndexState:
+        """Points, segments and indexed vectors now (cheap: counters)."""
+        return await self._call(lambda: IndexState.of(self.shard.info()))
 
     async def optimize_apart(self) -> Optimized:
         """Optimize in a child process (:mod:`proxy.memory.edge_optimize`) while the event loop runs on.
@@ -256,21 +248,16 @@ class EdgeStore(MemoryStore):
             raise StoreError(f"optimizing the memory store at {self.path} failed: {exc}") from exc
         finally:
             self._shard = self._open()  # the store serves again, optimized or not
-            self.written = 0
         if done.returncode != 0:
             raise StoreError(
                 f"optimizing the memory store at {self.path} failed (exit {done.returncode}): {_tail(done.stderr)}"
             )
         try:
             report = json.loads(done.stdout.strip().splitlines()[-1])
-            before, after = report["before"], report["after"]
             return Optimized(
                 changed=bool(report["changed"]),
-                points=int(after["points"]),
-                unindexed_before=int(before["unindexed"]),
-                unindexed=int(after["unindexed"]),
-                segments_before=int(before["segments"]),
-                segments=int(after["segments"]),
+                before=IndexState(**report["before"]),
+                after=IndexState(**report["after"]),
                 seconds=time.perf_counter() - started,
             )
         except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -283,7 +270,6 @@ class EdgeStore(MemoryStore):
             qe.Point(p.id, {DENSE: [float(x) for x in p.dense], SPARSE: _sparse(p.sparse)}, p.payload) for p in points
         ]
         await self._call(lambda: self.shard.update(qe.UpdateOperation.upsert_points(edge_points)))
-        self.written += len(edge_points)
 
     async def _apply(self, ops: list[qe.UpdateOperation]) -> None:
         def _apply() -> None:

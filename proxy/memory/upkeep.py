@@ -1,17 +1,20 @@
 """The embedded store keeps itself optimized: when enough points wait for the HNSW index, optimize.
 
-Qdrant Edge writes new points to a segment searched by a plain scan and builds its HNSW index only
-when asked (``optimize()``); a Qdrant server optimizes itself, so this concerns the embedded store
-only. Left alone, a store that took a bulk load answers a large subject's recall from a scan (100,000
-memories in one subject: p50 36 ms instead of 5-6, ``memproxy bench recall``).
+Qdrant Edge writes points to a segment searched by a plain scan (a new point, and an indexed one
+whose payload changed: Edge moves it out) and builds its HNSW index only when asked (``optimize()``);
+a Qdrant server optimizes itself, so this concerns the embedded store only. Left alone, a store that
+took a bulk load answers a large subject's recall from a scan (100,000 memories in one subject: p50
+about 38 ms instead of 6, ``memproxy bench recall``).
 
-:class:`Upkeep` looks at start-up and then every ``interval`` seconds at how many points wait for
-the index: the points written since the last optimize (counted by the store) or, when more (a store
-loaded while the proxy was down), the points ``shard.info()`` says are not indexed (microseconds)
-beyond what the last optimize left. It optimizes (:meth:`EdgeStore.optimize_apart`, a child process)
-once ``after`` are waiting and no point came in since the previous check (a bulk load is optimized
-once, at its end), or ``GROWTH_CAP`` times as many if writes never pause. Each run is logged (one INFO line: points, seconds) and counted; a failure is
-logged and counted, never raised, and tried again after a backoff.
+:class:`Upkeep` reads the store's counters (``shard.info()``, microseconds) at start-up and then every
+``interval`` seconds. Points waiting for the index = how much the indexed-vector count grew since the
+last optimize (each point landing in a plain segment adds its sparse vector: see
+:class:`~proxy.memory.edge_optimize.IndexState`), or at start-up the points without an indexed dense
+vector. It optimizes (:meth:`EdgeStore.optimize_apart`, a child process) once ``after`` are waiting and
+the count did not move since the previous check (a bulk load is optimized once, at its end), or
+``GROWTH_CAP`` times as many if writes never pause; at start-up at once (memory is not ready yet).
+Each run is logged (one INFO line: points, seconds) and counted; a failure is logged and counted,
+never raised, and tried again after a backoff.
 """
 
 from __future__ import annotations
@@ -38,22 +41,18 @@ class Upkeep:
         self.store = store
         self.after = after
         self.interval = interval
-        self.baseline = 0
-        """Points the last optimize left unindexed (Edge does not index a segment below its threshold)."""
+        self.baseline: int | None = None
+        """The indexed-vector count when no point waited (after the last optimize); None before a look."""
         self.seen: int | None = None
-        """The store's count of points written, at the previous check."""
-        self.unindexed: int | None = None
-        """Points not indexed at the last check (a gauge)."""
+        """The indexed-vector count at the previous check."""
+        self.waiting: int | None = None
+        """Points waiting for the index at the last check (a gauge)."""
         self.runs: Counter[str] = Counter()
         """Optimize runs by outcome: ``ok``, ``error``."""
         self.seconds = 0.0
         """Seconds spent in optimize runs, all outcomes (the store waits meanwhile)."""
         self.failures = 0
         self.retry_at = 0.0
-
-    def waiting(self, unindexed: int) -> int:
-        """Points waiting for the index: written since the last optimize, or unindexed beyond what it left."""
-        return max(self.store.written, unindexed - self.baseline)
 
     def due(self, waiting: int, *, settled: bool) -> bool:
         """Whether ``waiting`` points warrant an optimize now; ``settled``: no write is coming in."""
@@ -66,14 +65,15 @@ class Upkeep:
 
         Returns what the run did, or None when none ran or it failed (logged and counted)."""
         try:
-            unindexed = await self.store.unindexed()
+            state = await self.store.index_state()
         except Exception as exc:  # noqa: BLE001 - upkeep never fails the proxy: the next check tries again
             log.warning("memory store upkeep: cannot read the store's state (%s: %s)", type(exc).__name__, exc)
             return None
-        written = self.store.written
-        settled = start or self.seen == written
-        self.seen, self.unindexed = written, unindexed
-        waiting = self.waiting(unindexed)
+        if self.baseline is None:  # first look: what is not indexed has waited since before this process
+            self.baseline = state.indexed - state.unindexed
+        settled = start or self.seen == state.indexed
+        self.seen = state.indexed
+        self.waiting = waiting = state.indexed - self.baseline
         if not self.due(waiting, settled=settled):
             return None
         return await self.optimize(waiting)
@@ -94,15 +94,16 @@ class Upkeep:
         self.seconds += done.seconds
         self.runs["ok"] += 1
         self.failures = 0
-        self.baseline = self.unindexed = done.unindexed
-        self.seen = None  # written meanwhile (waiting on the store's thread): not settled before a look
+        self.baseline = done.after.indexed  # what Edge leaves plain (too few to index) does not wait
+        self.waiting, self.seen = 0, None  # written meanwhile (held on the store's thread): not settled yet
         log.info(
-            "memory store optimized: %d points, %d were not indexed, %d now; %d -> %d segments; %.1f s",
-            done.points,
-            done.unindexed_before,
-            done.unindexed,
-            done.segments_before,
-            done.segments,
+            "memory store optimized: %d points, %d were waiting for the index, %d not indexed now; "
+            "%d -> %d segments; %.1f s",
+            done.after.points,
+            waiting,
+            done.after.unindexed,
+            done.before.segments,
+            done.after.segments,
             done.seconds,
         )
         return done

@@ -254,9 +254,11 @@ def notes(cells: Sequence[Cell], pool: Pool, settings: Settings, started: float)
             "the proxy)."
         ),
         (
-            "'as loaded' = right after the bulk upsert (the proxy never calls optimize() itself); 'optimized' = after "
-            "EdgeStore.optimize() built the HNSW index and merged segments. Edge cells run the queries twice and report "
-            "the second pass; 'p50 1st' is the first pass's p50, while the store's fresh segments are still paged in."
+            "'as loaded' = right after the bulk upsert; 'optimized' = after EdgeStore.optimize_apart() built the HNSW "
+            "index and merged segments, as a serving proxy does once MEMPROXY_EDGE_OPTIMIZE_AFTER points wait (Edge's "
+            "optimize() in a child process; 'optimize s' = the store closed for it). Edge cells run the queries twice "
+            "and report the second pass; 'p50 1st' is the first pass's p50, while the store's fresh segments are "
+            "still paged in."
         ),
         (
             f"qdrant local above {LOCAL_MODE_LIMIT:,} memories (where qdrant-client itself warns against local mode) is "
