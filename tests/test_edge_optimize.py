@@ -178,6 +178,24 @@ async def test_a_failed_optimize_is_logged_counted_and_the_store_serves_on(store
     assert await store.count(owner("tenant-a", "user-0")) == 600 // SUBJECTS + 3
 
 
+async def test_a_store_closed_while_it_optimizes_closes_once_done_and_reopens_optimized(tmp_path):
+    path = tmp_path / "memories"
+    edge = EdgeStore(path, dim=DIM, sealer=SEALER)
+    await edge.start()
+    await fill(edge, total=600)
+    before = await recall(edge)
+    work = asyncio.ensure_future(edge.optimize_apart())
+    await asyncio.sleep(0.05)
+    await edge.close()  # a proxy stopping meanwhile: waits for the run, then closes the reopened shard
+    assert work.done() and work.result().after.points == 600
+    again = EdgeStore(path, dim=DIM, sealer=SEALER)
+    await again.start()
+    try:
+        assert await recall(again) == before
+    finally:
+        await again.close()
+
+
 async def test_a_proxy_optimizes_a_loaded_store_before_memory_is_ready(tmp_path, make_proxy):
     data_dir = tmp_path / "proxy"
     loaded = EdgeStore(data_dir / "qdrant" / "memproxy_memories", dim=DIM, sealer=SEALER)

@@ -192,17 +192,18 @@ class EdgeStore(MemoryStore):
     async def close(self) -> None:
         if self._shard is None or self._executor is None:
             return
-        shard, self._shard = self._shard, None
+        executor, self._executor = self._executor, None  # no new call from here; those queued run first
 
         def _close() -> None:
-            shard.flush()
-            shard.close()
+            shard, self._shard = self._shard, None  # the one open now: an optimize may have reopened it
+            if shard is not None:
+                shard.flush()
+                shard.close()
 
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, _close)
+            await asyncio.get_running_loop().run_in_executor(executor, _close)
         finally:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            executor.shutdown(wait=True)
 
     async def _call(self, fn: Callable[[*Args], T], *args: *Args, started: bool = True) -> T:
         if self._executor is None or (started and self._shard is None):
