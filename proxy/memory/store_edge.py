@@ -5,7 +5,8 @@ single-worker executor, so the shard never sees two threads at once and the loop
 
 Optimizing (building the HNSW index, merging segments) is the exception: ``EdgeShard.optimize()``
 holds Python's GIL until it returns, so on any thread of this process it would stop them all, the
-event loop included, for as long as the build takes (22 s for 100,000 memories here). The proxy
+event loop included, for as long as the build takes (14-24 s for 100,000 memories in one subject,
+``memproxy bench recall``). The proxy
 optimizes in a child process instead (:meth:`EdgeStore.optimize_apart`, scheduled by
 :mod:`proxy.memory.upkeep`), with the shard closed meanwhile; store calls wait on the store's thread.
 """
