@@ -37,7 +37,14 @@ log = logging.getLogger("memproxy.metrics")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
-DEGRADED_CAUSES = ("recall_timeout", "recall_overloaded", "recall_error", "hook_error", "capture_error")
+DEGRADED_CAUSES = (
+    "recall_timeout",
+    "recall_overloaded",
+    "recall_store_paused",
+    "recall_error",
+    "hook_error",
+    "capture_error",
+)
 JOB_OUTCOMES = ("claimed", "processed", "failed", "dead_lettered", "lost", "fenced", "waiting", "released")
 BACKENDS = ("state", "memory", "spool")
 """Parts opened (or delivered) in the background, retried with backoff: ``retries.<part>`` counters."""

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from conftest import owner
 
@@ -217,3 +218,37 @@ async def test_a_proxy_optimizes_a_loaded_store_before_memory_is_ready(tmp_path,
     assert 'memproxy_store_optimize_runs_total{outcome="error"} 0.0' in metrics
     assert "memproxy_store_unindexed_points 0.0" in metrics
     assert (await runtime.memory.store.index_state()).unindexed == 0  # its thread serves any event loop
+
+
+async def test_a_recall_does_not_wait_for_an_optimize_it_goes_on_without_memory(tmp_path, make_proxy):
+    """While the store is closed for an optimize (seconds), a request is answered at once, degraded, with
+    the cause counted; it would otherwise wait behind the optimize on the store's thread until its
+    deadline (here far longer than the optimize). Once the store is back, requests recall again."""
+    data_dir = tmp_path / "proxy"
+    loaded = EdgeStore(data_dir / "qdrant" / "memproxy_memories", dim=DIM, sealer=SEALER)
+    await loaded.start()
+    try:
+        await fill(loaded)
+    finally:
+        await loaded.close()
+    proxy = make_proxy(data_dir=data_dir, edge_optimize_after=0, memory_recall_deadline_ms=60_000)
+    store = proxy.app.state.runtime.memory.store
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-optimize", max_retries=0)
+
+    async def status() -> str:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "what do I like?"}], user="user-3"
+        )
+        return raw.headers["x-memory-status"]
+
+    assert await status() == "none"  # recalls (this tenant has no memories of user-3)
+    work = asyncio.ensure_future(store.optimize_apart())
+    await asyncio.sleep(0.05)  # the child runs: the shard is closed
+    assert await status() == "degraded"
+    assert not work.done(), "the answer waited for the optimize"
+    assert (await work).changed
+    assert await status() == "none"
+    await client.close()
+    async with httpx.AsyncClient(base_url=proxy.url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'memproxy_degraded_total{cause="recall_store_paused"} 1.0' in metrics

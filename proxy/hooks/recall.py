@@ -201,6 +201,9 @@ async def recall(
     settings, service = runtime.settings, runtime.memory
     if service is None:
         return memory
+    if service.store.paused:  # optimizing: its calls wait seconds, the recall would only reach its deadline
+        report_fault(runtime, "recall_store_paused")
+        return replace(memory, status="degraded")
     deadline = settings.memory_recall_deadline_ms / 1000
     if service.embedder.expected_wait() > deadline * ADMIT_SHARE:
         # Overloaded: this query would wait past its deadline behind the queries already queued, and

@@ -549,6 +549,9 @@ class MemoryStore(ABC):
 
     collection: str
     dim: int
+    paused: bool = False
+    """True while the store is closed for maintenance (the embedded store's optimize): its calls wait until
+    it reopens, so a recall, which cannot wait that long, goes on without memory at once."""
     #: Seals every payload written and opens every payload read (per-owner data keys).
     sealer: Sealer
     #: How this backend spells filter conditions.

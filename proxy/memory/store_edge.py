@@ -232,9 +232,14 @@ class EdgeStore(MemoryStore):
 
         One call on the store's thread: flush and close the shard, run the child, open the shard again
         (whatever the child did). Store calls made meanwhile wait for it, in order, so no write is lost;
-        a recall past its deadline fails open. Raises :class:`StoreError` when the child fails.
+        :attr:`paused` tells a recall not to wait (it goes on without memory at once). Raises
+        :class:`StoreError` when the child fails.
         """
-        return await self._call(self._optimize_apart)
+        self.paused = True
+        try:
+            return await self._call(self._optimize_apart)
+        finally:
+            self.paused = False
 
     def _optimize_apart(self) -> Optimized:
         started = time.perf_counter()
