@@ -93,10 +93,11 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server.", repr=False)
     collection: str = Field("memproxy_memories", description="Qdrant collection name.")
     edge_optimize_after: int = Field(
-        10000,
+        0,
         ge=0,
         description="Embedded store: optimize it (build the HNSW index, merge segments, in a child process) once "
-        "this many points were written since the last optimize and writes paused; also at start-up. 0: never.",
+        "this many points were written since the last optimize and writes paused; also at start-up. 0 (default): "
+        "never; worth it when single subjects hold tens of thousands of memories (recall is off while it runs).",
     )
     edge_optimize_interval: float = Field(
         30.0, gt=0, description="Seconds between two checks of whether the embedded store needs optimizing."
