@@ -34,6 +34,8 @@ import httpcore2
 import httpx2
 from httpcore2 import AsyncNetworkBackend, AsyncNetworkStream
 
+from proxy.writes import TurnWrites
+
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
 
 HOLD_MAX = 64 * 1024
@@ -134,20 +136,12 @@ class AsyncioStream(AsyncNetworkStream):
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
         self._transport = transport
         self._protocol = protocol
-        self._held: list[bytes] = []
-
-    def _flush(self) -> None:
-        """Send what the writes of this event-loop turn held, in one system call."""
-        if not self._held:
-            return
-        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held.clear()
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        # a request's head and body, written one after the other, leave together (one system call)
+        self._writes = TurnWrites(transport, asyncio.get_running_loop())
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
-        self._flush()
+        self._writes.flush()
         if not protocol.chunks and not protocol.eof:
             protocol.reader = asyncio.get_running_loop().create_future()
             try:
@@ -166,11 +160,9 @@ class AsyncioStream(AsyncNetworkStream):
         protocol = self._protocol
         if (protocol.eof and protocol.error is not None) or self._transport.is_closing():
             raise httpcore2.WriteError(str(protocol.error or "connection closed"))
-        if not self._held:  # a request's head and body, written one after the other, leave together
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._held.append(buffer)
+        self._writes.write(buffer)
         if len(buffer) >= HOLD_MAX:
-            self._flush()
+            self._writes.flush()
         if protocol.writing_paused:
             protocol.drainer = asyncio.get_running_loop().create_future()
             try:
@@ -181,8 +173,7 @@ class AsyncioStream(AsyncNetworkStream):
                 raise httpcore2.WriteError(str(protocol.error))
 
     async def aclose(self) -> None:
-        self._flush()
-        self._transport.close()
+        self._writes.close()  # what this turn wrote goes first
 
     async def start_tls(
         self,
